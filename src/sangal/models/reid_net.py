@@ -1,0 +1,193 @@
+"""Re-ID network of SAN-GAL and its ablations (paper §3.1, §3.3, Table 1).
+
+Modes (the rows of Table 1):
+
+* ``"id"`` — IDonly baseline: backbone -> global average pooling -> BN neck
+  (BNNeck, Luo et al. 2019: BatchNorm1d with a frozen zero bias) -> bias-free
+  linear ID classifier.
+* ``"id+attr"`` — the baseline plus one BN-FC head per attribute on the pooled
+  global feature (multi-task learning, no attention).
+* ``"san-gal"`` — ``id+attr`` plus a parameter-free ASAM (eqs. 3–4) after
+  layer2, layer3 and layer4, "all three residual blocks with feature map scale
+  changes" (§3, special skill 2), each fed the attribute attention heat maps
+  (AAH, eq. 2) computed at the same stage of the attribute network.
+
+Every mode returns the same :class:`ReIDOutput`, in training and evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sangal.errors import ConfigError
+from sangal.models.asam import ASAM
+from sangal.models.backbone import build_backbone
+
+__all__ = ["MODES", "ReIDNet", "ReIDOutput"]
+
+#: Valid ``mode`` values: Table 1's IDonly, ID+attr and SAN-GAL.
+MODES = ("id", "id+attr", "san-gal")
+
+
+@dataclass
+class ReIDOutput:
+    """What :meth:`ReIDNet.forward` returns, whatever the mode.
+
+    Attributes:
+        features: (B, D) BN-neck output, the retrieval embedding.
+        global_features: (B, D) pooled feature before the BN neck (triplet loss).
+        logits: (B, num_ids) identity logits.
+        attr_logits: K tensors (B, C_k), or None in mode ``"id"``.
+    """
+
+    features: Tensor
+    global_features: Tensor
+    logits: Tensor | None
+    attr_logits: list[Tensor] | None
+
+
+class ReIDNet(nn.Module):
+    """Re-ID network in one of :data:`MODES`.
+
+    Args:
+        num_ids: number of training identities (ID classifier outputs).
+        attr_classes: classes per attribute head (length K); required by
+            ``"id+attr"`` and ``"san-gal"``; recorded but unused by ``"id"``.
+        mode: one of :data:`MODES`.
+        backbone: ResNet name (see :func:`~sangal.models.backbone.build_backbone`).
+        pretrained: ImageNet weights (True), a local weights file, or False.
+        last_stride: stride of layer4 (1 or 2).
+        extra_sigmoid: ASAM option (see :mod:`sangal.models.asam`).
+    """
+
+    def __init__(
+        self,
+        num_ids: int,
+        attr_classes: Sequence[int] | None,
+        mode: str = "san-gal",
+        backbone: str = "resnet50",
+        pretrained: bool | str | Path = True,
+        last_stride: int = 1,
+        extra_sigmoid: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"unknown Re-ID mode {mode!r}; valid: {', '.join(MODES)}")
+        if num_ids < 1:
+            raise ConfigError(f"num_ids must be >= 1, got {num_ids}")
+        if attr_classes is not None:
+            attr_classes = [int(c) for c in attr_classes] or None  # [] (as in arch) == None
+        if attr_classes is not None:
+            if min(attr_classes) < 2:
+                raise ConfigError(
+                    f"attr_classes must list >= 2 classes per attribute, got {attr_classes}"
+                )
+        if mode != "id" and attr_classes is None:
+            raise ConfigError(f"mode {mode!r} needs attr_classes (the attribute schema)")
+        self.mode = mode
+        self.num_ids = num_ids
+        self.attr_classes = attr_classes
+        self.backbone_name = backbone
+        self.last_stride = last_stride
+        self.extra_sigmoid = extra_sigmoid
+
+        self.backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
+        dim = self.backbone.channels[3]
+        self.feature_dim = dim
+        # BNNeck: the bias is frozen at zero so the BN output stays centred for retrieval.
+        self.bottleneck = nn.BatchNorm1d(dim)
+        self.bottleneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(dim, num_ids, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+        self.attr_heads: nn.ModuleList | None = None
+        if mode != "id":
+            assert attr_classes is not None
+            self.attr_heads = nn.ModuleList(_bn_fc(dim, c) for c in attr_classes)
+        self.asam: ASAM | None = None
+        if mode == "san-gal":
+            assert attr_classes is not None
+            self.asam = ASAM(len(attr_classes), extra_sigmoid=extra_sigmoid)  # shared: no parameters
+
+    def forward(
+        self, x: Tensor, aah: Sequence[Tensor] | None = None
+    ) -> ReIDOutput:
+        """Embed a batch of images.
+
+        Args:
+            x: (B, 3, H, W) normalised images.
+            aah: mode ``"san-gal"`` only: heat maps at layer2, layer3 and layer4,
+                each (B, K, h, w) (any h, w: ASAM resizes them).
+
+        Raises:
+            ValueError: heat maps missing in mode ``"san-gal"``, given in another
+                mode (they would silently do nothing), or of the wrong shape.
+        """
+        aah = self._check_aah(x, aah)
+        bb = self.backbone
+        a = bb.layer1(bb.forward_stem(x))  # (B, C1, H/4, W/4)
+        a = bb.layer2(a)  # (B, C2, H/8, W/8)
+        if aah is not None:
+            a = self._attend(a, aah[0], "layer2")
+        a = bb.layer3(a)  # (B, C3, H/16, W/16)
+        if aah is not None:
+            a = self._attend(a, aah[1], "layer3")
+        a = bb.layer4(a)  # (B, D, H/16, W/16) with last stride 1
+        if aah is not None:
+            a = self._attend(a, aah[2], "layer4")
+        global_features = F.adaptive_avg_pool2d(a, 1).flatten(1)  # (B, D)
+        features = self.bottleneck(global_features)  # (B, D)
+        logits = self.classifier(features)  # (B, num_ids)
+        attr_logits = None
+        if self.attr_heads is not None:
+            attr_logits = [head(global_features) for head in self.attr_heads]  # K x (B, C_k)
+        return ReIDOutput(features, global_features, logits, attr_logits)
+
+    def _check_aah(self, x: Tensor, aah: Sequence[Tensor] | None) -> Sequence[Tensor] | None:
+        if self.asam is None:
+            if aah is not None:
+                raise ValueError(
+                    f"heat maps were given to a ReIDNet in mode {self.mode!r}, which has no "
+                    f"attention; only mode 'san-gal' uses them"
+                )
+            return None
+        if aah is None:
+            raise ValueError(
+                "ReIDNet in mode 'san-gal' needs heat maps: forward(x, aah=(aah2, aah3, aah4))"
+            )
+        if len(aah) != 3:
+            raise ValueError(f"aah must hold 3 heat-map tensors (layer2, layer3, layer4), got {len(aah)}")
+        return aah
+
+    def _attend(self, activation: Tensor, maps: Tensor, stage: str) -> Tensor:
+        assert self.asam is not None
+        try:
+            return self.asam(activation, maps)
+        except ValueError as exc:
+            raise ValueError(f"ASAM after {stage}: {exc}") from exc
+
+    def arch_dict(self) -> dict[str, Any]:
+        """The checkpoint ``arch`` keys this model knows (see docs/design.md, Engine)."""
+        return {
+            "kind": "reid",
+            "backbone": self.backbone_name,
+            "last_stride": self.last_stride,
+            "num_ids": self.num_ids,
+            "attr_classes": list(self.attr_classes) if self.attr_classes is not None else [],
+            "mode": self.mode,
+            "extra_sigmoid": self.extra_sigmoid,
+        }
+
+
+def _bn_fc(dim: int, num_classes: int) -> nn.Sequential:
+    """Attribute head: BN then a linear classifier (the paper's BN-FC, softmax in the loss)."""
+    fc = nn.Linear(dim, num_classes)
+    nn.init.normal_(fc.weight, std=0.001)
+    nn.init.zeros_(fc.bias)
+    return nn.Sequential(nn.BatchNorm1d(dim), fc)

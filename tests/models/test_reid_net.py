@@ -1,0 +1,166 @@
+"""ReIDNet: shapes and backward in every mode, ASAM placement, validation errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sangal.errors import ConfigError
+from sangal.losses import reid_losses
+from sangal.models import ReIDNet, ReIDOutput
+from sangal.models.reid_net import MODES
+
+ATTR_CLASSES = [2, 3, 2, 4]  # K = 4
+K = len(ATTR_CLASSES)
+H, W = 64, 32
+
+
+def _aah(batch: int, sizes=((8, 4), (4, 2), (4, 2)), value: float | None = None):
+    if value is None:
+        return tuple(torch.rand(batch, K, h, w) for h, w in sizes)
+    return tuple(torch.full((batch, K, h, w), value) for h, w in sizes)
+
+
+def _net(mode: str, **kwargs) -> ReIDNet:
+    torch.manual_seed(0)
+    return ReIDNet(5, ATTR_CLASSES, mode=mode, backbone="resnet18", pretrained=False, **kwargs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shapes_and_backward_every_mode(mode):
+    net = _net(mode).train()
+    x = torch.randn(4, 3, H, W)
+    aah = _aah(4) if mode == "san-gal" else None
+    out = net(x, aah)
+    assert isinstance(out, ReIDOutput)
+    assert out.features.shape == (4, 512) and out.global_features.shape == (4, 512)
+    assert out.logits.shape == (4, 5)
+    if mode == "id":
+        assert out.attr_logits is None
+    else:
+        assert [tuple(t.shape) for t in out.attr_logits] == [(4, c) for c in ATTR_CLASSES]
+    pids = torch.tensor([0, 0, 3, 3])
+    attrs = torch.tensor([[0, 1, -1, 3], [1, 2, 0, 0], [0, 0, 1, -1], [1, 1, 1, 2]])
+    terms = reid_losses(out, pids, attrs, {"id": 1.0, "triplet": 1.0, "attr": 1.0})
+    assert ("attr" in terms) == (mode != "id")
+    terms["total"].backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert net.backbone.conv1.weight.grad.abs().sum() > 0
+    # same return type in evaluation
+    net.eval()
+    with torch.no_grad():
+        out_eval = net(x[:2], None if aah is None else tuple(a[:2] for a in aah))
+    assert isinstance(out_eval, ReIDOutput) and out_eval.features.shape == (2, 512)
+
+
+def test_resnet50_san_gal_shapes():
+    torch.manual_seed(0)
+    net = ReIDNet(7, ATTR_CLASSES, mode="san-gal", backbone="resnet50", pretrained=False).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, H, W), _aah(1))
+    assert out.features.shape == (1, 2048) and out.global_features.shape == (1, 2048)
+    assert out.logits.shape == (1, 7)
+    assert len(out.attr_logits) == K
+
+
+def test_bnneck_bias_frozen_and_classifier_bias_free():
+    net = _net("id")
+    assert not net.bottleneck.bias.requires_grad
+    assert net.classifier.bias is None
+
+
+def test_heat_maps_change_features_at_each_stage():
+    net = _net("san-gal").eval()
+    x = torch.randn(2, 3, H, W)
+    zeros, ones = _aah(2, value=0.0), _aah(2, value=1.0)
+    with torch.no_grad():
+        base = net(x, zeros).features
+        assert not torch.allclose(base, net(x, ones).features)
+        for stage in range(3):  # each of layer2, layer3, layer4 is attended
+            mixed = list(zeros)
+            mixed[stage] = ones[stage]
+            assert not torch.allclose(base, net(x, tuple(mixed)).features), stage
+
+
+def test_asam_hooks_after_layer2_3_4():
+    net = _net("san-gal").eval()
+    seen = []
+    net.asam.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[1]))
+    with torch.no_grad():
+        net(torch.randn(1, 3, H, W), _aah(1))
+    assert seen == list(net.backbone.channels[1:])  # layer2, layer3, layer4 outputs
+
+
+def test_parameter_counts_across_modes():
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
+    id_net, attr_net, sg_net = _net("id"), _net("id+attr"), _net("san-gal")
+    head_params = sum(p.numel() for p in attr_net.attr_heads.parameters())
+    assert head_params == sum(2 * 512 + 512 * c + c for c in ATTR_CLASSES)
+    assert count(id_net) == count(attr_net) - head_params
+    assert count(sg_net) == count(attr_net)  # ASAM adds no parameters
+    assert set(sg_net.state_dict()) == set(attr_net.state_dict())
+
+
+def test_san_gal_differs_from_id_attr_only_by_asam():
+    # id+attr and san-gal with heat maps of zeros differ only by ASAM
+    x = torch.randn(2, 3, H, W)
+    attr_net, sg_net = _net("id+attr").eval(), _net("san-gal").eval()
+    sg_net.load_state_dict(attr_net.state_dict())
+    with torch.no_grad():
+        plain = attr_net(x).features
+        attended = sg_net(x, _aah(2, value=0.0)).features
+    assert not torch.allclose(plain, attended)  # alpha = 0.5 on the second half
+
+
+def test_extra_sigmoid_option_changes_output():
+    x = torch.randn(1, 3, H, W)
+    aah = _aah(1)
+    a, b = _net("san-gal").eval(), _net("san-gal", extra_sigmoid=True).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(a(x, aah).features, b(x, aah).features)
+
+
+def test_mode_and_argument_validation():
+    with pytest.raises(ConfigError, match="valid: id, id\\+attr, san-gal"):
+        ReIDNet(5, ATTR_CLASSES, mode="attention", backbone="resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match="needs attr_classes"):
+        ReIDNet(5, None, mode="san-gal", backbone="resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match="needs attr_classes"):
+        ReIDNet(5, [], mode="id+attr", backbone="resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match="num_ids"):
+        ReIDNet(0, None, mode="id", backbone="resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match=">= 2 classes"):
+        ReIDNet(5, [2, 1], mode="id+attr", backbone="resnet18", pretrained=False)
+    ReIDNet(5, None, mode="id", backbone="resnet18", pretrained=False)  # id needs no attributes
+
+
+def test_heat_map_errors():
+    x = torch.randn(1, 3, H, W)
+    with pytest.raises(ValueError, match="needs heat maps"):
+        _net("san-gal")(x)
+    with pytest.raises(ValueError, match="mode 'id'.*no attention"):
+        _net("id")(x, _aah(1))
+    with pytest.raises(ValueError, match="mode 'id\\+attr'"):
+        _net("id+attr")(x, _aah(1))
+    with pytest.raises(ValueError, match="3 heat-map tensors"):
+        _net("san-gal")(x, _aah(1)[:2])
+    bad = list(_aah(1))
+    bad[1] = torch.rand(1, K + 1, 4, 2)
+    with pytest.raises(ValueError, match="ASAM after layer3: .*built for 4 attributes got 5"):
+        _net("san-gal")(x, tuple(bad))
+
+
+def test_arch_dict():
+    net = ReIDNet(5, ATTR_CLASSES, mode="san-gal", backbone="resnet18", pretrained=False,
+                  last_stride=2, extra_sigmoid=True)
+    assert net.arch_dict() == {
+        "kind": "reid", "backbone": "resnet18", "last_stride": 2, "num_ids": 5,
+        "attr_classes": ATTR_CLASSES, "mode": "san-gal", "extra_sigmoid": True,
+    }
+    rebuilt = ReIDNet(**{k: v for k, v in net.arch_dict().items() if k != "kind"}, pretrained=False)
+    rebuilt.load_state_dict(net.state_dict())
+    assert _net("id").arch_dict()["attr_classes"] == ATTR_CLASSES
