@@ -1,5 +1,187 @@
-"""Command-line entry point (filled in by the engine work)."""
+"""`sangal <command>`: resolves the configuration once and calls the library.
+
+Every command that trains or evaluates takes `--config FILE` plus dotted overrides
+(`optim.lr=1e-3 data.root=/data/market`), so a run is described by one YAML file and
+a few words. `sangal config show` prints what a command would run with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sangal import __version__
+from sangal.errors import SangalError
+
+log = logging.getLogger("sangal")
+
+OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-1501 train.epochs=20"
 
 
-def main(argv=None) -> int:
-    raise SystemExit("sangal CLI not built yet")
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (e.g. configs/market1501/san_gal.yaml); defaults otherwise")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sangal", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sangal {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole pipeline on a synthetic dataset, with an HTML report (CPU, no download)")
+    p.add_argument("--out", default="runs/demo", help="output folder (report.html lands here)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per variant (mean and std reported)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (about a minute)")
+    p.add_argument("--budget", type=float, default=None, help="target wall time in minutes (scales epochs)")
+
+    p = sub.add_parser("synth", help="draw a synthetic pedestrian dataset in the Market-1501 layout")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--ids", type=int, default=100, help="identities (half train, half test)")
+    p.add_argument("--cams", type=int, default=6, help="cameras")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--images-per-cam", type=int, default=2)
+
+    p = sub.add_parser("train-attr", help="pretrain the attribute network (offline AAH mode, paper §3.1)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/attr/checkpoints/last")
+    _config_args(p)
+
+    p = sub.add_parser("aah", help="cache attribute heat maps (AAH) for every image from the attribute checkpoint")
+    p.add_argument("--splits", default="train,query,gallery", help="comma list of splits to cache")
+    _config_args(p)
+
+    p = sub.add_parser("train", help="train the Re-ID network")
+    p.add_argument("--mode", choices=["id", "id+attr", "san-gal"], help="paper Table 1 variant (model.mode)")
+    p.add_argument("--aah", choices=["offline", "online"], help="heat maps from the cache or the joint branch")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/reid/<mode>/checkpoints/last")
+    _config_args(p)
+
+    p = sub.add_parser("evaluate", help="Rank-1/5/10, mAP, mINP of a Re-ID checkpoint on query/gallery")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/x/reid/san-gal/checkpoints/final)")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (eval.rerank=true)")
+    _config_args(p)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="print the resolved configuration as YAML")
+    _config_args(show)
+
+    p = sub.add_parser("index", help="index a gallery folder for search")
+    p.add_argument("gallery", help="folder of images (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="Re-ID checkpoint directory")
+    p.add_argument("--attr-checkpoint", help="attribute checkpoint (san-gal models; default: the one training used)")
+    p.add_argument("--out", default=None, help="index folder (default: <gallery>.sangal-index)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--faiss-threshold", type=int, default=50000, help="use FAISS at or above this many images")
+
+    p = sub.add_parser("search", help="rank an index's gallery against a query image")
+    p.add_argument("image", help="query image")
+    p.add_argument("--index", required=True, help="index folder from `sangal index`")
+    p.add_argument("-k", type=int, default=10, help="matches to return")
+    p.add_argument("--where", default=None, help="attribute filter, e.g. upper_color=red,backpack=yes")
+    p.add_argument("--html", default=None, help="also write an HTML page with the heat maps and matches")
+    p.add_argument("--device", default="cpu")
+    return parser
+
+
+def _load_cfg(args):
+    from sangal.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "mode", None):
+        overrides.append(f"model.mode={args.mode}")
+    if getattr(args, "aah", None):
+        overrides.append(f"train.aah={args.aah}")
+    if getattr(args, "rerank", False):
+        overrides.append("eval.rerank=true")
+    return load_config(args.config, overrides)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    keys = [k for k in ("rank1", "rank5", "rank10", "mAP", "mINP", "mA", "reid_attr_mA") if k in metrics]
+    print(title + ": " + "  ".join(f"{k} {100 * metrics[k]:.2f}%" for k in keys))
+
+
+def run(args) -> int:
+    if args.command == "demo":
+        from sangal.engine.demo import run_demo
+
+        run_demo(Path(args.out), seeds=args.seeds, quick=args.quick, budget_minutes=args.budget)
+        return 0
+    if args.command == "synth":
+        from sangal.data.synthetic import generate_synthetic
+
+        root = generate_synthetic(args.out, num_ids=args.ids, num_cams=args.cams, seed=args.seed,
+                                  height=args.height, width=args.width, images_per_cam=args.images_per_cam,
+                                  progress=True)
+        from sangal.data import load_dataset
+
+        print(load_dataset("synthetic", root).summary())
+        return 0
+    if args.command == "config":
+        from sangal.config import dump_yaml
+
+        print(dump_yaml(_load_cfg(args)), end="")
+        return 0
+    if args.command == "train-attr":
+        from sangal.engine.train_attr import train_attribute_net
+
+        _print_metrics("attribute net", train_attribute_net(_load_cfg(args), resume=args.resume))
+        return 0
+    if args.command == "aah":
+        from sangal.engine.aah_job import build_caches
+
+        for split, path in build_caches(_load_cfg(args), splits=args.splits.split(",")).items():
+            print(f"{split}: {path}")
+        return 0
+    if args.command == "train":
+        from sangal.engine.train_reid import train_reid
+
+        metrics = train_reid(_load_cfg(args), resume=args.resume)
+        if metrics:
+            _print_metrics("re-id", metrics)
+        return 0
+    if args.command == "evaluate":
+        from sangal.engine.evaluate import evaluate_checkpoint
+
+        _print_metrics("re-id", evaluate_checkpoint(_load_cfg(args), args.checkpoint))
+        return 0
+    if args.command == "index":
+        from sangal.search import build_index
+
+        out = args.out or str(Path(args.gallery).resolve()) + ".sangal-index"
+        index = build_index(args.gallery, args.checkpoint, out, attr_checkpoint=args.attr_checkpoint,
+                            batch_size=args.batch_size, device=args.device, faiss_threshold=args.faiss_threshold)
+        print(f"indexed {len(index)} images into {out}")
+        return 0
+    if args.command == "search":
+        from sangal.search import Searcher, format_matches, parse_where, search_html
+
+        searcher = Searcher(args.index, device=args.device)
+        where = parse_where(args.where) if args.where else None
+        matches = searcher.search(args.image, k=args.k, where=where)
+        print(format_matches(matches))
+        if args.html:
+            print(f"wrote {search_html(searcher, args.image, matches, args.html)}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return run(args)
+    except SangalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,278 @@
+"""Typed configuration: a dataclass tree loaded from YAML with dotted CLI overrides.
+
+This is the only module that parses configuration. The library takes explicit
+arguments; `cli.py` resolves a `Config` once and passes its parts down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sangal.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Dataset, attribute labels, input size, augmentation and P×K sampling."""
+
+    dataset: str = "market1501"  # market1501 | dukemtmc | synthetic
+    root: str = "data/market1501"  # the dataset folder or its parent
+    attributes: str | None = None  # Lin et al. .mat; None -> <root>/<dataset>_attribute.mat style lookup
+    colour_mode: str = "binary"  # binary: one head per .mat field (paper, K=27/23); merged: one colour head per body part
+    height: int = 256
+    width: int = 128
+    flip: float = 0.5  # horizontal flip probability (image and heat maps flipped together)
+    pad: int = 10  # pad-and-random-crop ("image expansion", §4.1.3)
+    erasing: float = 0.5  # random erasing probability
+    p: int = 16  # identities per batch
+    k: int = 4  # images per identity
+    num_workers: int = 4
+    test_batch_size: int = 128
+
+
+@dataclass
+class ModelConfig:
+    """Backbones and the SAN-GAL variant (paper Table 1: id, id+attr, san-gal)."""
+
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    pretrained: str = "true"  # true (torchvision ImageNet weights) | false | path to .safetensors/.pth
+    last_stride: int = 1
+    mode: str = "san-gal"  # id | id+attr | san-gal
+    extra_sigmoid: bool = False  # the second sigmoid the paper's text mentions after eq. 4
+    aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the paper's schedule (§4.1.3): warmup 3e-5 -> 1e-3, steps at epochs 5/7/15."""
+
+    lr: float = 1e-3
+    warmup_start_lr: float = 3e-5
+    warmup_epochs: float = 2.0
+    milestones: list[int] = field(default_factory=lambda: [5, 7, 15])
+    milestone_lrs: list[float] = field(default_factory=lambda: [5e-4, 1e-4, 3e-5])
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Weights of the named loss terms (§4.1.2)."""
+
+    id: float = 1.0
+    triplet: float = 1.0
+    attr: float = 1.0
+    margin: float = 0.3
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Re-ID training run."""
+
+    epochs: int = 20
+    aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
+    attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
+    aah_cache: str | None = None  # default: <out>/aah
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA)
+    freeze_bn: bool = False  # BatchNorm in eval mode (exact DDP equivalence on CPU, where SyncBN is unavailable)
+    sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA
+    checkpoint_every: int = 200  # steps between rolling checkpoints (also at every epoch end)
+    log_every: int = 20
+    eval_every: int = 0  # epochs between evaluations (0: only at the end)
+    max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (quick runs)
+
+
+@dataclass
+class AttrTrainConfig:
+    """Attribute-network pretraining (the paper's offline mode trains it first)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-2
+    warmup_epochs: float = 1.0
+    milestones: list[int] = field(default_factory=lambda: [6, 9])
+    gamma: float = 0.1
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation."""
+
+    metric: str = "cosine"  # cosine | euclidean
+    flip: bool = True  # average the features of each image and its mirror
+    rerank: bool = False  # k-reciprocal re-ranking (Zhong et al. 2017)
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    max_rank: int = 50
+
+
+@dataclass
+class Config:
+    """Root of the configuration tree."""
+
+    name: str = "run"
+    out: str = "runs/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attr_train: AttrTrainConfig = field(default_factory=AttrTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("market1501", "dukemtmc", "synthetic"),
+    "data.colour_mode": ("binary", "merged"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.mode": ("id", "id+attr", "san-gal"),
+    "model.aah_normalize": ("max", "minmax", "none"),
+    "train.aah": ("offline", "online"),
+    "eval.metric": ("cosine", "euclidean"),
+}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "yes", "1", "on"):
+                return True
+            if text in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value).lower() if isinstance(value, bool) else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+def _apply(obj: Any, values: dict, prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{dotted}' (valid: {', '.join(sorted(prefix + n for n in names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' is a section; give it keys, not {value!r}")
+            _apply(current, value, dotted + ".", source)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def validate(cfg: Config) -> Config:
+    """Check choice-valued keys and simple ranges; raise ConfigError naming the key."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}={value!r} is not one of: {', '.join(allowed)}")
+    if cfg.data.p < 2 or cfg.data.k < 2:
+        raise ConfigError("data.p and data.k must be >= 2 (triplet mining needs positives and negatives)")
+    if len(cfg.optim.milestones) != len(cfg.optim.milestone_lrs):
+        raise ConfigError("optim.milestones and optim.milestone_lrs must have the same length")
+    if cfg.data.height % 32 or cfg.data.width % 32:
+        raise ConfigError(f"data.height/width ({cfg.data.height}x{cfg.data.width}) must be multiples of 32")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into its key path and YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (which may name a `base:` file), then dotted overrides."""
+    cfg = Config()
+    if path is not None:
+        for layer_path, layer in _read_yaml_chain(Path(path)):
+            _apply(cfg, layer, "", str(layer_path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _apply(cfg, nested, "", f"override '{text}'")
+    return validate(cfg)
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """Read a YAML file and the chain of `base:` files it extends (base first)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself through 'base:'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base = data.pop("base", None)
+    chain: list[tuple[Path, dict]] = []
+    if base:
+        chain = _read_yaml_chain((path.parent / base), seen + (path.resolve(),))
+    return chain + [(path, data)]
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved configuration as plain data (saved next to every run and checkpoint)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. a checkpoint's state.json)."""
+    cfg = Config()
+    _apply(cfg, data, "", "saved config")
+    return validate(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

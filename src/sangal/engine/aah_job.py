@@ -1,0 +1,51 @@
+"""`sangal aah`: heat-map caches for the train (label-guided) and query/gallery (predicted) splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sangal.config import Config
+from sangal.engine import setup
+from sangal.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "query", "gallery")
+
+
+def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> dict[str, Path]:
+    """Build (or resume) one cache per split; an up-to-date cache is left as it is."""
+    from sangal.engine.aah_cache import AAHCache
+    from sangal.engine.distributed import resolve_device
+    from sangal.errors import CacheError
+
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ConfigError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
+    paths = setup.default_paths(cfg)
+    ckpt = paths["attr_checkpoint"]
+    if not Path(ckpt).exists():
+        raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` first "
+                              "or set train.attr_checkpoint=DIR")
+    dataset = setup.load_reid_dataset(cfg)
+    table = setup.load_attributes(cfg, dataset)
+    device = resolve_device(cfg.train.device)
+    out: dict[str, Path] = {}
+    for split in splits:
+        records = getattr(dataset, split)
+        # Training maps are guided by the attribute labels (the paper's "GAL"); test maps use predictions.
+        targets = setup.attribute_targets(table, records, "train") if split == "train" else None
+        cache_dir = paths["aah"] / split
+        try:
+            AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
+                          width=cfg.data.width, targets=targets)
+            log.info("%s heat maps are up to date in %s", split, cache_dir)
+        except CacheError as exc:
+            if cache_dir.exists():
+                log.info("rebuilding %s: %s", cache_dir, exc)
+            AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
+                           batch_size=cfg.data.test_batch_size, device=str(device),
+                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize)
+        out[split] = cache_dir
+    return out
