@@ -1,0 +1,77 @@
+"""Config tree: YAML layering, typed overrides, validation, and the shipped paper recipes."""
+
+from pathlib import Path
+
+import pytest
+
+from sangal.config import Config, from_dict, load_config, to_dict
+from sangal.engine.loop import warmup_step_lr
+from sangal.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_paper_configuration():
+    cfg = load_config()
+    assert (cfg.data.height, cfg.data.width) == (256, 128)
+    assert cfg.model.backbone == "resnet50" and cfg.model.mode == "san-gal"
+    assert cfg.train.epochs == 20
+    assert cfg.optim.milestones == [5, 7, 15] and cfg.optim.milestone_lrs == [5e-4, 1e-4, 3e-5]
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.lr=2e-3", "data.p=8", "train.amp=true", "optim.milestones=[3,4]",
+                             "optim.milestone_lrs=[1e-4,1e-5]", "data.attributes=/x/a.mat"])
+    assert cfg.optim.lr == pytest.approx(2e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.data.p == 8 and cfg.train.amp is True
+    assert cfg.optim.milestones == [3, 4]
+    assert cfg.data.attributes == "/x/a.mat"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown key 'optim.lrr'"),
+    ("data.p=abc", "data.p: expected int"),
+    ("model.mode=attention", "model.mode='attention' is not one of"),
+    ("optim", "must look like section.key=value"),
+    ("data=3", "'data' is a section"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_base_chain_and_round_trip(tmp_path):
+    cfg = load_config(CONFIGS / "market1501" / "id_attr.yaml")
+    assert cfg.model.mode == "id+attr"
+    assert cfg.data.dataset == "market1501" and cfg.data.erasing == 0.5
+    assert from_dict(to_dict(cfg)) == cfg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  heigth: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'data.heigth'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["market1501/san_gal.yaml", "market1501/id.yaml", "dukemtmc/san_gal.yaml",
+                                  "dukemtmc/id_attr.yaml", "demo.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert isinstance(cfg, Config)
+    if name.startswith("dukemtmc"):
+        assert cfg.data.dataset == "dukemtmc"
+
+
+def test_paper_learning_rate_schedule():
+    cfg = load_config(CONFIGS / "market1501" / "san_gal.yaml")
+    o = cfg.optim
+
+    def lr(epoch):
+        return warmup_step_lr(epoch, o.lr, o.warmup_start_lr, o.warmup_epochs, o.milestones, o.milestone_lrs)
+
+    assert lr(0.0) == pytest.approx(3e-5)
+    assert lr(1.0) == pytest.approx((3e-5 + 1e-3) / 2)
+    assert lr(3.0) == pytest.approx(1e-3)
+    assert lr(5.0) == pytest.approx(5e-4) and lr(6.9) == pytest.approx(5e-4)
+    assert lr(7.0) == pytest.approx(1e-4) and lr(14.99) == pytest.approx(1e-4)
+    assert lr(15.0) == pytest.approx(3e-5) and lr(19.9) == pytest.approx(3e-5)
