@@ -54,7 +54,7 @@ def test_yaml_base_chain_and_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["market1501/san_gal.yaml", "market1501/id.yaml", "dukemtmc/san_gal.yaml",
-                                  "dukemtmc/id_attr.yaml", "demo.yaml"])
+                                  "dukemtmc/id_attr.yaml", ])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, Config)

@@ -211,8 +211,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.p and data.k must be >= 2 (triplet mining needs positives and negatives)")
     if len(cfg.optim.milestones) != len(cfg.optim.milestone_lrs):
         raise ConfigError("optim.milestones and optim.milestone_lrs must have the same length")
-    if cfg.data.height % 32 or cfg.data.width % 32:
-        raise ConfigError(f"data.height/width ({cfg.data.height}x{cfg.data.width}) must be multiples of 32")
+    if cfg.data.height < 32 or cfg.data.width < 16:
+        raise ConfigError(f"data.height/width ({cfg.data.height}x{cfg.data.width}) must be at least 32x16")
     return cfg
 
 
