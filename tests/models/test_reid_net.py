@@ -12,10 +12,10 @@ from sangal.models.reid_net import MODES
 
 ATTR_CLASSES = [2, 3, 2, 4]  # K = 4
 K = len(ATTR_CLASSES)
-H, W = 64, 32
+H, W = 32, 16
 
 
-def _aah(batch: int, sizes=((8, 4), (4, 2), (4, 2)), value: float | None = None):
+def _aah(batch: int, sizes=((4, 2), (2, 1), (2, 1)), value: float | None = None):
     if value is None:
         return tuple(torch.rand(batch, K, h, w) for h, w in sizes)
     return tuple(torch.full((batch, K, h, w), value) for h, w in sizes)
@@ -149,7 +149,7 @@ def test_heat_map_errors():
     with pytest.raises(ValueError, match="3 heat-map tensors"):
         _net("san-gal")(x, _aah(1)[:2])
     bad = list(_aah(1))
-    bad[1] = torch.rand(1, K + 1, 4, 2)
+    bad[1] = torch.rand(1, K + 1, 2, 1)
     with pytest.raises(ValueError, match="ASAM after layer3: .*built for 4 attributes got 5"):
         _net("san-gal")(x, tuple(bad))
 

@@ -116,7 +116,7 @@ def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False) -> Tensor:
             f"ASAM needs at least one channel per attribute: half of {c} channels "
             f"cannot be split into {k} attribute blocks"
         )
-    aah = aah.to(dtype=x.dtype)
+    aah = aah.to(device=x.device, dtype=x.dtype)
     if aah.shape[-2:] != (h, w):
         aah = F.interpolate(aah, size=(h, w), mode="bilinear", align_corners=False)  # (B, K, h, w)
 
