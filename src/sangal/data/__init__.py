@@ -1,1 +1,36 @@
-"""data"""
+"""Datasets (Market-1501, DukeMTMC-reID, synthetic), attribute labels, transforms and sampling."""
+
+from sangal.data.attributes import (
+    IGNORE_INDEX,
+    Attribute,
+    AttributeSchema,
+    AttributeTable,
+    get_schema,
+    match_report,
+    read_attribute_mat,
+)
+from sangal.data.dataset import ImageDataset, check_images, read_image
+from sangal.data.records import ImageRecord, ReIDDataset, load_dataset
+from sangal.data.samplers import IdentitySampler
+from sangal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize
+
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Attribute",
+    "AttributeSchema",
+    "AttributeTable",
+    "IdentitySampler",
+    "ImageDataset",
+    "ImageRecord",
+    "ReIDDataset",
+    "build_transforms",
+    "check_images",
+    "denormalize",
+    "get_schema",
+    "load_dataset",
+    "match_report",
+    "read_attribute_mat",
+    "read_image",
+]
