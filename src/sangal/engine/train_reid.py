@@ -179,7 +179,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                                  erasing_p=cfg.data.erasing)
     loader = torch.utils.data.DataLoader(ImageDataset(dataset.train, transform, train_attrs),
                                          batch_sampler=sampler, num_workers=cfg.data.num_workers)
-    steps = len(sampler) if cfg.train.max_steps_per_epoch <= 0 else min(len(sampler), cfg.train.max_steps_per_epoch)
+    total = sampler.batches_per_epoch
+    steps = total if cfg.train.max_steps_per_epoch <= 0 else min(total, cfg.train.max_steps_per_epoch)
     logger = RunLogger(run_dir, enabled=info.is_main, history=history)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
