@@ -1,0 +1,142 @@
+"""Cameras of the synthetic dataset: background scenes and the per-camera / per-image shot settings.
+
+Each camera is a fixed scene (street wall over paving, park foliage, hall panels
+or a plain gradient, all muted and textured) with its own illumination gain and
+colour cast, person-scale range, viewpoint mix, blur, sensor noise and occlusion
+rate; each image is then cut from the scene at its own offset and gets its own
+viewpoint, scale, position and walking phase. Drawing itself is in
+``synthetic_draw``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+VIEWS = ("front", "back", "left", "right")  # left/right: side view, walking towards that image side
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One picture of one person (or of nothing) in one camera."""
+
+    kind: str  # person | fragment (junk: badly cropped person) | background (distractor)
+    view: str  # one of VIEWS
+    height: float  # person height as a fraction of the image height
+    cx: float  # body centre x as a fraction of the image width
+    feet: float  # sole y as a fraction of the image height
+    stride: float  # walking phase in [-1, 1]
+    brightness: float  # per-image gain on top of the camera's
+    occluder: tuple[str, float, float, float] | None  # (pole|box, a, b, c) in [0, 1]
+    occluder_colour: tuple[int, int, int]
+    bg_offset: tuple[float, float]  # where the image is cut from the camera's scene, in [0, 1]
+
+
+@dataclass(frozen=True)
+class CameraStyle:
+    """What one camera does to every picture it takes."""
+
+    scene: np.ndarray  # (Hs, Ws, 3) float32 background larger than the image
+    gain: tuple[float, float, float]  # illumination: brightness x colour cast per channel
+    blur: float  # Gaussian blur radius in pixels at 128x64
+    noise: float  # sensor noise sigma in grey levels
+    height_range: tuple[float, float]
+    view_probs: tuple[float, float, float, float]  # front, back, left, right
+    occlusion: float  # probability that something covers part of the body
+    occluder_colour: tuple[int, int, int]
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[int, int]) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bilinearly."""
+    coarse = rng.uniform(0, 255, size=cells).astype(np.uint8)
+    up = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+    return np.asarray(up, np.float32) / 127.5 - 1.0
+
+
+def _muted(rng: np.random.Generator, max_sat: float, value: tuple[float, float]) -> np.ndarray:
+    """A random desaturated colour (walls, floors), as float RGB 0..255."""
+    hue = rng.uniform(0, 1)
+    rgb = np.clip(np.abs((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)  # pure hue
+    sat, val = rng.uniform(0, max_sat), rng.uniform(*value)
+    return ((1 - sat + sat * rgb) * val * 255).astype(np.float32)
+
+
+def make_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A camera's background, larger than one image (each image is cut at its own offset).
+
+    Kinds: street (wall with courses and windows over paving), park (foliage over
+    a path), hall (vertical panels over a floor) and plain (gradient); all with
+    low-frequency texture so the background is not a flat colour.
+    """
+    hs, ws = int(height * 1.25), int(width * 1.6)
+    ys, xs = np.mgrid[0:hs, 0:ws].astype(np.float32)
+    kind = ("street", "park", "hall", "plain")[int(rng.integers(4))]
+    horizon = rng.uniform(0.5, 0.72) * hs
+    top = _muted(rng, 0.35, (0.3, 0.85))
+    floor = _muted(rng, 0.12, (0.35, 0.7))  # paving is greyish
+    if kind == "park":
+        top = np.array([rng.uniform(40, 90), rng.uniform(80, 130), rng.uniform(40, 70)], np.float32)
+    scene = np.where((ys < horizon)[..., None], top, floor).astype(np.float32)
+    tex = _smooth_noise(rng, hs, ws, (int(rng.integers(4, 12)), int(rng.integers(3, 9))))
+    scene *= (1.0 + 0.12 * tex)[..., None]
+    above = ys < horizon
+    if kind == "street":
+        course = max(2.0, height / rng.uniform(14, 24))
+        scene[above & ((ys % course) < 1)] *= 0.8
+        for _ in range(int(rng.integers(1, 4))):
+            x0, y0 = rng.uniform(0, ws * 0.8), rng.uniform(0.05, 0.5) * horizon
+            win = (xs >= x0) & (xs < x0 + rng.uniform(0.15, 0.35) * ws) & (ys >= y0) & (ys < y0 + 0.3 * horizon)
+            scene[win & above] = scene[win & above] * 0.35 + rng.uniform(20, 90)
+    elif kind == "park":
+        leaves = _smooth_noise(rng, hs, ws, (24, 12))
+        scene[above] *= (1.0 + 0.35 * leaves[above])[:, None]
+    elif kind == "hall":
+        panel = max(3.0, width / rng.uniform(2, 5))
+        scene[above & ((xs % panel) < panel * 0.5)] *= rng.uniform(0.8, 0.92)
+    else:
+        grad = (ys / hs)[..., None] * rng.uniform(-50, 50, size=3).astype(np.float32)
+        scene += grad
+    seam = max(3.0, height / 10)
+    below = ~above
+    scene[below & (((ys - horizon) % seam) < 1)] *= 0.85
+    scene[below & ((xs % (seam * 2.5)) < 1)] *= 0.9
+    return np.clip(scene, 0, 255)
+
+
+def sample_camera(rng: np.random.Generator, height: int, width: int) -> CameraStyle:
+    """One camera: scene, illumination gain and colour cast, scale range, viewpoint mix, blur, noise, occlusion."""
+    level = rng.uniform(0.72, 1.18)
+    cast = 1.0 + np.clip(rng.normal(0, 0.06, size=3), -0.12, 0.12)
+    base = rng.uniform(0.8, 0.9)
+    views = 0.6 * rng.dirichlet((2.0, 2.0, 1.5, 1.5)) + 0.1
+    return CameraStyle(
+        scene=make_scene(rng, height, width), gain=tuple(float(g) for g in level * cast),  # type: ignore[arg-type]
+        blur=float(rng.uniform(0.3, 1.0)), noise=float(rng.uniform(2.0, 6.0)),
+        height_range=(base - 0.05, base + 0.07), view_probs=tuple(float(v) for v in views),  # type: ignore[arg-type]
+        occlusion=float(rng.uniform(0.05, 0.3)),
+        occluder_colour=tuple(int(c) for c in rng.uniform(40, 200, size=3)),  # type: ignore[arg-type]
+    )
+
+
+def sample_shot(cam: CameraStyle, rng: np.random.Generator, kind: str) -> Shot:
+    """One picture in ``cam``: viewpoint, scale, position, walking phase, occluder, background offset.
+
+    ``kind`` "fragment" (junk) is a badly cropped detection: the person is too large and off centre.
+    """
+    view = VIEWS[int(rng.choice(4, p=cam.view_probs))]
+    height = float(rng.uniform(*cam.height_range))
+    feet = float(rng.uniform(0.965, 0.995))
+    cx = 0.5 + float(np.clip(rng.normal(0, 0.05), -0.1, 0.1))
+    if kind == "fragment":  # junk: a badly cropped detection showing part of a person
+        height, feet, cx = float(rng.uniform(1.2, 2.0)), float(rng.uniform(0.8, 1.7)), float(rng.uniform(0.1, 0.9))
+    occluded = rng.random() < (0.5 if kind == "background" else cam.occlusion)
+    occluder = (str(rng.choice(("pole", "box"))), *(float(x) for x in rng.random(3))) if occluded else None
+    return Shot(kind=kind, view=view, height=min(height, feet - 0.01) if kind == "person" else height, cx=cx,
+                feet=feet, stride=float(rng.uniform(-1, 1)), brightness=float(rng.uniform(0.92, 1.08)),
+                occluder=occluder, occluder_colour=cam.occluder_colour,  # type: ignore[arg-type]
+                bg_offset=(float(rng.random()), float(rng.random())))
