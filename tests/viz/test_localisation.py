@@ -109,7 +109,8 @@ def test_batch_scores_agree_with_per_image_functions() -> None:
     n, k = 5, 2
     heat = rng.random((n, k, 8, 4)) - 0.3  # coarse maps with negatives
     masks = {"upper": rng.random((n, 32, 16)) > 0.7, "shoes": rng.random((n, 32, 16)) > 0.9}
-    schema = SimpleNamespace(attributes=[SimpleNamespace(name="a", region="upper"), SimpleNamespace(name="b", region="shoes")])
+    heads = [SimpleNamespace(name="a", region="upper"), SimpleNamespace(name="b", region="shoes")]
+    schema = SimpleNamespace(attributes=heads)  # duck-typed AttributeSchema
     for tol in (0, 1):
         rows = localisation_scores(heat, masks, schema, tolerance=tol, chunk=2)
         for a, region in enumerate(("upper", "shoes")):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sangal.viz.curves import cmc_figure
 from sangal.viz.report import ReportData, render_report, write_report
 
 IMG_SRC = re.compile(r'<img src="([^"]*)" alt="([^"]*)">')
@@ -38,7 +39,11 @@ def make_data(seed: int = 0) -> ReportData:
         "caption": "query 0001_c1s1",
     }
     variants = {
-        v: {"images": [_image(rng) for _ in range(5)], "is_match": list(rng.random(5) > 0.5), "distances": sorted(rng.random(5))}
+        v: {
+            "images": [_image(rng) for _ in range(5)],
+            "is_match": list(rng.random(5) > 0.5),
+            "distances": sorted(rng.random(5)),
+        }
         for v in ("id", "san-gal")
     }
     cmc = {
@@ -114,6 +119,24 @@ def test_percentages_must_be_fractions() -> None:
         render_report(data)
 
 
+def test_cmc_figure_draws_lines_and_seed_bands_and_rejects_percentages() -> None:
+    ranks = np.linspace(0.5, 1.0, 30)
+    one = Image.open(io.BytesIO(cmc_figure({"id": ranks}, size=(4.0, 3.0), dpi=50)))
+    assert one.format == "PNG" and one.size == (200, 150)
+    seeds = np.stack([ranks - 0.1, ranks, np.minimum(ranks + 0.05, 1.0)])  # (S=3, R)
+    plain = np.asarray(Image.open(io.BytesIO(cmc_figure({"id": ranks}))).convert("RGB")).astype(int)
+    band = np.asarray(Image.open(io.BytesIO(cmc_figure({"id": seeds}))).convert("RGB")).astype(int)
+
+    def pale_blue(a: np.ndarray) -> int:  # the band's tab:blue at alpha 0.2; grid lines are grey
+        return int(((a[:, :, 2] - a[:, :, 0] > 20) & (a[:, :, 0] > 150)).sum())
+
+    assert pale_blue(band) > 10 * max(1, pale_blue(plain))  # the shaded min-max band
+    with pytest.raises(ValueError, match="fractions"):
+        cmc_figure({"id": ranks * 100})
+    with pytest.raises(ValueError, match="shape"):
+        cmc_figure({"id": np.zeros((2, 3, 4))})
+
+
 # --- headless browser -------------------------------------------------------------------
 
 def _chromium() -> str:
@@ -164,6 +187,7 @@ def test_browser_check_detects_a_corrupted_image(report: Path, tmp_path: Path) -
     exe = _chromium()
     text = report.read_text(encoding="utf-8")
     bad = tmp_path / "bad.html"
-    bad.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src="data:image/png;base64,bm90IGEgcG5n"', text, count=1))
+    not_png = 'src="data:image/png;base64,bm90IGEgcG5n"'  # base64 of "not a png"
+    bad.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', not_png, text, count=1))
     broken, total = _body_counts(exe, tmp_path, bad)
     assert (broken, total) == (1, text.count("<img"))
