@@ -138,6 +138,37 @@ def _sample_attributes(rng: np.random.Generator) -> dict[str, int]:
     return a
 
 
+def _sample_pool(rng: np.random.Generator, size: int) -> list[dict[str, int]]:
+    """``size`` coarse combinations in which every binary attribute takes both values.
+
+    Without this a small dataset (tests, demo) easily has no hat or no backpack at
+    all, and those attributes could be neither learnt nor localised.
+    """
+    pool = [_sample_attributes(rng) for _ in range(size)]
+    for name in BINARY_FIELDS:
+        if len({a[name] for a in pool}) > 1:
+            continue
+        if name == "clothes":  # the dress goes to a woman's combination
+            a = next((a for a in pool if a["gender"] == 2), pool[0])
+            a["gender"] = 2
+        else:
+            a = pool[int(rng.integers(size))]
+        a[name] = 3 - a[name]
+        if name == "gender" and a["gender"] == 1:
+            a["clothes"] = 2
+    return pool
+
+
+def _assign(rng: np.random.Generator, pids: list[int], size: int) -> list[tuple[int, int]]:
+    """Pool index per pid: every combination once (as far as the ids go), the rest at random.
+
+    Done separately for train and test ids, so test ids share their coarse
+    attributes with train ids, as in real data, and only details tell them apart.
+    """
+    order = list(rng.permutation(size)) + [int(i) for i in rng.integers(size, size=max(0, len(pids) - size))]
+    return [(p, int(i)) for p, i in zip(rng.permutation(pids), order)]
+
+
 def _sample_look(a: dict[str, int], rng: np.random.Generator) -> Look:
     """Fine, identity-specific details on top of a coarse attribute combination."""
     up_name = next(c for c in UPPER_COLOURS if a["up" + c] == 2)
@@ -165,7 +196,7 @@ def _sample_look(a: dict[str, int], rng: np.random.Generator) -> Look:
         female=a["gender"] == 2, age=a["age"], hair_long=a["hair"] == 2, sleeves_long=a["up"] == 1,
         lower_kind=kind, hat=(("cap", "beanie")[int(rng.integers(2))] if a["hat"] == 2 else None),
         backpack=a["backpack"] == 2, bag=a["bag"] == 2, handbag=a["handbag"] == 2, colours=colours,  # type: ignore[arg-type]
-        upper_pattern=pattern, pattern_period=float(rng.uniform(0.035, 0.07)), lower_detail=lower_detail,
+        upper_pattern=pattern, pattern_period=float(rng.uniform(0.05, 0.085)), lower_detail=lower_detail,
         shoulder=float(rng.uniform(0.9, 1.1)), head=float(rng.uniform(0.94, 1.06)),
         bag_side=int(rng.choice((-1, 1))), handbag_side=int(rng.choice((-1, 1))),
     )
@@ -200,12 +231,12 @@ def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height:
                   images_per_cam=images_per_cam, num_distractors=num_distractors, num_junk=num_junk)
     rng = np.random.default_rng([seed, 0])
     cameras = [sample_camera(np.random.default_rng([seed, 1, c]), height, width) for c in range(num_cams)]
-    pool = [_sample_attributes(rng) for _ in range(max(2, math.ceil(num_ids / 3)))]
+    pool = _sample_pool(rng, max(2, math.ceil(num_ids / 3)))
     pids = sorted(int(p) for p in rng.choice(np.arange(1, min(9999, max(1501, 2 * num_ids)) + 1), num_ids, replace=False))
     order = rng.permutation(num_ids)
     train_pids = sorted(pids[i] for i in order[: num_ids // 2])
     test_set = set(pids) - set(train_pids)
-    attributes = {p: dict(pool[int(rng.integers(len(pool)))]) for p in pids}
+    attributes = {p: dict(pool[i]) for ids in (train_pids, sorted(test_set)) for p, i in _assign(rng, ids, len(pool))}
     looks = {p: _sample_look(attributes[p], np.random.default_rng([seed, 2, p])) for p in pids}
     images: list[SyntheticImage] = []
     used: set[str] = set()

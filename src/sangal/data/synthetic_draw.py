@@ -290,15 +290,17 @@ def _colour_person(img: np.ndarray, labels: np.ndarray, look: Look, view: str,
     period = look.pattern_period
     pat = None
     if look.upper_pattern == "hstripes":
-        pat = (rel_y / period) % 1.0 < 0.38
+        pat = (rel_y / period) % 1.0 < 0.36
     elif look.upper_pattern == "vstripes":
-        pat = (rel_x / period + 0.25) % 1.0 < 0.35
-    elif look.upper_pattern == "grid":
-        pat = ((rel_y / period) % 1.0 < 0.2) | (((rel_x / period) + 0.1) % 1.0 < 0.2)
-    elif look.upper_pattern == "yoke":
-        pat = rel_y < _body(look, False).shoulder_y + 0.07
-    if pat is not None:
-        img[upper & pat] = look.colours["upper2"]
+        pat = (rel_x / period + 0.25) % 1.0 < 0.34
+    elif look.upper_pattern == "grid":  # checked shirt
+        pat = ((rel_y / period) % 1.0 < 0.18) | (((rel_x / period) + 0.1) % 1.0 < 0.18)
+    elif look.upper_pattern == "yoke":  # contrasting shoulder panel, in full colour
+        yoke = upper & (rel_y < _body(look, False).shoulder_y + 0.07)
+        img[yoke] = look.colours["upper2"]
+    if pat is not None:  # half-tone: stripes stay visible without changing the garment's colour class
+        sel = upper & pat
+        img[sel] = 0.5 * img[sel] + 0.5 * np.asarray(look.colours["upper2"], np.float32)
     if look.lower_detail == "faded":
         lower = labels == LOWER
         fade = np.clip(1.0 - np.abs(rel_y - 0.64) / 0.1, 0, 1)[lower] * 0.16

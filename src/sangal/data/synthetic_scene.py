@@ -119,7 +119,7 @@ def sample_camera(rng: np.random.Generator, height: int, width: int) -> CameraSt
         blur=float(rng.uniform(0.3, 1.0)), noise=float(rng.uniform(2.0, 6.0)),
         height_range=(base - 0.05, base + 0.07), view_probs=tuple(float(v) for v in views),  # type: ignore[arg-type]
         occlusion=float(rng.uniform(0.05, 0.3)),
-        occluder_colour=tuple(int(c) for c in rng.uniform(40, 200, size=3)),  # type: ignore[arg-type]
+        occluder_colour=tuple(int(c) for c in _muted(rng, 0.45, (0.25, 0.75))),  # type: ignore[arg-type]
     )
 
 

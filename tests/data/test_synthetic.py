@@ -1,0 +1,208 @@
+"""Synthetic pedestrians: Market layout, determinism, attribute .mat, masks that match the pixels."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+from scipy.ndimage import binary_erosion
+
+from sangal.data.synthetic import (
+    ATTRIBUTE_FIELDS,
+    LOWER_COLOURS,
+    SPLIT_DIRS,
+    UPPER_COLOURS,
+    generate_synthetic,
+    plan_synthetic,
+)
+from sangal.errors import DatasetError
+
+NAME = re.compile(r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+REAL_MAT = Path("/work/shared/data/attributes/market_attribute.mat")
+MASK_KEYS = {"hat", "hair", "upper", "lower", "backpack", "bag", "handbag", "shoes"}
+PARAMS = dict(num_ids=12, num_cams=3, seed=0, height=128, width=64)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("synth") / "s", **PARAMS)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return plan_synthetic(**PARAMS)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _person_images(plan):
+    return [im for im in plan.images if im.pid > 0]
+
+
+def _masks(root: Path, im) -> dict[str, np.ndarray]:
+    with np.load(root / "masks" / SPLIT_DIRS[im.split] / (Path(im.name).stem + ".npz")) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_same_seed_gives_identical_bytes_other_seed_differs(synth: Path, tmp_path: Path) -> None:
+    params = dict(PARAMS, num_ids=4, height=64, width=32)
+    a = _files(generate_synthetic(tmp_path / "a", **params))
+    b = _files(generate_synthetic(tmp_path / "b", **params))
+    c = _files(generate_synthetic(tmp_path / "c", **dict(params, seed=1)))
+    assert a == b
+    assert a.keys() != c.keys() or any(a[k] != c[k] for k in a)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary build folders must be renamed or removed"
+
+
+def test_market_layout_and_protocol(synth: Path, plan) -> None:
+    names = {split: sorted(p.name for p in (synth / folder).iterdir()) for split, folder in SPLIT_DIRS.items()}
+    parsed = {split: [NAME.match(n) for n in ns] for split, ns in names.items()}
+    for split, matches in parsed.items():
+        assert matches and all(matches), f"{split}: names must parse as Market: {names[split][:3]}"
+        assert all(1 <= int(m.group(2)) <= PARAMS["num_cams"] for m in matches)
+    pids = {split: [int(m.group(1)) for m in ms] for split, ms in parsed.items()}
+    train_ids, query_ids = set(pids["train"]), set(pids["query"])
+    gallery_ids = set(pids["gallery"]) - {0, -1}
+    assert len(train_ids) == PARAMS["num_ids"] // 2 and len(query_ids) == PARAMS["num_ids"] - PARAMS["num_ids"] // 2
+    assert not train_ids & query_ids and gallery_ids == query_ids
+    # one query per test id and camera it appears in; every test id in >= 2 cameras, with a cross-camera match
+    q_pairs = [(int(m.group(1)), int(m.group(2))) for m in parsed["query"]]
+    g_pairs = {(int(m.group(1)), int(m.group(2))) for m in parsed["gallery"] if int(m.group(1)) > 0}
+    assert len(q_pairs) == len(set(q_pairs)) and set(q_pairs) == g_pairs
+    for pid in query_ids:
+        assert len({c for p, c in q_pairs if p == pid}) >= 2
+    # junk (-1) and distractors (0000) only in the gallery, with the exact Market spelling
+    assert {-1, 0} <= set(pids["gallery"])
+    assert all(p > 0 for p in pids["train"] + pids["query"])
+    assert any(n.startswith("-1_c") for n in names["gallery"]) and any(n.startswith("0000_c") for n in names["gallery"])
+    meta = json.loads((synth / "synthetic.json").read_text())
+    assert meta["params"]["num_ids"] == PARAMS["num_ids"] and meta["version"] >= 1
+    assert meta["counts"]["train_images"] == len(names["train"]) and meta["counts"]["query_images"] == len(names["query"])
+    assert meta["counts"]["junk"] + meta["counts"]["distractors"] + meta["counts"]["gallery_images"] == len(names["gallery"])
+    # one mask file per image, right keys, shapes and dtype
+    for split, folder in SPLIT_DIRS.items():
+        stems = sorted(p.stem for p in (synth / "masks" / folder).glob("*.npz"))
+        assert stems == sorted(Path(n).stem for n in names[split])
+    with np.load(next((synth / "masks" / "query").glob("*.npz"))) as npz:
+        assert set(npz.files) == MASK_KEYS
+        assert all(npz[k].shape == (PARAMS["height"], PARAMS["width"]) and npz[k].dtype == bool for k in npz.files)
+    with Image.open(synth / "query" / names["query"][0]) as im:
+        assert im.format == "JPEG" and im.size == (PARAMS["width"], PARAMS["height"]) and im.mode == "RGB"
+
+
+def test_attribute_mat_has_the_real_structure(synth: Path, plan) -> None:
+    mine = scipy.io.loadmat(synth / "market_attribute.mat")["market_attribute"]
+    assert mine.shape == (1, 1) and set(mine.dtype.names) == {"train", "test"}
+    real = scipy.io.loadmat(REAL_MAT)["market_attribute"] if REAL_MAT.exists() else None
+    for split, pids in (("train", plan.train_pids), ("test", plan.test_pids)):
+        s = mine[split][0, 0]
+        assert set(s.dtype.names) == set(ATTRIBUTE_FIELDS) | {"image_index"}
+        if real is not None:
+            assert set(s.dtype.names) == set(real[split][0, 0].dtype.names)
+        index = s["image_index"][0, 0]
+        assert index.dtype == object and index.shape == (1, len(pids))
+        assert [str(x[0]) for x in index[0]] == [f"{p:04d}" for p in pids]
+        assert index[0, 0].dtype.kind == "U" and len(str(index[0, 0][0])) == 4
+        for field in ATTRIBUTE_FIELDS:
+            v = s[field][0, 0]
+            assert v.dtype == np.uint8 and v.shape == (1, len(pids)), field
+            if real is not None:
+                assert real[split][0, 0][field][0, 0].dtype == v.dtype
+            assert set(np.unique(v)) <= ({1, 2, 3, 4} if field == "age" else {1, 2}), field
+            assert list(v[0]) == [plan.attributes[p][field] for p in pids]
+        ups = np.stack([s["up" + c][0, 0][0] for c in UPPER_COLOURS])
+        downs = np.stack([s["down" + c][0, 0][0] for c in LOWER_COLOURS])
+        assert ((ups == 2).sum(0) == 1).all() and ((downs == 2).sum(0) == 1).all()
+
+
+def test_hat_mask_exactly_for_hat_ids(synth: Path, plan) -> None:
+    hats = {p for p, a in plan.attributes.items() if a["hat"] == 2}
+    assert hats and hats != set(plan.attributes), "fixture must contain ids with and without a hat"
+    for im in _person_images(plan):
+        has_mask = _masks(synth, im)["hat"].any()
+        assert has_mask == (im.pid in hats), f"{im.name}: hat mask {has_mask}, hat attribute {im.pid in hats}"
+
+
+def test_backpack_mask_only_for_backpack_ids_and_never_from_the_front(synth: Path, plan) -> None:
+    packs = {p for p, a in plan.attributes.items() if a["backpack"] == 2}
+    assert packs and packs != set(plan.attributes)
+    seen_from_behind = []
+    for im in _person_images(plan):
+        visible = _masks(synth, im)["backpack"].any()
+        if im.pid not in packs or im.shot.view == "front":
+            assert not visible, f"{im.name}: backpack mask must be empty (view {im.shot.view})"
+        elif im.shot.view == "back":
+            seen_from_behind.append(visible)
+    assert seen_from_behind and np.mean(seen_from_behind) > 0.8
+
+
+def test_masks_line_up_with_the_drawn_colours(synth: Path, plan) -> None:
+    """Inside the upper/lower masks the picture has the id's garment colour (times the camera's
+    illumination), the nearest named colour is the labelled one, and it differs from the background."""
+    errors, named_right, beats_background = [], [], []
+    for im in _person_images(plan):
+        rgb = np.asarray(Image.open(synth / SPLIT_DIRS[im.split] / im.name), np.float32)
+        masks = _masks(synth, im)
+        gain = np.asarray(plan.cameras[im.cam - 1].gain) * im.shot.brightness
+        background = rgb[~np.any(list(masks.values()), axis=0)].mean(axis=0)
+        for region, palette, prefix in (("upper", UPPER_COLOURS, "up"), ("lower", LOWER_COLOURS, "down")):
+            inside = binary_erosion(masks[region])
+            if inside.sum() < 20:
+                continue
+            seen = np.median(rgb[inside], axis=0)
+            expected = np.clip(np.asarray(plan.looks[im.pid].colours[region]) * gain, 0, 255)
+            errors.append(np.abs(seen - expected).max())
+            beats_background.append(np.abs(seen - expected).sum() < np.abs(background - expected).sum())
+            dist = {c: np.abs(seen - np.clip(np.asarray(rgb_) * gain, 0, 255)).sum() for c, rgb_ in palette.items()}
+            named_right.append(plan.attributes[im.pid][prefix + min(dist, key=dist.get)] == 2)
+    assert len(errors) > 50
+    assert np.median(errors) < 12 and np.percentile(errors, 90) < 45
+    assert np.mean(named_right) > 0.9 and np.mean(beats_background) > 0.9
+    # and a mask shifted sideways by a few pixels no longer lines up
+    im = next(i for i in _person_images(plan) if i.shot.view == "front")
+    upper = _masks(synth, im)["upper"]
+    assert (np.roll(upper, PARAMS["width"] // 4, axis=1) & upper).sum() < upper.sum()
+
+
+def test_reuses_identical_output_and_rejects_other_parameters(synth: Path, tmp_path: Path) -> None:
+    stamp = (synth / "synthetic.json").stat().st_mtime_ns
+    assert generate_synthetic(synth, **PARAMS) == synth
+    assert (synth / "synthetic.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DatasetError, match="different parameters.*num_ids"):
+        generate_synthetic(synth, **dict(PARAMS, num_ids=10))
+    other = tmp_path / "not_synthetic"
+    other.mkdir()
+    (other / "photo.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match="not a synthetic dataset"):
+        generate_synthetic(other, num_ids=4)
+
+
+@pytest.mark.parametrize("bad, what", [(dict(num_cams=1), "num_cams"), (dict(num_cams=10), "num_cams"),
+                                       (dict(num_ids=1), "num_ids"), (dict(images_per_cam=1), "images_per_cam")])
+def test_bad_parameters_raise_dataset_error(tmp_path: Path, bad: dict, what: str) -> None:
+    with pytest.raises(DatasetError, match=what):
+        generate_synthetic(tmp_path / "x", **bad)
+    assert not (tmp_path / "x").exists()
+
+
+def test_round_trip_through_the_dataset_and_attribute_readers(synth: Path, plan) -> None:
+    records = pytest.importorskip("sangal.data.records")
+    attributes = pytest.importorskip("sangal.data.attributes")
+    ds = records.load_dataset("synthetic", synth)
+    assert ds.num_train_pids == len(plan.train_pids)
+    assert {r.raw_pid for r in ds.train} == set(plan.train_pids)
+    assert {r.pid for r in ds.query} == set(plan.test_pids)
+    assert {r.pid for r in ds.gallery} == set(plan.test_pids) | {0}  # junk dropped, distractors kept
+    table = attributes.read_attribute_mat(synth / "market_attribute.mat")
+    schema = table.schema
+    for split, pids in (("train", plan.train_pids), ("test", plan.test_pids)):
+        for pid in pids:
+            want = [plan.attributes[pid][name] - 1 for name in schema.names]
+            assert list(table.lookup(split, pid)) == want
