@@ -1,8 +1,11 @@
 """Draw a grid of synthetic identities across cameras (docs/synthetic_grid.png).
 
-Rows are identities (label: pid and coarse attributes), columns their images
-sorted by camera as written to disk (JPEG), and the last column the region
-masks of the row's first image painted over it, to check that masks line up.
+Rows are identities in pairs that share the same coarse attributes (label: pid
+and attributes), so the grid shows that only details tell them apart; columns
+are their images as written to disk (JPEG), one per camera first, with camera
+and view (f/b/l/r) in the corner; the last column paints the region masks of the
+row's first image over it (hat red, hair brown, upper green, lower blue,
+backpack magenta, bag cyan, handbag yellow, shoes orange).
 
     .venv/bin/python benchmarks/synth_grid.py --out docs/synthetic_grid.png
 """
@@ -33,6 +36,31 @@ def describe(a: dict[str, int]) -> list[str]:
             f"{down} {lower}", " ".join(extras) or "-"]
 
 
+def pick_pairs(plan, by_pid: dict[int, list], rows: int) -> list[int]:
+    """Pairs of identities with the same coarse attributes (adjacent rows), covering many attributes."""
+    groups: dict[tuple, list[int]] = {}
+    for pid in sorted(by_pid, key=lambda p: -len({im.cam for im in by_pid[p]})):
+        groups.setdefault(tuple(plan.attributes[pid].items()), []).append(pid)
+    pairs = [g[:2] for g in groups.values() if len(g) >= 2]
+    chosen: list[list[int]] = []
+    covered: set[tuple[str, int]] = set()
+    while pairs and len(chosen) * 2 < rows:
+        best = max(pairs, key=lambda g: len(set(plan.attributes[g[0]].items()) - covered))
+        chosen.append(best)
+        pairs.remove(best)
+        covered |= set(plan.attributes[best[0]].items())
+    return [p for g in chosen for p in g][:rows]
+
+
+def spread(ims: list, cols: int) -> list:
+    """Up to ``cols`` images, one per camera first, then second images; sorted by camera."""
+    first, rest, seen = [], [], set()
+    for im in sorted(ims, key=lambda im: (im.cam, im.name)):
+        (rest if im.cam in seen else first).append(im)
+        seen.add(im.cam)
+    return sorted((first + rest)[:cols], key=lambda im: (im.cam, im.name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/synthetic_grid.png"))
@@ -41,7 +69,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=1, help="pixel upscaling of each 128x64 image")
     args = parser.parse_args()
-    params = dict(num_ids=24, num_cams=6, seed=args.seed, height=128, width=64)
+    params = dict(num_ids=40, num_cams=6, seed=args.seed, height=128, width=64)
     plan = plan_synthetic(**params)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_synthetic(Path(tmp) / "synthetic", **params)
@@ -49,18 +77,15 @@ def main() -> None:
         for im in plan.images:
             if im.pid > 0:
                 by_pid.setdefault(im.pid, []).append(im)
-        pids = sorted(by_pid, key=lambda p: -len({im.cam for im in by_pid[p]}))[: args.rows]
+        pids = pick_pairs(plan, by_pid, args.rows)
         h, w, label_w = 128 * args.scale, 64 * args.scale, 130
         grid = Image.new("RGB", (label_w + (args.cols + 1) * (w + 2), args.rows * (h + 2)), (255, 255, 255))
         draw = ImageDraw.Draw(grid)
         folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
         for r, pid in enumerate(pids):
-            ims = sorted(by_pid[pid], key=lambda im: (im.cam, im.name))
-            # spread columns over cameras first
-            picked = sorted(ims[::2] + ims[1::2], key=lambda im: im in ims[1::2])[: args.cols]
-            picked.sort(key=lambda im: (im.cam, im.name))
+            picked = spread(by_pid[pid], args.cols)
             y = r * (h + 2)
-            lines = [f"id {pid:04d} ({plan.images and ('train' if pid in plan.train_pids else 'test')})"]
+            lines = [f"id {pid:04d} ({'train' if pid in plan.train_pids else 'test'})"]
             for i, line in enumerate(lines + describe(plan.attributes[pid])):
                 draw.text((4, y + 6 + 14 * i), line, fill=(0, 0, 0))
             for c, im in enumerate(picked):
