@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
  UPPER_DETAIL, LOWER_DETAIL, HAT_DETAIL, FACE, BACKPACK_DETAIL) = range(17)
 NUM_LABELS = 17
 # Region masks (the keys of the .npz files) and the labels that make them up.
-# Straps are deliberately in no region: a backpack seen from the front shows only
-# its straps, so its mask is empty there.
+# Straps (of backpacks and shoulder bags) are deliberately in no region: a
+# backpack seen from the front shows only its straps, so its mask is empty there.
 REGION_LABELS: dict[str, tuple[int, ...]] = {
     "hat": (HAT, HAT_DETAIL),
     "hair": (HAIR,),
@@ -56,7 +56,8 @@ class Look:
     backpack: bool
     bag: bool
     handbag: bool
-    colours: dict[str, tuple[int, int, int]]  # skin hair upper upper2 lower lower2 shoes hat backpack bag handbag strap
+    colours: dict[str, tuple[int, int, int]]  # skin hair upper lower shoes hat backpack bag handbag strap,
+    #                                           and the detail colours upper2 lower2 hat2 backpack2
     upper_pattern: str  # plain | hstripes | vstripes | grid | logo | yoke | placket
     pattern_period: float  # stripe / grid period in units of u
     lower_detail: str  # plain | stripe | cuffs | belt | faded
