@@ -1,1 +1,11 @@
-"""metrics"""
+"""Evaluation metrics: distances, CMC/mAP/mINP ranking protocol and k-reciprocal re-ranking."""
+
+from .distance import compute_distance
+from .rank import RankResult, evaluate_rank, evaluate_rank_reference
+
+__all__ = [
+    "RankResult",
+    "compute_distance",
+    "evaluate_rank",
+    "evaluate_rank_reference",
+]
