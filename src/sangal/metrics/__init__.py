@@ -1,5 +1,7 @@
-"""Evaluation metrics: distances, CMC/mAP/mINP ranking protocol and k-reciprocal re-ranking."""
+"""Evaluation metrics: distances, CMC/mAP/mINP ranking protocol, k-reciprocal re-ranking and
+attribute mean accuracy."""
 
+from .attributes import mean_accuracy
 from .distance import compute_distance
 from .rank import RankResult, evaluate_rank, evaluate_rank_reference
 from .rerank import re_ranking
@@ -9,5 +11,6 @@ __all__ = [
     "compute_distance",
     "evaluate_rank",
     "evaluate_rank_reference",
+    "mean_accuracy",
     "re_ranking",
 ]
