@@ -1,0 +1,299 @@
+"""Gallery index: features, predicted attributes and paths of a folder of images.
+
+An index is a directory, written atomically (hidden temp dir + rename, see
+:func:`sangal.engine.storage.staged_dir`)::
+
+    features.npy     float32 (N, D), L2-normalised (cosine similarity = dot product)
+    attributes.npz   predicted attributes: "probs_<k>" (N, C_k) float32 per head k,
+                     "labels" (N, K) int64 argmax classes (absent if nothing predicts them)
+    meta.json        paths (relative to gallery_dir, row order of features.npy), absolute
+                     gallery_dir, attribute schema, skipped images with reasons, checkpoint
+                     path + model.safetensors sha256 (+ the attribute checkpoint's), arch,
+                     backend, creation time, sangal version, git commit
+    faiss.index      only when N >= faiss_threshold and faiss is installed
+
+Search backends. Below ``faiss_threshold`` the search is exact: one matrix-vector
+product (``features @ q``) over the memory-mapped features. At and above it a FAISS
+``IndexHNSWFlat`` with inner-product metric (M=32, efConstruction=200, efSearch=
+max(256, 4k)) gives sub-linear, approximate search -- that is the reason for a
+threshold at all: an exact flat FAISS index would cost the same O(N*D) as numpy.
+Filtered searches always scan the filtered rows exactly, so a filter never loses
+matches to the graph search. faiss is optional (``pip install sangal[faiss]``):
+without it, large galleries fall back to exact search with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sangal.data.attributes import Attribute, AttributeSchema
+from sangal.data.records import IMAGE_EXTENSIONS
+from sangal.engine.storage import provenance, staged_dir
+from sangal.errors import CacheError, ConfigError, DatasetError
+
+__all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+FEATURES_FILE = "features.npy"
+ATTRIBUTES_FILE = "attributes.npz"
+META_FILE = "meta.json"
+FAISS_FILE = "faiss.index"
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 256
+
+
+def load_faiss() -> Any | None:
+    """The faiss module, or None when the optional dependency is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+@dataclass
+class GalleryIndex:
+    """An index loaded in memory (features memory-mapped).
+
+    Attributes:
+        directory: the index folder.
+        gallery_dir: absolute folder the paths are relative to.
+        paths: image paths relative to ``gallery_dir``, one per feature row.
+        features: (N, D) float32 L2-normalised features.
+        attr_probs: K arrays (N, C_k), or None when the index has no attributes.
+        schema: attribute schema of ``attr_probs``, or None.
+        meta: everything in meta.json.
+        faiss_index: the FAISS index when the index was built with one and faiss is importable.
+    """
+
+    directory: Path
+    gallery_dir: Path
+    paths: list[str]
+    features: np.ndarray
+    attr_probs: list[np.ndarray] | None
+    schema: AttributeSchema | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    faiss_index: Any | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute_path(self, i: int) -> str:
+        """Absolute path of gallery image ``i``."""
+        return str(self.gallery_dir / self.paths[i])
+
+    @property
+    def backend(self) -> str:
+        """"faiss-hnsw" when a FAISS index is loaded, else "exact"."""
+        return "faiss-hnsw" if self.faiss_index is not None else "exact"
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "GalleryIndex":
+        """Read an index folder; CacheError naming the folder/file when missing or inconsistent."""
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise CacheError(f"{directory}: not a sangal index (no {META_FILE}); build one with `sangal index`")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CacheError(f"{meta_path}: unreadable index metadata ({exc})") from exc
+        if meta.get("format_version") != INDEX_FORMAT:
+            raise CacheError(
+                f"{meta_path}: index format {meta.get('format_version')} is not {INDEX_FORMAT}; rebuild the index"
+            )
+        try:
+            features = np.load(directory / FEATURES_FILE, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{directory / FEATURES_FILE}: unreadable features ({exc}); rebuild the index") from exc
+        missing = [k for k in ("paths", "gallery_dir", "checkpoint") if k not in meta]
+        if missing:
+            raise CacheError(f"{meta_path}: index metadata lacks {', '.join(missing)}; rebuild the index")
+        paths = list(meta["paths"])
+        if features.ndim != 2 or features.shape[0] != len(paths) or features.dtype != np.float32:
+            raise CacheError(
+                f"{directory / FEATURES_FILE}: shape {features.shape} {features.dtype} does not fit "
+                f"{len(paths)} paths in {META_FILE}; rebuild the index"
+            )
+        schema, probs = _read_attributes(directory, meta, len(paths))
+        index = cls(directory, Path(meta["gallery_dir"]), paths, features, probs, schema, meta)
+        if meta.get("backend") == "faiss-hnsw":
+            faiss = load_faiss()
+            if faiss is None:
+                logger.warning("%s was built with FAISS but faiss is not installed: exact search", directory)
+            else:
+                index.faiss_index = faiss.read_index(str(directory / FAISS_FILE))
+        return index
+
+
+def _schema_from_meta(info: dict[str, Any]) -> AttributeSchema:
+    """The schema stored with the index (names and classes exactly as they were indexed)."""
+    attributes = tuple(Attribute(a["name"], tuple(a["classes"]), a.get("region", "body")) for a in info["schema"])
+    return AttributeSchema(info["dataset"], info["colour_mode"], attributes)
+
+
+def _read_attributes(
+    directory: Path, meta: dict[str, Any], n: int
+) -> tuple[AttributeSchema | None, list[np.ndarray] | None]:
+    info = meta.get("attributes")
+    if not info:
+        return None, None
+    schema = _schema_from_meta(info)
+    try:
+        with np.load(directory / ATTRIBUTES_FILE) as data:
+            probs = [np.asarray(data[f"probs_{k}"], dtype=np.float32) for k in range(len(schema))]
+    except (OSError, KeyError, ValueError) as exc:
+        raise CacheError(f"{directory / ATTRIBUTES_FILE}: unreadable attributes ({exc}); rebuild the index") from exc
+    for k, (p, a) in enumerate(zip(probs, schema.attributes)):
+        if p.shape != (n, a.num_classes):
+            raise CacheError(
+                f"{directory / ATTRIBUTES_FILE}: probs_{k} ({a.name}) has shape {p.shape}, expected "
+                f"({n}, {a.num_classes}); rebuild the index"
+            )
+    return schema, probs
+
+
+def list_gallery(gallery_dir: str | Path) -> list[Path]:
+    """Image files (.jpg/.jpeg/.png, any case) anywhere under ``gallery_dir``, sorted; hidden entries skipped."""
+    root = Path(gallery_dir)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: gallery folder does not exist or is not a folder")
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # hidden files/folders, e.g. an index being written next to the images
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _check_out(out: Path, gallery: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
+        raise ConfigError(f"{out} exists and is not a sangal index; choose another --out or remove it")
+    if out.resolve() == gallery.resolve():
+        raise ConfigError(f"the index folder {out} must not be the gallery folder itself")
+
+
+def _schema_json(schema: AttributeSchema, source: str) -> dict[str, Any]:
+    return {
+        "source": source,  # "reid" (the Re-ID net's heads) or "attribute_net"
+        "dataset": schema.dataset,
+        "colour_mode": schema.colour_mode,
+        "file": ATTRIBUTES_FILE,
+        "schema": [{"name": a.name, "classes": list(a.classes), "region": a.region} for a in schema.attributes],
+    }
+
+
+def _write_faiss(path: Path, feats: np.ndarray) -> None:
+    faiss = load_faiss()
+    assert faiss is not None
+    index = faiss.IndexHNSWFlat(feats.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = HNSW_EF_SEARCH
+    index.add(np.ascontiguousarray(feats, dtype=np.float32))
+    faiss.write_index(index, str(path))
+
+
+def build_index(
+    gallery_dir: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    attr_checkpoint: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    faiss_threshold: int = 50000,
+    num_workers: int = 0,
+) -> GalleryIndex:
+    """Index every image under ``gallery_dir`` with the Re-ID model of ``checkpoint``.
+
+    Unreadable images are logged (warning naming the file and the reason), listed in
+    ``meta["skipped"]`` and left out. ``out`` is replaced atomically if it holds an
+    older index; any other existing non-empty folder is refused.
+
+    Args:
+        gallery_dir: folder of images, searched recursively (any layout).
+        checkpoint: Re-ID checkpoint directory.
+        out: index folder to write.
+        attr_checkpoint: attribute checkpoint; san-gal models need one (default: the
+            one recorded in the Re-ID checkpoint). For other modes it only predicts
+            attributes when the Re-ID net has no attribute heads.
+        batch_size: images per forward pass.
+        device: torch device, e.g. "cpu" or "cuda:0".
+        faiss_threshold: build a FAISS HNSW index when the gallery has at least this
+            many images (see the module docstring).
+        num_workers: DataLoader workers for decoding images.
+    """
+    from sangal.search.embed import Embedder, probe_images
+
+    gallery = Path(gallery_dir).resolve()
+    out = Path(out)
+    _check_out(out, gallery)
+    files = list_gallery(gallery)
+    if not files:
+        raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
+    embedder = Embedder(checkpoint, attr_checkpoint, device)
+    reasons = probe_images(files, num_workers)
+    skipped = []
+    for path, reason in zip(files, reasons):
+        if reason:
+            logger.warning("skipping unreadable image %s: %s", path, reason)
+            skipped.append({"path": path.relative_to(gallery).as_posix(), "reason": reason})
+    good = [p for p, r in zip(files, reasons) if not r]
+    if not good:
+        raise DatasetError(f"{gallery}: none of the {len(files)} images can be read (first: {skipped[0]['reason']})")
+    logger.info("indexing %d images of %s (%d unreadable skipped)", len(good), gallery, len(skipped))
+    emb = embedder.embed(good, batch_size=batch_size, num_workers=num_workers)
+    backend = "exact"
+    if len(good) >= faiss_threshold:
+        if load_faiss() is None:
+            logger.warning(
+                "%d images >= faiss_threshold %d but faiss is not installed (pip install sangal[faiss]): "
+                "using exact search", len(good), faiss_threshold,
+            )
+        else:
+            backend = "faiss-hnsw"
+    meta: dict[str, Any] = {
+        "format_version": INDEX_FORMAT,
+        "gallery_dir": str(gallery),
+        "paths": [p.relative_to(gallery).as_posix() for p in good],
+        "num_images": len(good),
+        "feature_dim": int(emb.feats.shape[1]),
+        "skipped": skipped,
+        "checkpoint": {"path": str(embedder.checkpoint), "sha256": embedder.sha256},
+        "attr_checkpoint": (
+            {"path": str(embedder.attr_checkpoint), "sha256": embedder.attr_sha256}
+            if embedder.attr_checkpoint is not None else None
+        ),
+        "arch": embedder.arch(),
+        "features": {"flip": True, "normalized": True, "metric": "cosine"},
+        "attributes": None,
+        "backend": backend,
+        "faiss": (
+            {"type": "IndexHNSWFlat", "metric": "inner_product", "M": HNSW_M,
+             "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
+            if backend == "faiss-hnsw" else None
+        ),
+        **provenance(),
+    }
+    with staged_dir(out) as tmp:
+        np.save(tmp / FEATURES_FILE, emb.feats)
+        if emb.attr_probs is not None and embedder.schema is not None:
+            labels = np.stack([p.argmax(axis=1) for p in emb.attr_probs], axis=1).astype(np.int64)
+            arrays = {f"probs_{k}": p for k, p in enumerate(emb.attr_probs)}
+            np.savez(tmp / ATTRIBUTES_FILE, labels=labels, **arrays)
+            meta["attributes"] = _schema_json(embedder.schema, str(embedder.attr_source))
+        if backend == "faiss-hnsw":
+            _write_faiss(tmp / FAISS_FILE, emb.feats)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    logger.info("wrote index of %d images to %s (%s search)", len(good), out, backend)
+    return GalleryIndex.load(out)
