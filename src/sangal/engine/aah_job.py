@@ -39,7 +39,7 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
         cache_dir = paths["aah"] / split
         try:
             AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
-                          width=cfg.data.width, targets=targets)
+                          width=cfg.data.width, targets=targets, normalize=cfg.model.aah_normalize)
             log.info("%s heat maps are up to date in %s", split, cache_dir)
         except CacheError as exc:
             if cache_dir.exists():

@@ -55,7 +55,7 @@ def localisation_rows(cfg: Config, paths: dict, dataset, table) -> list[dict]:
     records = [r for r in dataset.gallery if r.raw_pid > 0]
     index = {str(r.path): i for i, r in enumerate(dataset.gallery)}
     cache = AAHCache.open(paths["aah"] / "gallery", attr_ckpt_dir=paths["attr_checkpoint"], records=dataset.gallery,
-                          height=cfg.data.height, width=cfg.data.width)
+                          height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize)
     maps = cache.get([index[str(r.path)] for r in records])  # 3 x (N, K, h, w)
     masks = load_masks(Path(cfg.data.root), records)
     targets = setup.attribute_targets(table, records, "test")

@@ -24,7 +24,7 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     if cache_dir.exists():
         try:
             cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                  height=cfg.data.height, width=cfg.data.width)
+                                  height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize)
             return aah_from_cache(cache)
         except CacheError as exc:
             log.warning("%s; computing %s heat maps on the fly instead", exc, split)
@@ -35,7 +35,7 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.checkpoint import load_model
 
     attr_net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
-    return aah_from_net(attr_net)
+    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize)
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -> dict:

@@ -80,7 +80,7 @@ class AAHSource:
 
             self.cache = AAHCache.open(paths["aah"] / "train", attr_ckpt_dir=paths["attr_checkpoint"],
                                        records=records, height=cfg.data.height, width=cfg.data.width,
-                                       targets=targets)
+                                       targets=targets, normalize=cfg.model.aah_normalize)
         else:
             from sangal.engine.checkpoint import load_model
 
@@ -110,7 +110,7 @@ class AAHSource:
         from sangal.losses import attribute_ce
 
         out = self.attr_net(images)
-        maps = attribute_heatmaps_from_output(self.attr_net, out, targets=attrs, normalize=self.normalize,
+        maps = attribute_heatmaps_from_output(out, targets=attrs, normalize=self.normalize,
                                               retain_graph=True)  # first backward: Grad-CAM, detached
         return maps, {"attr_branch": attribute_ce(out.logits, attrs)}  # second backward: the loss
 
