@@ -115,6 +115,7 @@ class Searcher:
         recorded_attr = meta.get("attr_checkpoint")
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
         self.embedder = Embedder(ckpt, attr, device)
+        self._last_query: tuple[tuple[str, int, int], np.ndarray, list[np.ndarray] | None] | None = None
         if recorded_attr and self.embedder.attr_sha256 != recorded_attr["sha256"]:
             if self.embedder.mode == "san-gal":  # its heat maps shape the features
                 assert self.embedder.attr_checkpoint is not None
@@ -126,10 +127,18 @@ class Searcher:
         return len(self.index)
 
     def embed_query(self, image_path: str | Path) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """(D,) normalised feature and the K attribute probability rows (1, C_k) of one image."""
+        """(D,) normalised feature and the K attribute probability rows (1, C_k) of one image.
+
+        The last query is remembered (keyed by path, size and modification time), so
+        searching and then writing the HTML page embeds it once.
+        """
         read_image(image_path)  # DatasetError naming the file if it cannot be used
-        emb = self.embedder.embed([image_path], batch_size=1)
-        return emb.feats[0], emb.attr_probs
+        stat = Path(image_path).stat()
+        key = (str(Path(image_path).resolve()), stat.st_size, stat.st_mtime_ns)
+        if self._last_query is None or self._last_query[0] != key:
+            emb = self.embedder.embed([image_path], batch_size=1)
+            self._last_query = (key, emb.feats[0], emb.attr_probs)
+        return self._last_query[1], self._last_query[2]
 
     def query_attributes(self, image_path: str | Path) -> dict[str, str]:
         """Predicted attributes of a query image ({} when the model predicts none)."""
