@@ -312,6 +312,10 @@ def test_san_gal_needs_attribute_checkpoint(world, tmp_path):
         build_index(gallery, ckpt, tmp_path / "idx")
     index = build_index(gallery, ckpt, tmp_path / "idx", attr_checkpoint=world["attr_ckpt"])
     assert index.meta["attr_checkpoint"]["path"] == str(Path(world["attr_ckpt"]).resolve())
+    other_attr = AttributeNet(SCHEMA.num_classes, backbone="resnet18", pretrained=False)  # other weights
+    save_checkpoint(tmp_path / "other_attr", other_attr, _arch(other_attr), {"step": 0})
+    with pytest.raises(CheckpointError, match="attribute checkpoint .* not comparable"):
+        Searcher(tmp_path / "idx", attr_checkpoint=tmp_path / "other_attr")  # its heat maps shape the features
     searcher = Searcher(tmp_path / "idx")  # attribute checkpoint taken from the index
     top = searcher.search(gallery / world["ds"].train[1].path.name, k=2)[0]
     assert Path(top.path).name == world["ds"].train[1].path.name and top.distance < 1e-4

@@ -113,6 +113,10 @@ class Searcher:
         assert ckpt is not None
         _check_sha(ckpt, meta["checkpoint"], "checkpoint", index_dir)
         recorded_attr = meta.get("attr_checkpoint")
+        needs_attr = meta.get("arch", {}).get("mode") == "san-gal"
+        if attr_checkpoint is None and recorded_attr and not needs_attr and not Path(recorded_attr["path"]).exists():
+            logger.warning("attribute checkpoint %s of the index is gone: no heat maps", recorded_attr["path"])
+            recorded_attr = None
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
         self.embedder = Embedder(ckpt, attr, device)
         self._last_query: tuple[tuple[str, int, int], np.ndarray, list[np.ndarray] | None] | None = None
