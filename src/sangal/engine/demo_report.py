@@ -92,10 +92,10 @@ def heatmap_samples(paths: dict, dataset, table, cfg: Config, n: int = 3) -> lis
         labels = []
         for k, attribute in enumerate(table.schema.attributes):
             p, t = attribute.classes[int(pred[i, k])], targets[i, k]
-            labels.append(p if t < 0 else (p if attribute.classes[t] == p else f"{p}≠{attribute.classes[t]}"))
+            labels.append(p if t < 0 or attribute.classes[t] == p else f"{p} (true {attribute.classes[t]})")
         out.append({"image": _image(record.path), "aah": tuple(m[i].numpy() for m in maps), "names": names,
                     "labels": labels, "caption": f"{Path(record.path).name}: AAH of every attribute at layer2/3/4 "
-                                                 "(predicted class; ≠ marks a wrong prediction)"})
+                                                 "(predicted class; "(true ...)" marks a wrong prediction)"})
     return out
 
 

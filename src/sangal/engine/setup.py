@@ -25,13 +25,10 @@ def parse_pretrained(value: str) -> bool | str:
 
 
 def load_reid_dataset(cfg: Config):
-    """Read the dataset named in the config and log its one-line-per-split summary."""
+    """Read the dataset named in the config (the reader logs its one-line-per-split summary)."""
     from sangal.data import load_dataset
 
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
-    for line in dataset.summary().splitlines():
-        log.info("%s", line)
-    return dataset
+    return load_dataset(cfg.data.dataset, cfg.data.root)
 
 
 def attribute_file(cfg: Config, dataset_root: Path) -> Path:

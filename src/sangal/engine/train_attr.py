@@ -75,7 +75,11 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
         restore_rng_state(ckpt.state["rng"])
         start_epoch, start_step = ckpt.state["epoch"], ckpt.state["step"]
         global_step, history = ckpt.state["global_step"], ckpt.state.get("history")
-    sampler = ShuffleBatchSampler(len(dataset.train), tc.batch_size, seed=cfg.train.seed)
+    batch_size = min(tc.batch_size, len(dataset.train))
+    if batch_size < tc.batch_size:
+        log.warning("only %d training images: attribute batches of %d instead of %d", len(dataset.train),
+                    batch_size, tc.batch_size)
+    sampler = ShuffleBatchSampler(len(dataset.train), batch_size, seed=cfg.train.seed)
     transform = build_transforms(cfg.data.height, cfg.data.width, train=True, flip_p=cfg.data.flip,
                                  pad=cfg.data.pad, erasing_p=0.0)  # erasing can delete the attribute's evidence
     loader = torch.utils.data.DataLoader(ImageDataset(dataset.train, transform, targets), batch_sampler=sampler,
