@@ -95,7 +95,7 @@ def heatmap_samples(paths: dict, dataset, table, cfg: Config, n: int = 3) -> lis
             labels.append(p if t < 0 or attribute.classes[t] == p else f"{p} (true {attribute.classes[t]})")
         out.append({"image": _image(record.path), "aah": tuple(m[i].numpy() for m in maps), "names": names,
                     "labels": labels, "caption": f"{Path(record.path).name}: AAH of every attribute at layer2/3/4 "
-                                                 "(predicted class; "(true ...)" marks a wrong prediction)"})
+                                                 "(predicted class; '(true ...)' marks a wrong prediction)"})
     return out
 
 
