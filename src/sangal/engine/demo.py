@@ -90,7 +90,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, seeds: int = 2, quick: bool = False, budget_minutes: float | None = None) -> dict:
+def run_demo(out: Path, seeds: int = 2, quick: bool = False, budget_minutes: float | None = None,
+             plan: DemoPlan | None = None) -> dict:
     """Run the whole pipeline into `out`; returns the table rows and the report path."""
     from sangal.data.synthetic import generate_synthetic
     from sangal.engine.aah_job import build_caches
@@ -100,7 +101,7 @@ def run_demo(out: Path, seeds: int = 2, quick: bool = False, budget_minutes: flo
 
     t0 = time.time()
     out = Path(out)
-    plan = PLANS["quick" if quick else "standard"]
+    plan = plan or PLANS["quick" if quick else "standard"]
     if budget_minutes is not None and not quick:
         scale = max(0.2, budget_minutes / 10.0)
         plan = DemoPlan(**{**plan.__dict__, "epochs": max(2, round(plan.epochs * scale))})
