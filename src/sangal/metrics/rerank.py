@@ -42,7 +42,7 @@ from .distance import block_distance, check_features, prepare
 __all__ = ["re_ranking"]
 
 # Elements of a dense working block (distances, inverted-index triples).
-_BLOCK_ELEMENTS = 1 << 23
+_BLOCK_ELEMENTS = 1 << 21
 
 _Prepared = tuple[torch.Tensor, "torch.Tensor | None"]
 
