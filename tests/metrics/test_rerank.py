@@ -77,6 +77,16 @@ def test_matches_dense_reference(seed: int, k1: int, k2: int, lam: float) -> Non
     np.testing.assert_allclose(out, dense_re_ranking(qf, gf, k1, k2, lam), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("k1,k2", [(20, 6), (1, 1), (3, 9)])
+def test_fewer_items_than_neighbours(k1: int, k2: int) -> None:
+    # 5 items in all: every neighbour list is cut at the data size, as slicing does in the
+    # reference (k2 = 9 averages over all 5 rows).
+    rng = np.random.default_rng(3)
+    qf, gf = rng.standard_normal((2, 4)), rng.standard_normal((3, 4))
+    expected = dense_re_ranking(qf, gf, k1, k2, 0.3)
+    np.testing.assert_allclose(re_ranking(qf, gf, k1=k1, k2=k2), expected, atol=1e-5, rtol=0)
+
+
 def test_small_blocks_give_the_same_result(monkeypatch) -> None:
     # Tiny working blocks: every blockwise loop (distances, reciprocity, expansion, pair
     # distances outside the neighbour lists, Jaccard) runs over many blocks.
