@@ -53,18 +53,18 @@ def _rows(p: _Prepared, idx: slice | torch.Tensor) -> _Prepared:
 
 
 def _neighbours(
-    prep: _Prepared, num_q: int, k_keep: int, squared: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    prep: _Prepared, k_keep: int, squared: bool, out: np.ndarray, weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block pass over all rows: top-k neighbours, row maxima and the query x gallery block.
 
-    Returns ``nn_idx`` (N, k) int64, ``nn_dist`` (N, k) row-normalised distances (CPU),
-    ``row_max`` (N,) and ``original`` (Q, G) row-normalised query-gallery distances.
+    Returns ``nn_idx`` (N, k) int64, ``nn_dist`` (N, k) row-normalised distances (CPU) and
+    ``row_max`` (N,); writes ``weight`` x the row-normalised query-gallery distances to
+    ``out`` (Q, G), so no second Q x G matrix is needed.
     """
-    n = prep[0].shape[0]
+    n, num_q = prep[0].shape[0], out.shape[0]
     nn_idx = torch.empty((n, k_keep), dtype=torch.int64)
     nn_dist = torch.empty((n, k_keep), dtype=torch.float32)
     row_max = torch.empty(n, dtype=torch.float32)
-    original = np.empty((num_q, n - num_q), dtype=np.float32)
     step = max(1, _BLOCK_ELEMENTS // n)
     with torch.no_grad():
         for s in range(0, n, step):
@@ -78,8 +78,8 @@ def _neighbours(
             row_max[s:e] = mx.cpu()
             if s < num_q:
                 qe = min(e, num_q) - s
-                original[s : s + qe] = (blk[:qe, num_q:] / mx[:qe, None]).cpu().numpy()
-    return nn_idx, nn_dist, row_max, original
+                out[s : s + qe] = (blk[:qe, num_q:] * (weight / mx[:qe, None])).cpu().numpy()
+    return nn_idx, nn_dist, row_max
 
 
 def _reciprocal(nn_idx: torch.Tensor, k: int) -> torch.Tensor:
@@ -152,36 +152,38 @@ def _pair_distances(
     return out
 
 
-def _jaccard(v: sp.csr_matrix, num_q: int) -> np.ndarray:
-    """(Q, G) Jaccard distance 1 - m / (2 - m), m[i, j] = sum_k min(V[i, k], V[j, k]).
+def _add_jaccard(v: sp.csr_matrix, out: np.ndarray, weight: float) -> None:
+    """out += weight x Jaccard distance 1 - m / (2 - m), m[i, j] = sum_k min(V[i, k], V[j, k]).
 
     Only pairs sharing a non-zero column contribute: for every non-zero (i, k) of the
     query rows, walk column k of the gallery rows (inverted index = CSC of the gallery).
     """
+    num_q = out.shape[0]
     vq, vg = v[:num_q].tocsr(), v[num_q:].tocsc()
     num_g = vg.shape[0]
     col_len = np.diff(vg.indptr)
     # work per query row = number of (query entry, gallery entry) pairs it generates
     entry_row = np.repeat(np.arange(num_q), np.diff(vq.indptr))
     cost = np.cumsum(np.bincount(entry_row, weights=col_len[vq.indices], minlength=num_q))
-    out = np.empty((num_q, num_g), dtype=np.float32)
     max_rows = max(1, _BLOCK_ELEMENTS // max(num_g, 1))
+    budget = _BLOCK_ELEMENTS // 2  # (query entry, gallery entry) pairs per block, ~40 B each
     s = 0
     while s < num_q:
         base = cost[s - 1] if s > 0 else 0
-        e = int(np.searchsorted(cost, base + _BLOCK_ELEMENTS, side="right"))
+        e = int(np.searchsorted(cost, base + budget, side="right"))
         e = min(max(e, s + 1), s + max_rows, num_q)
         blk = vq[s:e].tocoo()
         cnt = col_len[blk.col]
-        starts = vg.indptr[blk.col]
-        offsets = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        pos = np.repeat(starts, cnt) + offsets
+        # position in the gallery's CSC arrays of every pair: column start + offset in column
+        pos = np.repeat(vg.indptr[blk.col] - (np.cumsum(cnt) - cnt), cnt)
+        pos += np.arange(pos.size)
         contrib = np.minimum(np.repeat(blk.data, cnt), vg.data[pos])
-        flat = np.repeat(blk.row.astype(np.int64), cnt) * num_g + vg.indices[pos]
+        flat = np.repeat(blk.row.astype(np.int64) * num_g, cnt)
+        flat += vg.indices[pos]
+        del pos
         m = np.bincount(flat, weights=contrib, minlength=(e - s) * num_g).reshape(e - s, num_g)
-        out[s:e] = 1.0 - m / (2.0 - m)
+        out[s:e] += weight * (1.0 - m / (2.0 - m))
         s = e
-    return out
 
 
 def re_ranking(
@@ -213,7 +215,8 @@ def re_ranking(
     prep = prepare(torch.cat([q, g]), metric)
     squared = metric == "euclidean"
     k_keep = min(n, max(int(k1) + 1, int(k2)))
-    nn_idx, nn_dist, row_max, original = _neighbours(prep, num_q, k_keep, squared)
+    final = np.empty((num_q, n - num_q), dtype=np.float32)
+    nn_idx, nn_dist, row_max = _neighbours(prep, k_keep, squared, final, float(lambda_value))
 
     rows, cols = _expanded_sets(nn_idx, int(k1))
     w = torch.exp(-_pair_distances(prep, rows, cols, nn_idx, nn_dist, row_max, squared).double())
@@ -228,7 +231,5 @@ def re_ranking(
         v = e @ v
     v = sp.csr_matrix(v, dtype=np.float32)
 
-    final = _jaccard(v, num_q)
-    final *= 1.0 - lambda_value
-    final += np.float32(lambda_value) * original
+    _add_jaccard(v, final, 1.0 - float(lambda_value))
     return final
