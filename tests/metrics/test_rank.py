@@ -123,7 +123,8 @@ def test_torch_inputs_and_thread_counts_agree() -> None:
 def test_distractor_is_a_negative() -> None:
     # A distractor (pid 0) closer than the true match pushes the match to rank 2.
     d = np.array([[0.1, 0.5]])
-    res = evaluate_rank(d, np.array([5]), np.array([0, 5]), np.array([0]), np.array([1, 1]), max_rank=2)
+    q_pids, g_pids, q_cams, g_cams = np.array([5]), np.array([0, 5]), np.array([0]), np.array([1, 1])
+    res = evaluate_rank(d, q_pids, g_pids, q_cams, g_cams, max_rank=2)
     np.testing.assert_allclose(res.cmc, [0.0, 1.0])
     assert res.mAP == pytest.approx(0.5)
 

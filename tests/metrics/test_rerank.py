@@ -12,7 +12,9 @@ import sangal.metrics.rerank as rerank_mod
 from sangal.metrics import compute_distance, evaluate_rank, re_ranking
 
 
-def dense_re_ranking(qf: np.ndarray, gf: np.ndarray, k1: int, k2: int, lambda_value: float) -> np.ndarray:
+def dense_re_ranking(
+    qf: np.ndarray, gf: np.ndarray, k1: int, k2: int, lambda_value: float
+) -> np.ndarray:
     """The published algorithm, line by line, with dense float64 (Q+G)^2 matrices."""
     query_num = qf.shape[0]
     feat = np.concatenate([qf, gf]).astype(np.float64)

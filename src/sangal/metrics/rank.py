@@ -102,7 +102,7 @@ def _validate(
         if a.ndim != 1 or a.shape[0] != n:
             side = "rows (queries)" if name.startswith("q") else "columns (gallery items)"
             raise ValueError(
-                f"{name} must be 1-D with {n} entries to match distmat's {side}, got shape {a.shape}"
+                f"{name} must be 1-D with {n} entries (distmat's {side}), got shape {a.shape}"
             )
         if a.dtype.kind not in "iub":
             raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")

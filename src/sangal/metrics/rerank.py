@@ -53,7 +53,7 @@ def _rows(p: _Prepared, idx: slice | torch.Tensor) -> _Prepared:
 
 
 def _neighbours(
-    prep: _Prepared, k_keep: int, squared: bool, out: np.ndarray, weight: float
+    prep: _Prepared, k_keep: int, out: np.ndarray, weight: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Block pass over all rows: top-k neighbours, row maxima and the query x gallery block.
 
@@ -69,7 +69,7 @@ def _neighbours(
     with torch.no_grad():
         for s in range(0, n, step):
             e = min(n, s + step)
-            blk = block_distance(_rows(prep, slice(s, e)), prep, squared=squared)
+            blk = block_distance(_rows(prep, slice(s, e)), prep, squared=True)
             mx = blk.max(dim=1).values
             mx = torch.where(mx > 0, mx, 1.0)  # all-identical features: avoid 0/0
             vals, idx = torch.topk(blk, k_keep, dim=1, largest=False, sorted=True)
@@ -126,7 +126,6 @@ def _pair_distances(
     nn_idx: torch.Tensor,
     nn_dist: torch.Tensor,
     row_max: torch.Tensor,
-    squared: bool,
 ) -> torch.Tensor:
     """Row-normalised d(row, col): from the neighbour lists, else computed pair by pair."""
     n, k = nn_idx.shape
@@ -146,8 +145,7 @@ def _pair_distances(
         if norms is None:
             d = (1.0 - dot).clamp_(0.0, 2.0)
         else:
-            d = (norms[r] + norms[c] - 2.0 * dot).clamp_(min=0.0)
-            d = d if squared else d.sqrt_()
+            d = (norms[r] + norms[c] - 2.0 * dot).clamp_(min=0.0)  # squared Euclidean
         out[m] = (d / row_max.to(x.device)[r]).cpu()
     return out
 
@@ -211,25 +209,26 @@ def re_ranking(
     q, g = check_features(qf, gf, metric)
     num_q, n = q.shape[0], q.shape[0] + g.shape[0]
     if num_q == 0 or g.shape[0] == 0:
-        raise ValueError(f"need at least one query and one gallery item, got {num_q} and {g.shape[0]}")
-    prep = prepare(torch.cat([q, g]), metric)
-    squared = metric == "euclidean"
+        raise ValueError(f"need queries and gallery items, got {num_q} and {g.shape[0]}")
+    prep = prepare(torch.cat([q, g]), metric)  # queries first, as in the reference
     k_keep = min(n, max(int(k1) + 1, int(k2)))
+    # 1. neighbour lists, row maxima; final = lambda * row-normalised original distance
     final = np.empty((num_q, n - num_q), dtype=np.float32)
-    nn_idx, nn_dist, row_max = _neighbours(prep, k_keep, squared, final, float(lambda_value))
-
+    nn_idx, nn_dist, row_max = _neighbours(prep, k_keep, final, float(lambda_value))
+    # 2.-3. expanded k-reciprocal sets and their weights exp(-d), normalised per row
     rows, cols = _expanded_sets(nn_idx, int(k1))
-    w = torch.exp(-_pair_distances(prep, rows, cols, nn_idx, nn_dist, row_max, squared).double())
+    w = torch.exp(-_pair_distances(prep, rows, cols, nn_idx, nn_dist, row_max).double())
     w = w / torch.zeros(n, dtype=torch.float64).index_add_(0, rows, w)[rows]
     v = sp.csr_matrix((w.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n))
+    # 4. local query expansion: mean of V over the first k2 neighbours
     if k2 != 1:
         kq = min(int(k2), n)
-        e = sp.csr_matrix(
-            (np.full(n * kq, 1.0 / kq), (np.repeat(np.arange(n), kq), nn_idx[:, :kq].reshape(-1).numpy())),
-            shape=(n, n),
+        neighbours = nn_idx[:, :kq].reshape(-1).numpy()
+        mean = sp.csr_matrix(
+            (np.full(n * kq, 1.0 / kq), (np.repeat(np.arange(n), kq), neighbours)), shape=(n, n)
         )
-        v = e @ v
+        v = mean @ v
     v = sp.csr_matrix(v, dtype=np.float32)
-
+    # 5.-6. final += (1 - lambda) * Jaccard distance
     _add_jaccard(v, final, 1.0 - float(lambda_value))
     return final
