@@ -250,10 +250,13 @@ def _functional_grad_cam(
         columns = offsets + classes  # (B, K): column of y^k in the concatenated probs
 
         def backward(cotangent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """One attribute's cotangent (B, sum C) -> its channel weights (B, C_s) per stage."""
             (g4,) = vjp_head(cotangent)  # eq. (1) at layer4
             (g3,) = vjp4(g4)  # ... at layer3
             (g2,) = vjp3(g3)  # ... at layer2
-            return g2, g3, g4
+            # Reduce inside the vmap: only (K, B, C) weights leave it, never
+            # the K-fold (K, B, C, h, w) gradients of all three stages at once.
+            return _channel_weights(g2), _channel_weights(g3), _channel_weights(g4)
 
         parts: list[list[Tensor]] = []
         for start in range(0, len(sizes), chunk):
@@ -261,8 +264,8 @@ def _functional_grad_cam(
             cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)  # (k, B, sum C)
             # The backward runs outside autocast, in the dtypes the forward recorded.
             with torch.autocast(device_type=device.type, enabled=False):
-                grads = vmap(backward)(cotangents)  # per stage (k, B, C, h, w)
-            parts.append([_cam(a, g) for a, g in zip((a2, a3, a4), grads)])
+                weights = vmap(backward)(cotangents)  # per stage (k, B, C)
+            parts.append([_cam(a, w) for a, w in zip((a2, a3, a4), weights)])
         return _finish(parts, normalize, device)
 
 
@@ -297,7 +300,7 @@ def _graph_grad_cam(
                 create_graph=create_graph,
                 is_grads_batched=True,
             )  # per stage (k, B, C, h, w)
-            parts.append([_cam(a, g) for a, g in zip(acts, grads)])
+            parts.append([_cam(a, _channel_weights(g)) for a, g in zip(acts, grads)])
         return _finish(parts, normalize, device)
 
 
@@ -324,10 +327,14 @@ def _one_hots(columns: Tensor, width: int, dtype: torch.dtype) -> Tensor:
     return out.scatter_(2, columns.t().unsqueeze(2), 1.0)
 
 
-def _cam(activation: Tensor, grads: Tensor) -> Tensor:
-    """Eq. (2) for a chunk of attributes: (B, C, h, w), (k, B, C, h, w) -> (B, k, h, w)."""
+def _channel_weights(grads: Tensor) -> Tensor:
+    """Eq. (2)'s channel weights: spatial mean of dy^k/dA, (..., C, h, w) -> (..., C) float32."""
+    return grads.float().mean(dim=(-2, -1))
+
+
+def _cam(activation: Tensor, weights: Tensor) -> Tensor:
+    """Eq. (2) for a chunk of attributes: A (B, C, h, w), w (k, B, C) -> (B, k, h, w)."""
     with torch.autocast(device_type=activation.device.type, enabled=False):
-        weights = grads.float().mean(dim=(-2, -1))  # (k, B, C): spatial mean of dy^k/dA
         cam = torch.einsum("kbc,bchw->bkhw", weights, activation.float())  # (B, k, h, w)
         return torch.relu(cam)
 
