@@ -80,6 +80,7 @@ class TrainConfig:
 
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
+    aah_targets: str = "labels"  # training heat maps for the labelled class (paper) | the predicted class (as at test)
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
     aah_cache: str | None = None  # default: <out>/aah
     seed: int = 0
@@ -141,6 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mode": ("id", "id+attr", "san-gal"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),
+    "train.aah_targets": ("labels", "predicted"),
     "eval.metric": ("cosine", "euclidean"),
 }
 

@@ -25,7 +25,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     plan = DemoPlan(ids=12, cams=3, images_per_cam=2, height=64, width=32, attr_epochs=1, epochs=1, p=4, k=2)
     result = run_demo(tmp_path / "demo", seeds=1, plan=plan)
     printed = capsys.readouterr().out
-    assert all(mode in printed for mode in ("id", "id+attr", "san-gal", "attribute net"))
+    assert all(mode in printed for mode in ("id", "id+attr", "san-gal", "san-gal (pred. maps)", "attribute net"))
     rows = {r["variant"]: r for r in result["rows"]}
     for mode in ("id", "id+attr", "san-gal"):
         assert 0.0 <= rows[mode]["rank1"] <= 1.0 and 0.0 <= rows[mode]["mAP"] <= 1.0

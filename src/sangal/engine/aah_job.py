@@ -35,8 +35,8 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
     for split in splits:
         records = getattr(dataset, split)
         # Training maps are guided by the attribute labels (the paper's "GAL"); test maps use predictions.
-        targets = setup.attribute_targets(table, records, "train") if split == "train" else None
-        cache_dir = paths["aah"] / split
+        targets = setup.aah_targets_for(cfg, table, records, split)
+        cache_dir = setup.aah_cache_dir(cfg, split)
         try:
             AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
                           width=cfg.data.width, targets=targets, normalize=cfg.model.aah_normalize)

@@ -107,8 +107,11 @@ def ranked_samples(cfg: Config, out: Path, paths: dict, dataset, n: int = 4, k: 
     from sangal.metrics import compute_distance
 
     feats = {}
+    from sangal.engine.demo import variant_dir
+
     for mode in ("id", "san-gal"):
-        model, _ = load_model(out / "seed0" / "reid" / mode / "checkpoints" / "final", expected_kind="reid")
+        run = variant_dir(out, mode, 0) / "reid" / mode / "checkpoints" / "final"
+        model, _ = load_model(run, expected_kind="reid")
         sets = []
         for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
             aah_fn = heatmap_source(cfg, records, split, paths, torch.device("cpu")) if mode == "san-gal" else None
@@ -165,6 +168,9 @@ def build_report(out: Path, cfg: Config, plan, rows, results, attr_metrics, timi
             "Heat maps in the localisation table come from the offline cache of gallery images (predicted "
             "classes); the uniform baseline is what a map spread evenly over the image would score.",
             "mean ± std is over training seeds with the same data and the same attribute network.",
+            "san-gal follows the paper: training heat maps are guided by the attribute labels, test heat maps "
+            "by the attribute net's predictions (no labels at test time). 'san-gal (pred. maps)' trains on "
+            "predicted-class maps too, so training and test maps come from the same process.",
         ],
         config=to_dict(cfg),
     )

@@ -25,6 +25,8 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
         try:
             cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
                                   height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize)
+            if cache.manifest["targets"]["mode"] != "predicted":  # test time must not see the labels
+                raise CacheError(f"AAH cache {cache_dir} was built from attribute labels, not predictions")
             return aah_from_cache(cache)
         except CacheError as exc:
             log.warning("%s; computing %s heat maps on the fly instead", exc, split)

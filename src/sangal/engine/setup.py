@@ -110,6 +110,21 @@ def default_paths(cfg: Config) -> dict[str, Path]:
     }
 
 
+def aah_cache_dir(cfg: Config, split: str) -> Path:
+    """Cache folder of a split; training maps guided by predictions live apart from label-guided ones."""
+    root = default_paths(cfg)["aah"]
+    if split == "train" and cfg.train.aah_targets == "predicted":
+        return root / "train_predicted"
+    return root / split
+
+
+def aah_targets_for(cfg: Config, table, records, split: str) -> np.ndarray | None:
+    """Grad-CAM targets: attribute labels for training maps (unless configured otherwise), else None."""
+    if split == "train" and cfg.train.aah_targets == "labels":
+        return attribute_targets(table, records, "train")
+    return None
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)

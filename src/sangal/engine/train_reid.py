@@ -75,12 +75,14 @@ class AAHSource:
         self.attr_net = None
         self.cache = None
         self.normalize = cfg.model.aah_normalize
+        self.guided = cfg.train.aah_targets == "labels"
         if self.mode == "offline":
             from sangal.engine.aah_cache import AAHCache
 
-            self.cache = AAHCache.open(paths["aah"] / "train", attr_ckpt_dir=paths["attr_checkpoint"],
+            self.cache = AAHCache.open(setup.aah_cache_dir(cfg, "train"), attr_ckpt_dir=paths["attr_checkpoint"],
                                        records=records, height=cfg.data.height, width=cfg.data.width,
-                                       targets=targets, normalize=cfg.model.aah_normalize)
+                                       targets=targets if cfg.train.aah_targets == "labels" else None,
+                                       normalize=cfg.model.aah_normalize)
         else:
             from sangal.engine.checkpoint import load_model
 
@@ -110,7 +112,7 @@ class AAHSource:
         from sangal.losses import attribute_ce
 
         out = self.attr_net(images)
-        maps = attribute_heatmaps_from_output(out, targets=attrs, normalize=self.normalize,
+        maps = attribute_heatmaps_from_output(out, targets=attrs if self.guided else None, normalize=self.normalize,
                                               retain_graph=True)  # first backward: Grad-CAM, detached
         return maps, {"attr_branch": attribute_ce(out.logits, attrs)}  # second backward: the loss
 
