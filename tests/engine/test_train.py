@@ -123,3 +123,22 @@ def test_online_dual_trace_mode_trains_attribute_branch(prepared, tmp_path):
     after = load_file(tmp_path / "reid/san-gal/checkpoints/final_attr_branch/model.safetensors")
     changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
     assert changed, "the attribute branch should be updated by the joint (dual-trace) training"
+
+
+def test_predicted_class_training_maps_use_their_own_cache(prepared, tmp_path):
+    """train.aah_targets=predicted reads a separate train cache built without labels."""
+    from sangal.engine.aah_cache import AAHCache
+    from sangal.engine.aah_job import build_caches
+    from sangal.engine.train_reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=predicted", "train.epochs=1")
+    with pytest.raises(CacheError):  # not built yet: the label-guided cache is not silently reused
+        train_reid(cfg)
+    built = build_caches(cfg, splits=["train"])["train"]
+    assert built.name == "train_predicted"
+    assert AAHCache.open(built).manifest["targets"]["mode"] == "predicted"
+    labelled = AAHCache.open(prepared["out"] / "aah" / "train")
+    assert labelled.manifest["targets"]["mode"] != "predicted"
+    assert not torch.equal(AAHCache.open(built).get(list(range(len(labelled))))[2],
+                           labelled.get(list(range(len(labelled))))[2])
+    assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0
