@@ -234,7 +234,8 @@ def normalize_heatmaps(maps: Tensor, mode: str = "max") -> Tensor:
 def _functional_grad_cam(
     net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int
 ) -> Heatmaps:
-    """torch.func path: vjp stage by stage, backward vmapped over the K cotangents."""
+    """torch.func path (eval-mode BatchNorm, no autocast): vjp stage by stage,
+    backward vmapped over the K cotangents."""
     sizes = list(net.num_classes)
     device = images.device
     # The outer level needs no autograd graph: gradients exist only inside the
@@ -243,7 +244,7 @@ def _functional_grad_cam(
         a2 = net.forward_to_stage2(images)  # (B, C2, H/8, W/8)
         a3, vjp3 = vjp(net.stage2_to_3, a2)  # (B, C3, H/16, W/16)
         a4, vjp4 = vjp(net.stage3_to_4, a3)  # (B, C4, h4, w4)
-        probs, vjp_head = vjp(lambda a: _head_probs(net, a), a4)  # (B, sum C_k)
+        probs, vjp_head = vjp(lambda a: _concat_probs(net.head_from_stage4(a)), a4)  # (B, sum C_k)
         logits = list(probs.split(sizes, dim=1))  # argmax of probs == argmax of logits
         classes = target_classes(logits, targets)  # (B, K)
         offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)  # (K,)
@@ -262,9 +263,7 @@ def _functional_grad_cam(
         for start in range(0, len(sizes), chunk):
             stop = min(start + chunk, len(sizes))
             cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)  # (k, B, sum C)
-            # The backward runs outside autocast, in the dtypes the forward recorded.
-            with torch.autocast(device_type=device.type, enabled=False):
-                weights = vmap(backward)(cotangents)  # per stage (k, B, C)
+            weights = vmap(backward)(cotangents)  # per stage (k, B, C)
             parts.append([_cam(a, w) for a, w in zip((a2, a3, a4), weights)])
         return _finish(parts, normalize, device)
 
@@ -309,16 +308,6 @@ def _concat_probs(logits: Sequence[Tensor]) -> Tensor:
     """K x (B, C_k) logits -> (B, sum C_k) float32 softmax probabilities, head by head."""
     with torch.autocast(device_type=logits[0].device.type, enabled=False):
         return torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)
-
-
-def _head_probs(net: AttributeNet, a4: Tensor) -> Tensor:
-    """GAP + BN-FC heads + softmax in float32: (B, C4, h, w) -> (B, sum C_k).
-
-    The heads are tiny, so they run outside autocast (vmapping the backward of
-    a bf16 BatchNorm1d with float32 weights is not supported by torch.func).
-    """
-    with torch.autocast(device_type=a4.device.type, enabled=False):
-        return _concat_probs(net.head_from_stage4(a4.float()))
 
 
 def _one_hots(columns: Tensor, width: int, dtype: torch.dtype) -> Tensor:
