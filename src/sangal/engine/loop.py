@@ -9,6 +9,7 @@ import os
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,33 @@ def warmup_step_lr(
     if warmup_epochs > 0 and progress < warmup_epochs:
         return warmup_start_lr + (base_lr - warmup_start_lr) * progress / warmup_epochs
     return lr
+
+
+@dataclass
+class Position:
+    """Where a training run stands: the schedule position a checkpoint records."""
+
+    epoch: int = 0
+    step: int = 0  # next batch within `epoch`
+    global_step: int = 0
+    history: dict | None = None
+
+
+def resume_from(last_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, arch: dict,
+                kind: str):
+    """Load `last_dir` into model, optimizer and the RNGs; returns (checkpoint, Position)."""
+    from sangal.engine.checkpoint import load_checkpoint, load_weights, restore_optimizer, restore_rng_state
+    from sangal.errors import CheckpointError
+
+    if not Path(last_dir).exists():
+        raise CheckpointError(f"--resume: no checkpoint at {last_dir}; start without --resume")
+    ckpt = load_checkpoint(last_dir, expected_kind=kind)
+    load_weights(model, ckpt, arch)
+    restore_optimizer(optimizer, ckpt)
+    restore_rng_state(ckpt.state["rng"])
+    state = ckpt.state
+    log.info("resuming %s at epoch %d step %d", last_dir, state["epoch"], state["step"])
+    return ckpt, Position(state["epoch"], state["step"], state["global_step"], state.get("history"))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -10,8 +10,7 @@ import torch
 from sangal.config import Config, dump_yaml, to_dict
 from sangal.engine import setup
 from sangal.engine.distributed import resolve_device
-from sangal.engine.loop import RunLogger, StopSignal, check_finite, set_lr, warmup_step_lr
-from sangal.errors import CheckpointError
+from sangal.engine.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     from tqdm import tqdm
 
     from sangal.data import ImageDataset, build_transforms
-    from sangal.engine.checkpoint import (capture_rng_state, load_checkpoint, load_weights, restore_optimizer,
-                                          restore_rng_state, save_checkpoint)
+    from sangal.engine.checkpoint import capture_rng_state, save_checkpoint
     from sangal.losses import attribute_ce
     from sangal.models.attribute_net import AttributeNet
 
@@ -64,17 +62,9 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     arch = setup.arch_for(cfg, "attribute", attr_classes=classes)
     tc = cfg.attr_train
     optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
-    start_epoch, start_step, global_step, history = 0, 0, 0, None
     last_dir = run_dir / "checkpoints" / "last"
-    if resume:
-        if not last_dir.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {last_dir}; start without --resume")
-        ckpt = load_checkpoint(last_dir, expected_kind="attribute")
-        load_weights(model, ckpt, arch)
-        restore_optimizer(optimizer, ckpt)
-        restore_rng_state(ckpt.state["rng"])
-        start_epoch, start_step = ckpt.state["epoch"], ckpt.state["step"]
-        global_step, history = ckpt.state["global_step"], ckpt.state.get("history")
+    pos = resume_from(last_dir, model, optimizer, arch, "attribute")[1] if resume else Position()
+    start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
     batch_size = min(tc.batch_size, len(dataset.train))
     if batch_size < tc.batch_size:
         log.warning("only %d training images: attribute batches of %d instead of %d", len(dataset.train),

@@ -16,7 +16,7 @@ import torch.nn as nn
 from sangal.config import Config, LossConfig, dump_yaml, to_dict
 from sangal.engine import setup
 from sangal.engine.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
-from sangal.engine.loop import RunLogger, StopSignal, check_finite, set_lr, warmup_step_lr
+from sangal.engine.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
 from sangal.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def targets_classes(cfg: Config) -> list[int]:
 def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
     """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics."""
     from sangal.data import IdentitySampler, ImageDataset, build_transforms
-    from sangal.engine.checkpoint import (capture_rng_state, load_checkpoint, load_weights, restore_optimizer,
-                                          restore_rng_state, save_checkpoint)
+    from sangal.engine.checkpoint import capture_rng_state, save_checkpoint
     from sangal.models.reid_net import ReIDNet
 
     info = init_distributed(cfg.train.device)
@@ -153,20 +152,11 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     optimizer = torch.optim.SGD(params, lr=cfg.optim.warmup_start_lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
 
-    start_epoch, start_step, global_step, history = 0, 0, 0, None
     last_dir = run_dir / "checkpoints" / "last"
-    if resume:
-        if not last_dir.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {last_dir}; start without --resume")
-        ckpt = load_checkpoint(last_dir, expected_kind="reid")
-        load_weights(model, ckpt, arch)
-        restore_optimizer(optimizer, ckpt)
-        restore_rng_state(ckpt.state["rng"])
-        if aah_source is not None and aah_source.attr_net is not None:
-            _restore_attr_branch(aah_source.attr_net, last_dir, ckpt.state["global_step"])
-        start_epoch, start_step = ckpt.state["epoch"], ckpt.state["step"]
-        global_step, history = ckpt.state["global_step"], ckpt.state.get("history")
-        log.info("resuming %s at epoch %d step %d", last_dir, start_epoch, start_step)
+    pos = resume_from(last_dir, model, optimizer, arch, "reid")[1] if resume else Position()
+    if resume and aah_source is not None and aah_source.attr_net is not None:
+        _restore_attr_branch(aah_source.attr_net, last_dir, pos.global_step)
+    start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
     if cfg.train.freeze_bn:
         _freeze_bn(model)
     net: nn.Module = model
