@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from sangal import gradcam
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.gradcam import (
     attribute_heatmaps,
+    default_chunk,
     attribute_heatmaps_from_output,
     normalize_heatmaps,
     target_classes,
@@ -240,16 +243,17 @@ def test_one_vectorised_backward(net: AttributeNet, images: Tensor, free_raw, mo
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     monkeypatch.setattr(torch.autograd, "backward", no_backward)
     monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    k = len(MARKET_CLASSES)
     with torch.profiler.profile(record_shapes=True) as prof:
-        maps = attribute_heatmaps(net, images, normalize="none")
+        maps = attribute_heatmaps(net, images, normalize="none", chunk=k)
     # one vjp per stage segment (heads->layer4, layer4->layer3, layer3->layer2), one vmap
     assert len(calls) == 3
     conv_bw = [e for e in prof.events() if e.name == "aten::convolution_backward"]
     n_convs = _convs(net.backbone.layer3, net.backbone.layer4)
-    k = len(MARKET_CLASSES)
     batched = [e for e in conv_bw if e.input_shapes and e.input_shapes[0][:1] == [k * B]]
     assert len(batched) == n_convs  # each conv once, all K attributes at a time
     assert len(conv_bw) <= 2 * n_convs  # (+ the vmap front-end event), not K times
+    # free_raw was computed with the default chunking: same maps
     for a, b in zip(maps, free_raw):
         torch.testing.assert_close(a, b)
 
@@ -258,6 +262,19 @@ def test_one_vectorised_backward(net: AttributeNet, images: Tensor, free_raw, mo
     assert len(calls) == 3 * 2  # ceil(27 / 14) chunks
     for a, b in zip(chunked, free_raw):
         torch.testing.assert_close(a, b)
+
+    calls.clear()
+    attribute_heatmaps(net, images)
+    assert len(calls) == 3 * math.ceil(k / default_chunk(B, k, "cpu"))
+
+
+def test_default_chunk() -> None:
+    assert default_chunk(8, 27, "cpu") == 3  # ~24 samples per vectorised backward
+    assert default_chunk(2, 27, "cpu") == 12
+    assert default_chunk(1, 27, "cpu") == 24
+    assert default_chunk(64, 27, "cpu") == 1
+    assert default_chunk(2, 5, "cpu") == 5
+    assert default_chunk(8, 27, "cuda") == 27  # accelerators: all attributes at once
 
 
 def test_works_inside_no_grad(net: AttributeNet, images: Tensor, free_raw) -> None:

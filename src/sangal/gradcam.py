@@ -37,8 +37,13 @@ Two ways to run it:
   torch 2.14's vmapped BatchNorm backward rejects bf16 activations with
   float32 statistics.)
 
-``chunk`` splits the K attributes into groups of that size (one vectorised
-backward per group) when the K-fold batched gradients do not fit in memory.
+``chunk`` splits the K attributes into groups of that size, one vectorised
+backward per group (each runs on chunk x B samples). By default
+(:func:`default_chunk`) all K attributes go at once on accelerators, while on
+CPU groups hold about :data:`CPU_VECTOR_BATCH` samples: there, a K x B batch of
+layer3/layer4 activations overflows the caches and runs ~1.5x slower than
+several cache-sized groups (ResNet-50, batch 8, 256x128: 24 s at chunk 27,
+15 s at chunk 3 on one core). Smaller chunks also bound memory.
 
 Normalisation (applied per (sample, attribute) map before ASAM; ``normalize``):
 
@@ -82,6 +87,7 @@ __all__ = [
     "NORMALIZE_MODES",
     "attribute_heatmaps",
     "attribute_heatmaps_from_output",
+    "default_chunk",
     "normalize_heatmaps",
     "target_classes",
 ]
@@ -90,6 +96,9 @@ NORMALIZE_MODES = ("max", "minmax", "none")
 
 #: Denominator guard of the "minmax" mode, as in pytorch_grad_cam's scale_cam_image.
 MINMAX_EPS = 1e-7
+
+#: Samples (attributes x images) per vectorised backward on CPU by default.
+CPU_VECTOR_BATCH = 24
 
 Heatmaps = tuple[Tensor, Tensor, Tensor]
 
@@ -116,14 +125,14 @@ def attribute_heatmaps(
         normalize: ``"max"``, ``"minmax"`` or ``"none"`` (see module docstring).
         create_graph: keep the maps differentiable (w.r.t. the network's
             parameters and the images) instead of detached.
-        chunk: attributes per vectorised backward; ``None`` = all K at once.
+        chunk: attributes per vectorised backward; ``None``: :func:`default_chunk`.
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s) at the layer2, layer3
         and layer4 output resolutions (H/8, H/16, H/16 for last stride 1).
     """
     _check_normalize(normalize)
-    chunk = _check_chunk(chunk, len(net.heads))
+    chunk = _check_chunk(chunk, len(net.heads), images)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attribute_heatmaps needs autograd; call it outside torch.inference_mode()")
     if create_graph:
@@ -168,7 +177,7 @@ def attribute_heatmaps_from_output(
         retain_graph: keep the forward graph for a later backward pass.
     """
     _check_normalize(normalize)
-    chunk = _check_chunk(chunk, len(out.logits))
+    chunk = _check_chunk(chunk, len(out.logits), out.features)
     if not all(a.requires_grad for a in out.stages):
         raise ValueError(
             "out.stages do not require grad: compute the AttributeNet forward pass with autograd "
@@ -345,9 +354,21 @@ def _check_normalize(normalize: str) -> None:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {normalize!r}")
 
 
-def _check_chunk(chunk: int | None, num_attrs: int) -> int:
-    if chunk is None:
+def default_chunk(batch: int, num_attrs: int, device: torch.device | str) -> int:
+    """Attributes per vectorised backward when ``chunk=None``.
+
+    All ``num_attrs`` at once on accelerators (bigger batches keep them busy);
+    on CPU ``ceil(CPU_VECTOR_BATCH / batch)`` so each backward runs on about
+    :data:`CPU_VECTOR_BATCH` samples (see the module docstring).
+    """
+    if torch.device(device).type != "cpu":
         return num_attrs
+    return max(1, min(num_attrs, -(-CPU_VECTOR_BATCH // max(batch, 1))))
+
+
+def _check_chunk(chunk: int | None, num_attrs: int, like: Tensor) -> int:
+    if chunk is None:
+        return default_chunk(like.shape[0], num_attrs, like.device)
     if int(chunk) < 1:
         raise ValueError(f"chunk must be a positive number of attributes, got {chunk}")
     return int(chunk)
