@@ -19,13 +19,13 @@ backward pass vectorised over the attributes (K one-hot cotangents at once).
 The backward stops at the layer2 output and computes no parameter gradient.
 Two ways to run it:
 
-* functional path (:func:`attribute_heatmaps`, network without BatchNorm in
-  train mode — the usual eval-mode/offline case): stem..layer2 run under
+* functional path (:func:`attribute_heatmaps` with no BatchNorm in train mode
+  and no autocast — the usual eval-mode/offline case): stem..layer2 run under
   ``no_grad``; layer3, layer4 and the heads are differentiated with
   ``torch.func.vjp`` stage by stage (the chain rule across the staged
   forward: heads -> layer4 -> layer3) and the backward is ``torch.func.vmap``-ed
   over the K cotangents, so every convolution backward runs once on a
-  K-times-larger batch.
+  K-times-larger batch (``chunk`` times, see below).
 * graph path (:func:`attribute_heatmaps_from_output`, BatchNorm in train
   mode, autocast, ``create_graph=True``): ``torch.autograd.grad(...,
   is_grads_batched=True)`` on the autograd graph of a regular forward pass.
