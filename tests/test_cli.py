@@ -83,3 +83,16 @@ def test_sigterm_writes_checkpoint_and_resume_matches_uninterrupted(tiny_synth, 
     a = load_file(tmp_path / "killed/reid/id/checkpoints/final/model.safetensors")
     b = load_file(tmp_path / "ref/reid/id/checkpoints/final/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_synth_writes_a_market_layout_dataset(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synth", "--out", str(out), "--ids", "6", "--cams", "2", "--seed", "3",
+                 "--height", "64", "--width", "32"]) == 0
+    summary = capsys.readouterr().out
+    assert "train" in summary and "| 3 ids |" in summary
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        assert any((out / split).glob("*.jpg")), split
+    assert (out / "market_attribute.mat").is_file()
+    assert main(["synth", "--out", str(out), "--ids", "7", "--cams", "2"]) == 2  # other parameters: refused
+    assert "error: " in capsys.readouterr().err
