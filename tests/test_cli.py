@@ -48,7 +48,8 @@ def test_commands_end_to_end(tiny_synth, tiny_overrides, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--rerank", *over]) == 0
     assert "mAP" in capsys.readouterr().out
     index = tmp_path / "index"
-    assert main(["index", str(tiny_synth / "bounding_box_test"), "--checkpoint", str(ckpt), "--out", str(index)]) == 0
+    assert main(["index", str(tiny_synth / "bounding_box_test"), "--checkpoint", str(ckpt), "--out", str(index),
+                 "--num-workers", "1"]) == 0
     query = sorted((tiny_synth / "query").glob("*.jpg"))[0]
     html = tmp_path / "hits.html"
     assert main(["search", str(query), "--index", str(index), "-k", "3", "--html", str(html)]) == 0

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--faiss-threshold", type=int, default=50000, help="use FAISS at or above this many images")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
 
     p = sub.add_parser("search", help="rank an index's gallery against a query image")
     p.add_argument("image", help="query image")
@@ -157,7 +158,8 @@ def run(args) -> int:
 
         out = args.out or str(Path(args.gallery).resolve()) + ".sangal-index"
         index = build_index(args.gallery, args.checkpoint, out, attr_checkpoint=args.attr_checkpoint,
-                            batch_size=args.batch_size, device=args.device, faiss_threshold=args.faiss_threshold)
+                            batch_size=args.batch_size, device=args.device, faiss_threshold=args.faiss_threshold,
+                            num_workers=args.num_workers)
         print(f"indexed {len(index)} images into {out}")
         return 0
     if args.command == "search":
