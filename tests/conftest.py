@@ -11,6 +11,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP oversubscription
+    on a shared 2-core CI machine. Modules opt in with ``pytestmark = pytest.mark.usefixtures``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """8 identities x 3 cameras at 64x32, Market-1501 layout, attributes and masks."""

@@ -31,13 +31,7 @@ B, H, W = 3, 64, 32  # stage maps 8x4, 4x2, 4x2 with resnet18, last stride 1
 PACKAGE_ATTRS = (3, 9, 26)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP oversubscription on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_net(seed: int = 0) -> AttributeNet:

@@ -39,17 +39,11 @@ def _arch(model: torch.nn.Module) -> dict:
     return {**model.arch_dict(), "dataset": "market1501", "colour_mode": "binary", "height": H, "width": W}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine's 2 cores are shared: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, one_thread):
+def world(tmp_path_factory, one_torch_thread):
     """Dataset, trained checkpoint, attribute checkpoint, gallery folder, index and searcher."""
     tmp = tmp_path_factory.mktemp("search")
     root = generate_synthetic(tmp / "synth", num_ids=20, num_cams=3, seed=0, height=H, width=W, images_per_cam=2)

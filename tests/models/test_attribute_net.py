@@ -12,13 +12,7 @@ from sangal.models.attribute_net import AttributeNet, AttributeOutput
 MARKET_CLASSES = [2] * 9 + [4] + [2] * 17  # Market-1501 binary schema, K = 27
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP oversubscription on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
