@@ -186,13 +186,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _elsewhere(key: str, prefix: str) -> str:
+    """' — did you mean optim.lr?' when ``key`` exists in another section (e.g. train.lr)."""
+    if not prefix:
+        return ""
+    sections = {name: tp for name, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp)}
+    found = [f"{name}.{key}" for name, tp in sections.items()
+             if key in {f.name for f in dataclasses.fields(tp)}]
+    return f" — did you mean {' or '.join(found)}?" if found else ""
+
+
 def _apply(obj: Any, values: dict, prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{source}: unknown key '{dotted}' (valid: {', '.join(sorted(prefix + n for n in names))})")
+            hint = _elsewhere(key, prefix)
+            raise ConfigError(f"{source}: unknown key '{dotted}'{hint} "
+                              f"(valid: {', '.join(sorted(prefix + n for n in names))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
