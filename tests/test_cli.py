@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +30,19 @@ def test_bad_input_is_one_error_line(capsys, tmp_path):
     assert main(["train-attr", f"data.root={missing}", "data.dataset=market1501"]) == 2
     err = capsys.readouterr().err
     assert "error: " in err and str(missing) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["index", "g", "--checkpoint", "c", "--num-workers", "-1"], "--num-workers: must be >= 0, got -1"),
+    (["index", "g", "--checkpoint", "c", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+    (["search", "q.jpg", "--index", "i", "-k", "ten"], "-k: expected a whole number, got 'ten'"),
+    (["demo", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+])
+def test_bad_counts_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_commands_end_to_end(tiny_synth, tiny_overrides, tmp_path, capsys):

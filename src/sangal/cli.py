@@ -20,6 +20,19 @@ log = logging.getLogger("sangal")
 OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-1501 train.epochs=20"
 
 
+def _at_least(minimum: int):
+    """argparse type: an int >= ``minimum``, so a bad count is a one-line usage error, not a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config (e.g. configs/market1501/san_gal.yaml); defaults otherwise")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
@@ -34,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic dataset, with an HTML report (CPU, no download)")
     p.add_argument("--out", default="runs/demo", help="output folder (report.html lands here)")
-    p.add_argument("--seeds", type=int, default=2, help="training seeds per variant (mean and std reported)")
+    p.add_argument("--seeds", type=_at_least(1), default=2, help="training seeds per variant (mean and std reported)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (about a minute)")
     p.add_argument("--budget", type=float, default=None, help="target wall time in minutes (scales epochs)")
 
@@ -76,15 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="Re-ID checkpoint directory")
     p.add_argument("--attr-checkpoint", help="attribute checkpoint (san-gal models; default: the one training used)")
     p.add_argument("--out", default=None, help="index folder (default: <gallery>.sangal-index)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--faiss-threshold", type=int, default=50000, help="use FAISS at or above this many images")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--num-workers", type=_at_least(0), default=0, help="DataLoader workers decoding images")
 
     p = sub.add_parser("search", help="rank an index's gallery against a query image")
     p.add_argument("image", help="query image")
     p.add_argument("--index", required=True, help="index folder from `sangal index`")
-    p.add_argument("-k", type=int, default=10, help="matches to return")
+    p.add_argument("-k", type=_at_least(1), default=10, help="matches to return")
     p.add_argument("--where", default=None, help="attribute filter, e.g. upper_color=red,backpack=yes")
     p.add_argument("--html", default=None, help="also write an HTML page with the heat maps and matches")
     p.add_argument("--device", default="cpu")
