@@ -70,3 +70,28 @@ def test_bad_arguments() -> None:
         build_transforms(32, 16, erasing_p=1.5)
     with pytest.raises(ValueError, match="pad"):
         build_transforms(32, 16, pad=-1)
+
+
+def test_train_transform_reports_its_crop_shift_and_flip() -> None:
+    """Output pixel (y, x) shows pixel (y + dy, x + dx) of the resized image; mirrored when flipped."""
+    pixels = np.zeros((32, 16, 3), dtype=np.uint8)
+    pixels[10, 5] = 255
+    img = Image.fromarray(pixels)
+    t = build_transforms(32, 16, train=True, pad=4, erasing_p=0.0, flip_p=0.5)
+    seen = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        out, params = t.with_params(img)
+        dy, dx = params["shift"]
+        assert -4 <= dy <= 4 and -4 <= dx <= 4
+        x = 15 - 5 if params["flipped"] else 5
+        y_out, x_out = 10 - dy, x - dx
+        bright = (out[0] > 1.0).nonzero().tolist()
+        if 0 <= y_out < 32 and 0 <= x_out < 16:
+            assert bright == [[y_out, x_out]]
+        else:
+            assert bright == []
+        seen.add(params["flipped"])
+        torch.manual_seed(seed)
+        assert torch.equal(t(img), out)  # __call__ draws the same augmentation
+    assert seen == {True, False}

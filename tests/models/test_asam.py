@@ -144,3 +144,14 @@ def test_module_checks_number_of_maps():
         ASAM(3)(torch.rand(1, 16, 2, 2), torch.rand(1, 4, 2, 2))
     with pytest.raises(ValueError, match="at least one attribute"):
         ASAM(0)
+
+
+def test_gain_scales_the_attention_logit() -> None:
+    """alpha = sigmoid(gain * beta * AAH): gain 1 is eq. 4, gain 0 is a constant 0.5."""
+    torch.manual_seed(0)
+    x, aah = torch.randn(2, 8, 4, 2), torch.rand(2, 2, 4, 2)
+    torch.testing.assert_close(asam(x, aah, gain=1.0), asam(x, aah))
+    out0 = asam(x, aah, gain=0.0)
+    torch.testing.assert_close(out0[:, 4:], 0.5 * x[:, 4:])
+    wide, narrow = asam(x, aah, gain=4.0), asam(x, aah)
+    assert not torch.allclose(wide, narrow)

@@ -156,11 +156,29 @@ def test_heat_map_errors():
 
 def test_arch_dict():
     net = ReIDNet(5, ATTR_CLASSES, mode="san-gal", backbone="resnet18", pretrained=False,
-                  last_stride=2, extra_sigmoid=True)
+                  last_stride=2, extra_sigmoid=True, asam_stages=(3, 2), asam_gain=2.0)
     assert net.arch_dict() == {
         "kind": "reid", "backbone": "resnet18", "last_stride": 2, "num_ids": 5,
         "attr_classes": ATTR_CLASSES, "mode": "san-gal", "extra_sigmoid": True,
+        "asam_stages": [2, 3], "asam_gain": 2.0,
     }
     rebuilt = ReIDNet(**{k: v for k, v in net.arch_dict().items() if k != "kind"}, pretrained=False)
     rebuilt.load_state_dict(net.state_dict())
     assert _net("id").arch_dict()["attr_classes"] == ATTR_CLASSES
+
+
+def test_asam_stages_only_attend_where_asked():
+    """A stage left out of asam_stages ignores its heat maps; the attended stages do not."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 32)
+    net = ReIDNet(5, ATTR_CLASSES, mode="san-gal", backbone="resnet18", pretrained=False, asam_stages=(2, 3)).eval()
+    aah = list(_aah(2))
+    base = net(x, tuple(aah)).features
+    changed4 = list(aah)
+    changed4[2] = torch.rand_like(aah[2])
+    torch.testing.assert_close(net(x, tuple(changed4)).features, base)  # layer4 maps unused
+    changed2 = list(aah)
+    changed2[0] = torch.rand_like(aah[0])
+    assert not torch.allclose(net(x, tuple(changed2)).features, base)
+    with pytest.raises(ConfigError, match="asam_stages"):
+        ReIDNet(5, ATTR_CLASSES, mode="san-gal", backbone="resnet18", pretrained=False, asam_stages=(1,))

@@ -48,8 +48,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """Images of ``records`` with their labels, for a DataLoader.
 
     An item is a dict ``image, pid, camid, index, path`` (+ ``attrs`` (K,) long when
-    ``attributes`` (N, K) is given). The key may be an index or ``(index, seed)``
-    (what :class:`~sangal.data.samplers.IdentitySampler` yields): the transform then
+    ``attributes`` (N, K) is given; + ``shift`` (2,) and ``flipped`` with a train
+    transform). The key may be an index or ``(index, seed)`` (what :class:`~sangal.data.samplers.IdentitySampler` yields): the transform then
     runs under a forked torch RNG seeded with ``seed``, so augmentation depends only
     on the sample, not on worker count or order (bit-exact resume, DDP equivalence).
     """
@@ -79,12 +79,11 @@ class ImageDataset(torch.utils.data.Dataset):
             index, seed = int(key), None
         record = self.records[index]
         img = read_image(record.path)
-        if seed is None:
-            image = self.transform(img)
-        else:
-            with torch.random.fork_rng(devices=[]):
+        apply = getattr(self.transform, "with_params", None)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
                 torch.manual_seed(seed)
-                image = self.transform(img)
+            image, params = apply(img) if apply is not None else (self.transform(img), None)
         item: dict[str, Any] = {
             "image": image,
             "pid": record.pid,
@@ -92,6 +91,9 @@ class ImageDataset(torch.utils.data.Dataset):
             "index": index,
             "path": str(record.path),
         }
+        if params is not None:  # train geometry, so cached heat maps can follow the crop and flip
+            item["shift"] = torch.tensor(params["shift"], dtype=torch.long)  # (2,) dy, dx in pixels
+            item["flipped"] = params["flipped"]
         if self.attributes is not None:
             item["attrs"] = self.attributes[index]
         return item

@@ -291,7 +291,9 @@ def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) 
             return ReIDNet(int(arch["num_ids"]), list(attr) if attr else None,
                            mode=arch.get("mode", "san-gal"), backbone=arch["backbone"],
                            pretrained=pretrained, last_stride=int(arch.get("last_stride", 1)),
-                           extra_sigmoid=bool(arch.get("extra_sigmoid", False)))
+                           extra_sigmoid=bool(arch.get("extra_sigmoid", False)),
+                           asam_stages=arch.get("asam_stages") or (2, 3, 4),
+                           asam_gain=float(arch.get("asam_gain", 1.0)))
     except KeyError as exc:
         raise ConfigError(f"arch {dict(arch)} lacks {exc.args[0]!r}") from exc
     raise ConfigError(f"arch kind must be 'reid' or 'attribute', got {kind!r}")

@@ -9,7 +9,7 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Position:
     step: int = 0  # next batch within `epoch`
     global_step: int = 0
     history: dict | None = None
+    extra: dict = field(default_factory=dict)  # the rest of state.json (e.g. train_reid's batch_digest)
 
 
 def resume_from(last_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, arch: dict,
@@ -64,7 +65,7 @@ def resume_from(last_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
     restore_rng_state(ckpt.state["rng"])
     state = ckpt.state
     log.info("resuming %s at epoch %d step %d", last_dir, state["epoch"], state["step"])
-    return ckpt, Position(state["epoch"], state["step"], state["global_step"], state.get("history"))
+    return ckpt, Position(state["epoch"], state["step"], state["global_step"], state.get("history"), dict(state))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -87,7 +87,7 @@ def block_index(channels: int, k: int, device: torch.device | str | None = None)
     return _block_index_cpu(channels, k).to(device)
 
 
-def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False) -> Tensor:
+def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False, gain: float = 1.0) -> Tensor:
     """Apply ASAM (eqs. 3–4) to a Re-ID activation.
 
     Args:
@@ -96,6 +96,8 @@ def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False) -> Tensor:
             (align_corners=False) to (h, w) when the sizes differ.
         extra_sigmoid: apply one more sigmoid to alpha (literal reading of the
             sentence after eq. 4; see the module docstring). Default False.
+        gain: alpha = sigmoid(gain * beta * AAH). 1 (default) is eq. 4, whose alpha
+            lies in [0.5, 0.73]; a larger gain widens that range (ablation only).
 
     Returns:
         (B, C, h, w): ``cat([x1, x2 * alpha])``; the first half is ``x1`` itself.
@@ -129,7 +131,7 @@ def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False) -> Tensor:
     beta = torch.sigmoid(channel_mean @ pool)  # (B, K)
 
     # Eq. 4: alpha_k = sigmoid(beta_k * AAH_k).
-    alpha = torch.sigmoid(beta[:, :, None, None] * aah)  # (B, K, h, w)
+    alpha = torch.sigmoid((gain * beta)[:, :, None, None] * aah)  # (B, K, h, w)
     if extra_sigmoid:
         alpha = torch.sigmoid(alpha)
 
@@ -143,12 +145,13 @@ class ASAM(nn.Module):
     Has no parameters and no buffers; ``num_attrs`` is checked against the heat maps.
     """
 
-    def __init__(self, num_attrs: int, extra_sigmoid: bool = False) -> None:
+    def __init__(self, num_attrs: int, extra_sigmoid: bool = False, gain: float = 1.0) -> None:
         super().__init__()
         if num_attrs < 1:
             raise ValueError(f"ASAM needs at least one attribute, got num_attrs={num_attrs}")
         self.num_attrs = num_attrs
         self.extra_sigmoid = extra_sigmoid
+        self.gain = float(gain)
 
     def forward(self, x: Tensor, aah: Tensor) -> Tensor:
         """(B, C, h, w), (B, K, h', w') -> (B, C, h, w)."""
@@ -156,7 +159,7 @@ class ASAM(nn.Module):
             raise ValueError(
                 f"ASAM built for {self.num_attrs} attributes got {aah.shape[1]} heat maps"
             )
-        return asam(x, aah, extra_sigmoid=self.extra_sigmoid)
+        return asam(x, aah, extra_sigmoid=self.extra_sigmoid, gain=self.gain)
 
     def extra_repr(self) -> str:
-        return f"num_attrs={self.num_attrs}, extra_sigmoid={self.extra_sigmoid}"
+        return f"num_attrs={self.num_attrs}, extra_sigmoid={self.extra_sigmoid}, gain={self.gain}"

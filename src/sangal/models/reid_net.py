@@ -64,6 +64,8 @@ class ReIDNet(nn.Module):
         pretrained: ImageNet weights (True), a local weights file, or False.
         last_stride: stride of layer4 (1 or 2).
         extra_sigmoid: ASAM option (see :mod:`sangal.models.asam`).
+        asam_stages: stages followed by ASAM (paper: 2, 3, 4); the others get no attention.
+        asam_gain: ASAM option (see :func:`~sangal.models.asam.asam`).
     """
 
     def __init__(
@@ -75,6 +77,8 @@ class ReIDNet(nn.Module):
         pretrained: bool | str | Path = True,
         last_stride: int = 1,
         extra_sigmoid: bool = False,
+        asam_stages: Sequence[int] = (2, 3, 4),
+        asam_gain: float = 1.0,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -96,6 +100,10 @@ class ReIDNet(nn.Module):
         self.backbone_name = backbone
         self.last_stride = last_stride
         self.extra_sigmoid = extra_sigmoid
+        self.asam_stages = tuple(sorted(int(s) for s in asam_stages))
+        if not self.asam_stages or any(s not in (2, 3, 4) for s in self.asam_stages):
+            raise ConfigError(f"asam_stages must be among 2, 3, 4, got {list(asam_stages)}")
+        self.asam_gain = float(asam_gain)
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
         dim = self.backbone.channels[3]
@@ -113,7 +121,7 @@ class ReIDNet(nn.Module):
         self.asam: ASAM | None = None
         if mode == "san-gal":
             assert attr_classes is not None
-            self.asam = ASAM(len(attr_classes), extra_sigmoid=extra_sigmoid)  # shared: no parameters
+            self.asam = ASAM(len(attr_classes), extra_sigmoid=extra_sigmoid, gain=asam_gain)  # no parameters
 
     def forward(
         self, x: Tensor, aah: Sequence[Tensor] | None = None
@@ -133,13 +141,13 @@ class ReIDNet(nn.Module):
         bb = self.backbone
         a = bb.layer1(bb.forward_stem(x))  # (B, C1, H/4, W/4)
         a = bb.layer2(a)  # (B, C2, H/8, W/8)
-        if aah is not None:
+        if aah is not None and 2 in self.asam_stages:
             a = self._attend(a, aah[0], "layer2")
         a = bb.layer3(a)  # (B, C3, H/16, W/16)
-        if aah is not None:
+        if aah is not None and 3 in self.asam_stages:
             a = self._attend(a, aah[1], "layer3")
         a = bb.layer4(a)  # (B, D, H/16, W/16) with last stride 1
-        if aah is not None:
+        if aah is not None and 4 in self.asam_stages:
             a = self._attend(a, aah[2], "layer4")
         global_features = F.adaptive_avg_pool2d(a, 1).flatten(1)  # (B, D)
         features = self.bottleneck(global_features)  # (B, D)
@@ -182,6 +190,8 @@ class ReIDNet(nn.Module):
             "attr_classes": list(self.attr_classes) if self.attr_classes is not None else [],
             "mode": self.mode,
             "extra_sigmoid": self.extra_sigmoid,
+            "asam_stages": list(self.asam_stages),
+            "asam_gain": self.asam_gain,
         }
 
 

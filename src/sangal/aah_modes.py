@@ -1,0 +1,64 @@
+"""Which class an attribute heat map follows: the label, the prediction, or none (class-agnostic).
+
+Eq. (1) differentiates ``y^k``, the probability of ONE class of head k. For a
+two-class head the two choices are exact negatives (dp_0/dA = -dp_1/dA), so the
+label-guided training map is ReLU(S) or ReLU(-S), picked by the label: the map
+pattern encodes the attribute vector, close to an identity code the Re-ID net can
+read, and at test time that code follows the attribute net's (imperfect)
+predictions instead. ``agnostic`` removes the choice: the sum over classes of the
+ReLU'd Grad-CAM maps, which for a two-class head is |S| = ReLU(S) + ReLU(-S), the
+same whatever the label or prediction.
+
+Modes (``train.aah_targets``):
+
+* ``labels``    -- the paper: training maps follow the attribute labels, test maps the predictions.
+* ``predicted`` -- training and test maps both follow the predictions.
+* ``agnostic``  -- sum over classes, at training and test time (C_max backward passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from sangal.gradcam import normalize_heatmaps
+
+__all__ = ["AAH_TARGETS", "class_agnostic_heatmaps", "eval_mode"]
+
+AAH_TARGETS = ("labels", "predicted", "agnostic")
+
+MapFn = Callable[[Tensor | None], Sequence[Tensor]]
+
+
+def eval_mode(targets_mode: str) -> str:
+    """Cache mode of query/gallery maps for a training mode: never the labels."""
+    return "agnostic" if targets_mode == "agnostic" else "predicted"
+
+
+def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: int, device: torch.device | str,
+                            normalize: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+    """Sum over each head's classes of its ReLU'd Grad-CAM maps (eq. 2), then normalised.
+
+    Args:
+        map_fn: targets (B, K) -> 3 maps (B, K, h, w) *un-normalised* (``normalize="none"``),
+            e.g. ``lambda t: attribute_heatmaps(net, images, t, normalize="none")``.
+        num_classes: classes per head (length K).
+        batch: B.
+
+    Returns:
+        3 x (B, K, h, w) float32; for two-class heads exactly |S| before normalisation.
+    """
+    sizes = torch.tensor([int(c) for c in num_classes], device=device)  # (K,)
+    total: list[Tensor] | None = None
+    for c in range(int(sizes.max())):
+        valid = sizes > c  # (K,) heads that have a class c
+        targets = torch.where(valid, torch.full_like(sizes, c), torch.zeros_like(sizes))  # (K,)
+        maps = map_fn(targets[None, :].expand(batch, -1).contiguous())
+        weight = valid.to(torch.float32)[None, :, None, None]  # (1, K, 1, 1)
+        maps = [m.float() * weight.to(m.device) for m in maps]
+        total = maps if total is None else [t + m for t, m in zip(total, maps)]
+    assert total is not None
+    a2, a3, a4 = (normalize_heatmaps(m, normalize) for m in total)
+    return a2, a3, a4
