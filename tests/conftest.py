@@ -11,6 +11,18 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Image-check caches (sangal.data.verify) go to a temporary folder, never the user's ~/.cache."""
+    previous = os.environ.get("SANGAL_CACHE_DIR")
+    os.environ["SANGAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("sangal-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SANGAL_CACHE_DIR", None)
+    else:
+        os.environ["SANGAL_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP oversubscription

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Rank-1/5/10, mAP, mINP of a Re-ID checkpoint on query/gallery")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/x/reid/san-gal/checkpoints/final)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (eval.rerank=true)")
+    _config_args(p)
+
+    p = sub.add_parser("label", help="attribute pseudo-labels for every identity (a dataset without labels)")
+    p.add_argument("--checkpoint", required=True, help="attribute checkpoint (e.g. runs/x/attr/checkpoints/final)")
+    p.add_argument("--out", default=None, help="output folder (default <out>/labels): attributes.mat, dataset.csv, ...")
+    p.add_argument("--min-confidence", type=float, default=0.0,
+                   help="leave an identity's attribute unlabelled below this mean probability (0: label all)")
+    p.add_argument("--compare", default=None, help="true-label .mat of the same dataset: print the pseudo-labels' mA")
     _config_args(p)
 
     p = sub.add_parser("config", help="configuration tools")
@@ -166,6 +175,20 @@ def run(args) -> int:
 
         _print_metrics("re-id", evaluate_checkpoint(_load_cfg(args), args.checkpoint))
         return 0
+    if args.command == "label":
+        from sangal.engine.label import label_dataset
+
+        summary = label_dataset(_load_cfg(args), args.checkpoint, out=args.out, min_confidence=args.min_confidence,
+                                compare=args.compare)
+        ids = summary["identities"]
+        print(f"labelled {ids['train']} train and {ids['test']} test identities into {summary['out']} "
+              f"(attributes.mat, dataset.csv, identities.csv, images.csv); "
+              f"mean train confidence {100 * summary['train_mean_confidence']:.1f}%")
+        if "compare" in summary:
+            c = summary["compare"]
+            print(f"pseudo-label mA vs {c['truth']} (train images): per-image predictions {100 * c['image_mA']:.1f}%, "
+                  f"identity labels {100 * c['identity_mA']:.1f}%")
+        return 0
     if args.command == "index":
         from sangal.search import build_index
 
@@ -188,15 +211,56 @@ def run(args) -> int:
     raise AssertionError(args.command)
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``, accepting dotted overrides (and -v) anywhere, before or after options."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if "-v" in extras or "--verbose" in extras:
+        args.verbose = True
+        extras = [x for x in extras if x not in ("-v", "--verbose")]
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [x for x in extras if not (takes_overrides and _OVERRIDE.match(x))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extras:
+        args.overrides = list(args.overrides) + extras
+    return args
+
+
+def _error_text(exc: BaseException, verbose: bool) -> str:
+    """One line for the user; an exception from a DataLoader worker becomes its original message."""
+    from sangal.data.workers import worker_error
+
+    wrapped = worker_error(exc)
+    if wrapped is None:
+        return str(exc)
+    if verbose:
+        print(str(exc), file=sys.stderr)  # the worker's traceback
+    name, message = wrapped
+    if isinstance(exc, SangalError):
+        return message
+    return f"{name}: {message} (in a DataLoader worker; -v shows its traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return run(args)
     except SangalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from sangal.data.workers import worker_error
+
+        if worker_error(exc) is None:
+            raise
+        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        return 1

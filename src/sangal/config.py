@@ -7,6 +7,7 @@ arguments; `cli.py` resolves a `Config` once and passes its parts down.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,12 +19,21 @@ import yaml
 from sangal.errors import ConfigError
 
 
+def _available_cores(cap: int) -> int:
+    """CPU cores this process may use, at most ``cap`` (more workers than cores only thrash)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores))
+
+
 @dataclass
 class DataConfig:
     """Dataset, attribute labels, input size, augmentation and P×K sampling."""
 
-    dataset: str = "market1501"  # market1501 | dukemtmc | synthetic
-    root: str = "data/market1501"  # the dataset folder or its parent
+    dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | cuhk03np_detected | cuhk03np_labeled | csv | folder | synthetic
+    root: str = "data/market1501"  # the dataset folder or its parent (csv: the CSV file)
     attributes: str | None = None  # Lin et al. .mat; None -> <root>/<dataset>_attribute.mat style lookup
     colour_mode: str = "binary"  # binary: one head per .mat field (paper, K=27/23); merged: one colour head per body part
     height: int = 256
@@ -33,8 +43,9 @@ class DataConfig:
     erasing: float = 0.5  # random erasing probability
     p: int = 16  # identities per batch
     k: int = 4  # images per identity
-    num_workers: int = 4
+    num_workers: int = field(default_factory=lambda: _available_cores(cap=4))  # DataLoader workers
     test_batch_size: int = 128
+    on_bad_image: str = "error"  # every image is checked once per load: error (stop, naming it) | skip (drop, list in <out>)
 
 
 @dataclass
@@ -118,6 +129,9 @@ class EvalConfig:
     k2: int = 6
     lambda_value: float = 0.3
     max_rank: int = 50
+    # same-id gallery images from the query's camera: exclude (standard protocol) | keep |
+    # auto (exclude, unless query and gallery share one single camera, where exclude would skip every query)
+    same_camera: str = "auto"
 
 
 @dataclass
@@ -136,7 +150,9 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("market1501", "dukemtmc", "synthetic"),
+    "data.dataset": ("market1501", "dukemtmc", "msmt17", "cuhk03np_detected", "cuhk03np_labeled", "csv", "folder",
+                     "synthetic"),
+    "data.on_bad_image": ("error", "skip"),
     "data.colour_mode": ("binary", "merged"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.mode": ("id", "id+attr", "san-gal"),
@@ -144,6 +160,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.aah": ("offline", "online"),
     "train.aah_targets": ("labels", "predicted"),
     "eval.metric": ("cosine", "euclidean"),
+    "eval.same_camera": ("auto", "exclude", "keep"),
 }
 
 

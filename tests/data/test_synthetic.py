@@ -193,9 +193,9 @@ def test_bad_parameters_raise_dataset_error(tmp_path: Path, bad: dict, what: str
 
 
 def test_round_trip_through_the_dataset_and_attribute_readers(synth: Path, plan) -> None:
-    records = pytest.importorskip("sangal.data.records")
-    attributes = pytest.importorskip("sangal.data.attributes")
-    ds = records.load_dataset("synthetic", synth)
+    from sangal.data import attributes, load_dataset
+
+    ds = load_dataset("synthetic", synth)
     assert ds.num_train_pids == len(plan.train_pids)
     assert {r.raw_pid for r in ds.train} == set(plan.train_pids)
     assert {r.pid for r in ds.query} == set(plan.test_pids)

@@ -1,4 +1,5 @@
-"""Datasets (Market-1501, DukeMTMC-reID, synthetic), attribute labels, transforms and sampling."""
+"""Datasets (Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, CSV/folder, synthetic), attribute labels,
+transforms and sampling."""
 
 from sangal.data.attributes import (
     IGNORE_INDEX,
@@ -10,11 +11,13 @@ from sangal.data.attributes import (
     read_attribute_mat,
 )
 from sangal.data.dataset import ImageDataset, check_images, read_image
-from sangal.data.records import ImageRecord, ReIDDataset, load_dataset
+from sangal.data.records import ImageRecord, ReIDDataset
+from sangal.data.registry import DATASET_NAMES, load_dataset
 from sangal.data.samplers import IdentitySampler
 from sangal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize
 
 __all__ = [
+    "DATASET_NAMES",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

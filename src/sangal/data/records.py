@@ -3,7 +3,8 @@
 A dataset on disk is three folders of images (train / query / gallery) whose file
 names carry the identity and the camera. Each dataset module describes its names
 with a :class:`DatasetLayout`; :func:`read_layout` finds the folder, parses the
-names and applies the standard protocol:
+names and applies the standard protocol (``sangal.data.registry.load_dataset``
+picks the reader by name; this module imports no reader, so dependencies run one way):
 
 * pid ``-1`` (junk) is dropped everywhere;
 * pid ``0`` (distractor) is kept in query/gallery and dropped from train
@@ -18,6 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sangal.errors import DatasetError
 
@@ -39,9 +41,14 @@ class ImageRecord:
     raw_pid: int  # id as in the file name (attribute lookup key)
 
 
-@dataclass
+@dataclass(repr=False)
 class ReIDDataset:
-    """The three splits of a Re-ID dataset after the standard protocol."""
+    """The three splits of a Re-ID dataset after the standard protocol.
+
+    ``attributes`` holds labels that came with the dataset itself (the attribute
+    columns of a CSV dataset, an AttributeTable); ``bad_images`` the (path, reason)
+    pairs dropped under ``on_bad_image="skip"``.
+    """
 
     name: str
     root: Path
@@ -49,6 +56,14 @@ class ReIDDataset:
     query: list[ImageRecord]
     gallery: list[ImageRecord]
     num_train_pids: int
+    attributes: Any = None
+    bad_images: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """A header line and one line per split; never the records (a full Duke repr would be megabytes)."""
+        return f"{self.name} at {self.root}\n{self.summary()}"
+
+    __str__ = __repr__
 
     def split(self, split: str) -> list[ImageRecord]:
         """Records of ``split`` ("train", "query" or "gallery")."""
@@ -179,51 +194,45 @@ def find_dataset_dir(root: str | Path, layout: DatasetLayout) -> Path:
     return folder
 
 
+def make_records(items: list[tuple[Path, int, int]], relabel: bool) -> tuple[list[ImageRecord], int]:
+    """Records from (path, raw pid, camid) under the standard protocol, and how many were dropped.
+
+    Junk (-1) is always dropped, distractors (0) only when ``relabel`` (train); train
+    pids become 0..N-1 in sorted raw-id order.
+    """
+    kept = [(p, pid, c) for p, pid, c in items if pid != JUNK_PID and not (relabel and pid == DISTRACTOR_PID)]
+    if not relabel:
+        return [ImageRecord(path=p, pid=pid, camid=c, raw_pid=pid) for p, pid, c in kept], len(items) - len(kept)
+    label = {raw: i for i, raw in enumerate(sorted({pid for _, pid, _ in kept}))}
+    return [ImageRecord(path=p, pid=label[pid], camid=c, raw_pid=pid) for p, pid, c in kept], len(items) - len(kept)
+
+
+def build_dataset(name: str, root: Path, splits: dict[str, list[ImageRecord]], attributes: Any = None) -> ReIDDataset:
+    """A ReIDDataset from its three record lists; DatasetError naming ``root`` if a split is empty."""
+    empty = [s for s in SPLITS if not splits.get(s)]
+    if empty:
+        raise DatasetError(f"{root}: no usable {name} images in split(s) {', '.join(empty)}")
+    dataset = ReIDDataset(name=name, root=Path(root), train=splits["train"], query=splits["query"],
+                          gallery=splits["gallery"], num_train_pids=len({r.pid for r in splits["train"]}),
+                          attributes=attributes)
+    logger.info("loaded %s from %s\n%s", name, root, dataset.summary())
+    return dataset
+
+
 def read_split(folder: Path, layout: DatasetLayout, relabel: bool) -> list[ImageRecord]:
     """Records of one split folder under the standard protocol (see module docstring)."""
-    parsed = []
-    junk = 0
-    for path in list_images(folder):
-        pid, camid = parse_name(path, layout)
-        if pid == JUNK_PID or (relabel and pid == DISTRACTOR_PID):
-            junk += 1
-            continue
-        parsed.append((path, pid, camid))
-    if junk:
-        logger.debug("%s: dropped %d junk/distractor images", folder, junk)
-    if not parsed:
+    parsed = [(path, *parse_name(path, layout)) for path in list_images(folder)]
+    records, dropped = make_records(parsed, relabel)
+    if dropped:
+        logger.debug("%s: dropped %d junk/distractor images", folder, dropped)
+    if not records:
         raise DatasetError(f"{folder}: no usable {layout.name} images (expected names like {layout.name_example})")
-    if not relabel:
-        return [ImageRecord(path=p, pid=pid, camid=c, raw_pid=pid) for p, pid, c in parsed]
-    label = {raw: i for i, raw in enumerate(sorted({pid for _, pid, _ in parsed}))}
-    return [ImageRecord(path=p, pid=label[pid], camid=c, raw_pid=pid) for p, pid, c in parsed]
+    return records
 
 
 def read_layout(root: str | Path, layout: DatasetLayout) -> ReIDDataset:
     """Find, check and read a dataset described by ``layout`` (root may be its parent folder)."""
     folder = find_dataset_dir(root, layout)
     dirs = layout.split_dirs
-    train = read_split(folder / dirs["train"], layout, relabel=True)
-    query = read_split(folder / dirs["query"], layout, relabel=False)
-    gallery = read_split(folder / dirs["gallery"], layout, relabel=False)
-    dataset = ReIDDataset(
-        name=layout.name,
-        root=folder,
-        train=train,
-        query=query,
-        gallery=gallery,
-        num_train_pids=len({r.pid for r in train}),
-    )
-    logger.info("loaded %s from %s\n%s", layout.name, folder, dataset.summary())
-    return dataset
-
-
-def load_dataset(name: str, root: str | Path) -> ReIDDataset:
-    """Read dataset ``name`` ("market1501", "dukemtmc" or "synthetic") from ``root`` or its parent."""
-    from sangal.data.dukemtmc import DUKEMTMC_LAYOUT
-    from sangal.data.market1501 import MARKET1501_LAYOUT, SYNTHETIC_LAYOUT
-
-    layouts = {"market1501": MARKET1501_LAYOUT, "dukemtmc": DUKEMTMC_LAYOUT, "synthetic": SYNTHETIC_LAYOUT}
-    if name not in layouts:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(layouts)}")
-    return read_layout(root, layouts[name])
+    splits = {split: read_split(folder / dirs[split], layout, relabel=split == "train") for split in SPLITS}
+    return build_dataset(layout.name, folder, splits)

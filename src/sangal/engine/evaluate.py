@@ -40,10 +40,24 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     return aah_from_net(attr_net, normalize=cfg.model.aah_normalize)
 
 
+def same_camera_camids(q_camids, g_camids, policy: str):
+    """Query camids under ``eval.same_camera``: "keep" (or "auto" on a one-camera set) gives every
+    query a camera no gallery image has, so no same-id match is excluded as same-camera junk."""
+    q_camids = np.asarray(q_camids)
+    one_camera = len(set(np.unique(q_camids)) | set(np.unique(g_camids))) == 1
+    if policy == "keep" or (policy == "auto" and one_camera):
+        if policy == "auto":
+            log.warning("query and gallery come from one camera: keeping same-camera matches "
+                        "(the standard protocol would skip every query; eval.same_camera=exclude forces it)")
+        return np.full_like(q_camids, int(np.max(g_camids)) + 1)
+    return q_camids
+
+
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -> dict:
     """Distances (+ optional k-reciprocal re-ranking) and the Market/Duke protocol metrics."""
     from sangal.metrics import compute_distance, evaluate_rank, re_ranking
 
+    q_camids = same_camera_camids(q_camids, g_camids, cfg.eval.same_camera)
     if cfg.eval.rerank:
         distmat = re_ranking(qf, gf, k1=cfg.eval.k1, k2=cfg.eval.k2, lambda_value=cfg.eval.lambda_value)
     else:

@@ -25,10 +25,15 @@ def parse_pretrained(value: str) -> bool | str:
 
 
 def load_reid_dataset(cfg: Config):
-    """Read the dataset named in the config (the reader logs its one-line-per-split summary)."""
+    """Read the dataset named in the config (the reader logs its one-line-per-split summary).
+
+    Every image is checked once (cached); under data.on_bad_image=skip the dropped
+    files are listed in <out>/bad_images.txt.
+    """
     from sangal.data import load_dataset
 
-    return load_dataset(cfg.data.dataset, cfg.data.root)
+    return load_dataset(cfg.data.dataset, cfg.data.root, on_bad_image=cfg.data.on_bad_image,
+                        num_workers=cfg.data.num_workers, bad_list=Path(cfg.out) / "bad_images.txt")
 
 
 def attribute_file(cfg: Config, dataset_root: Path) -> Path:
@@ -53,6 +58,12 @@ def load_attributes(cfg: Config, dataset):
     """Attribute table for the dataset, checked against every identity it holds."""
     from sangal.data.attributes import read_attribute_mat
 
+    if not cfg.data.attributes and getattr(dataset, "attributes", None) is not None:  # a CSV's attribute columns
+        table = dataset.attributes
+        if table.schema.colour_mode != cfg.data.colour_mode:
+            raise ConfigError(f"{table.path}: attribute columns are in the {table.schema.colour_mode} schema; "
+                              f"set data.colour_mode={table.schema.colour_mode}")
+        return table
     schema_dataset = "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501"
     table = read_attribute_mat(attribute_file(cfg, Path(dataset.root)), dataset=schema_dataset,
                                colour_mode=cfg.data.colour_mode)

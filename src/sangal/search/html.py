@@ -15,15 +15,12 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from sangal.data.dataset import read_image
 from sangal.errors import DatasetError
-
-if TYPE_CHECKING:
-    from sangal.search.searcher import Match
+from sangal.search.match import Match
 
 __all__ = ["SHOWN_ATTRIBUTES", "format_matches", "render_page", "image_data_uri"]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,12 @@ from sangal.errors import CheckpointError, ConfigError
 from sangal.search.embed import Embedder
 from sangal.search.html import render_page
 from sangal.search.index import HNSW_EF_SEARCH, GalleryIndex
+from sangal.search.match import Match
 from sangal.search.where import predicted_attributes, where_mask
 
 __all__ = ["Match", "Searcher", "search_html", "top_k"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Match:
-    """One ranked gallery image: 1-based rank, absolute path, cosine distance, predicted attributes."""
-
-    rank: int
-    path: str
-    distance: float
-    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
