@@ -162,19 +162,28 @@ def aah_from_cache(cache: Any) -> AAHFn:
     return fn
 
 
-def aah_from_net(attr_net: nn.Module, normalize: str = "max") -> AAHFn:
-    """aah_fn computing Grad-CAM maps on the fly with the attribute network's predicted classes.
+def aah_from_net(attr_net: nn.Module, normalize: str = "max", predictor: nn.Module | None = None) -> AAHFn:
+    """aah_fn computing heat maps on the fly with the attribute network's predicted classes.
 
     ``attr_net`` is put in eval mode (per-sample maps); its device is used for
     the images. ``normalize`` should match the one the Re-ID model was trained with.
+    Without ``predictor``: exact Grad-CAM (a backward pass per batch); with the
+    distilled map predictor (``eval.aah=fast``): forward only, layer4 exact
+    (:func:`sangal.gradcam_fast.fast_attribute_heatmaps`).
     """
     from sangal.gradcam import attribute_heatmaps
+    from sangal.gradcam_fast import fast_attribute_heatmaps
 
     attr_net.eval()
     device = next(attr_net.parameters()).device
+    if predictor is not None:
+        predictor.to(device).eval()
 
     def fn(batch: dict[str, Any]) -> Sequence[Tensor]:
+        images = batch["image"].to(device)  # (B, 3, H, W)
+        if predictor is not None:
+            return fast_attribute_heatmaps(attr_net, predictor, images, None, normalize=normalize)
         with torch.enable_grad():  # Grad-CAM needs autograd even inside extract_features' no_grad
-            return attribute_heatmaps(attr_net, batch["image"].to(device), None, normalize=normalize)
+            return attribute_heatmaps(attr_net, images, None, normalize=normalize)
 
     return fn

@@ -29,7 +29,7 @@ from sangal.data.dataset import ImageDataset, read_image
 from sangal.data.records import ImageRecord
 from sangal.data.transforms import build_transforms
 from sangal.engine.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
-from sangal.errors import CheckpointError
+from sangal.errors import CheckpointError, ConfigError
 
 __all__ = ["Embedder", "Embedding", "probe_images", "records_for"]
 
@@ -121,11 +121,17 @@ class Embedder:
             the Re-ID checkpoint's state) for ``san-gal`` models, optional otherwise
             (then used only to predict attributes when the Re-ID net has no heads).
         device: torch device string.
+        aah: heat maps of ``san-gal`` models: ``"exact"`` Grad-CAM or ``"fast"`` (forward
+            only, the predictor `sangal distill` saved in the attribute checkpoint).
     """
 
     def __init__(
-        self, checkpoint: str | Path, attr_checkpoint: str | Path | None = None, device: str = "cpu"
+        self, checkpoint: str | Path, attr_checkpoint: str | Path | None = None, device: str = "cpu",
+        aah: str = "exact",
     ) -> None:
+        if aah not in ("exact", "fast"):
+            raise ConfigError(f"aah must be 'exact' or 'fast', got {aah!r}")
+        self.aah = aah
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint).resolve()
         self.model, self.ckpt = load_model(self.checkpoint, expected_kind="reid", device=self.device)
@@ -154,6 +160,12 @@ class Embedder:
             self.attr_checkpoint = Path(attr_checkpoint).resolve()
             self.attr_net, _ = load_model(self.attr_checkpoint, expected_kind="attribute", device=self.device)
             self.attr_sha256 = file_sha256(self.attr_checkpoint / MODEL_FILE)
+        self.map_predictor: nn.Module | None = None
+        if self.mode == "san-gal" and aah == "fast":
+            from sangal.engine.distill import load_map_predictor
+
+            assert self.attr_checkpoint is not None
+            self.map_predictor = load_map_predictor(self.attr_checkpoint, device=self.device)
         heads = getattr(self.model, "attr_heads", None)
         self.attr_source: str | None = "reid" if heads is not None else ("attribute_net" if self.attr_net else None)
         num_heads = len(heads) if heads is not None else (self.attr_net.num_attributes if self.attr_net else 0)
@@ -180,7 +192,7 @@ class Embedder:
         aah_fn = None
         if self.mode == "san-gal":
             assert self.attr_net is not None
-            aah_fn = aah_from_net(self.attr_net, normalize=self.aah_normalize)
+            aah_fn = aah_from_net(self.attr_net, normalize=self.aah_normalize, predictor=self.map_predictor)
         fs = extract_features(self.model, loader, device=self.device, flip=True, aah_fn=aah_fn,
                               normalize=True, progress=progress)
         feats = np.ascontiguousarray(fs.feats, dtype=np.float32)

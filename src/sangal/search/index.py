@@ -213,6 +213,7 @@ def build_index(
     device: str = "cpu",
     faiss_threshold: int = 50000,
     num_workers: int = 0,
+    aah: str = "exact",
 ) -> GalleryIndex:
     """Index every image under ``gallery_dir`` with the Re-ID model of ``checkpoint``.
 
@@ -232,6 +233,8 @@ def build_index(
         faiss_threshold: build a FAISS HNSW index when the gallery has at least this
             many images (see the module docstring).
         num_workers: DataLoader workers for decoding images.
+        aah: heat maps of san-gal models, ``"exact"`` or ``"fast"`` (forward only; see
+            :mod:`sangal.gradcam_fast`); recorded in meta.json so queries use the same.
     """
     from sangal.search.embed import Embedder, probe_images
 
@@ -241,7 +244,7 @@ def build_index(
     files = list_gallery(gallery)
     if not files:
         raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
-    embedder = Embedder(checkpoint, attr_checkpoint, device)
+    embedder = Embedder(checkpoint, attr_checkpoint, device, aah=aah)
     reasons = probe_images(files, num_workers)
     skipped = []
     for path, reason in zip(files, reasons):
@@ -276,6 +279,7 @@ def build_index(
         ),
         "arch": embedder.arch(),
         "features": {"flip": True, "normalized": True, "metric": "cosine"},
+        "aah": embedder.aah,
         "attributes": None,
         "backend": backend,
         "faiss": (

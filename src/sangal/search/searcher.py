@@ -108,7 +108,7 @@ class Searcher:
             logger.warning("attribute checkpoint %s of the index is gone: no heat maps", recorded_attr["path"])
             recorded_attr = None
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
-        self.embedder = Embedder(ckpt, attr, device)
+        self.embedder = Embedder(ckpt, attr, device, aah=meta.get("aah", "exact"))  # queries' maps as the gallery's
         self._last_query: tuple[tuple[str, int, int], np.ndarray, list[np.ndarray] | None] | None = None
         if recorded_attr and self.embedder.attr_sha256 != recorded_attr["sha256"]:
             if self.embedder.mode == "san-gal":  # its heat maps shape the features
