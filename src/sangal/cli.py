@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, help="true-label .mat of the same dataset: print the pseudo-labels' mA")
     _config_args(p)
 
+    p = sub.add_parser("distill", help="fit the forward-only heat-map predictor (eval.aah=fast) to the train AAH cache")
+    _config_args(p)
+
+    p = sub.add_parser("export", help="one ONNX graph: normalised image batch -> retrieval embedding (+ attributes)")
+    p.add_argument("--checkpoint", required=True, help="Re-ID checkpoint directory (id, id+attr or san-gal)")
+    p.add_argument("--out", required=True, help="ONNX file to write, e.g. model.onnx")
+    p.add_argument("--attr-checkpoint", help="attribute checkpoint of a san-gal model (default: the one training used); "
+                                             "it must hold the predictor of `sangal distill`")
+    p.add_argument("--opset", type=_at_least(14), default=17, help="ONNX opset (default 17)")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image inside the graph, as "
+                                                       "`sangal index` does (twice the Re-ID cost)")
+
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = csub.add_parser("show", help="print the resolved configuration as YAML")
@@ -102,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--faiss-threshold", type=int, default=50000, help="use FAISS at or above this many images")
     p.add_argument("--num-workers", type=_at_least(0), default=0, help="DataLoader workers decoding images")
+    p.add_argument("--aah", choices=["exact", "fast"], default="exact",
+                   help="san-gal heat maps: exact Grad-CAM, or fast (forward only; needs `sangal distill`); "
+                        "searches of the index use the same")
 
     p = sub.add_parser("search", help="rank an index's gallery against a query image")
     p.add_argument("image", help="query image")
@@ -189,13 +204,31 @@ def run(args) -> int:
             print(f"pseudo-label mA vs {c['truth']} (train images): per-image predictions {100 * c['image_mA']:.1f}%, "
                   f"identity labels {100 * c['identity_mA']:.1f}%")
         return 0
+    if args.command == "distill":
+        from sangal.engine.distill import distill
+
+        result = distill(_load_cfg(args))
+        agreement = "  ".join(f"{stage} r {v['pearson']:.3f} argmax {100 * v['argmax']:.1f}%"
+                              for stage, v in result.get("val", {}).items())
+        print(f"map predictor: {result['path']}" + (f" (held-out agreement: {agreement})" if agreement else ""))
+        return 0
+    if args.command == "export":
+        from sangal.export import export_onnx
+
+        info = export_onnx(args.checkpoint, args.out, attr_checkpoint=args.attr_checkpoint, opset=args.opset,
+                           flip=args.flip)
+        check = ("" if info.get("max_abs_diff") is None
+                 else f"; onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.1e}")
+        print(f"wrote {args.out}: {info['mode']} model, opset {info['opset']}, outputs {', '.join(info['outputs'])}"
+              f"{check}")
+        return 0
     if args.command == "index":
         from sangal.search import build_index
 
         out = args.out or str(Path(args.gallery).resolve()) + ".sangal-index"
         index = build_index(args.gallery, args.checkpoint, out, attr_checkpoint=args.attr_checkpoint,
                             batch_size=args.batch_size, device=args.device, faiss_threshold=args.faiss_threshold,
-                            num_workers=args.num_workers)
+                            num_workers=args.num_workers, aah=args.aah)
         print(f"indexed {len(index)} images into {out}")
         return 0
     if args.command == "search":

@@ -132,6 +132,18 @@ class EvalConfig:
     # same-id gallery images from the query's camera: exclude (standard protocol) | keep |
     # auto (exclude, unless query and gallery share one single camera, where exclude would skip every query)
     same_camera: str = "auto"
+    aah: str = "exact"  # test-time heat maps: exact (Grad-CAM backward) | fast (forward only; needs `sangal distill`)
+
+
+@dataclass
+class DistillConfig:
+    """`sangal distill`: the layer2/layer3 map predictor of eval.aah=fast, fitted to the train AAH cache."""
+
+    epochs: int = 15
+    lr: float = 1e-3  # Adam
+    batch_size: int = 64
+    hidden: int = 64  # width of each stage head's 3x3 context branch
+    val_fraction: float = 0.1  # training images held out to report map agreement
 
 
 @dataclass
@@ -147,6 +159,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     attr_train: AttrTrainConfig = field(default_factory=AttrTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -160,6 +173,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.aah": ("offline", "online"),
     "train.aah_targets": ("labels", "predicted"),
     "eval.metric": ("cosine", "euclidean"),
+    "eval.aah": ("exact", "fast"),
     "eval.same_camera": ("auto", "exclude", "keep"),
 }
 
