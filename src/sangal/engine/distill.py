@@ -227,7 +227,7 @@ def fit_map_predictor(net: AttributeNet, loader_factory, cache, targets: np.ndar
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * len(classes), count + len(classes)
+            total, count = total + float(loss.detach()) * len(classes), count + len(classes)
         history.append(total / max(count, 1))
         log.info("distill epoch %d/%d: loss %.4f", epoch + 1, epochs, history[-1])
     predictor.eval()

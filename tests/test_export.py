@@ -1,0 +1,105 @@
+"""`sangal export`: one ONNX graph per Re-ID mode, run in onnxruntime against the PyTorch pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sangal.cli import main
+from sangal.engine.checkpoint import save_checkpoint
+from sangal.engine.distill import PREDICTOR_FILE, save_map_predictor
+from sangal.errors import CheckpointError
+from sangal.export import export_onnx, load_embedding_graph
+from sangal.models.attribute_net import AttributeNet
+from sangal.models.map_predictor import MapPredictor
+from sangal.models.reid_net import ReIDNet
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLASSES = [2] * 9 + [4] + [2] * 17  # Market-1501 binary schema, K = 27
+H, W = 64, 32
+EXTRA = {"dataset": "market1501", "colour_mode": "binary", "height": H, "width": W}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
+    """Random-weight id / id+attr / san-gal checkpoints; the san-gal one's attribute net has a predictor."""
+    tmp = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    attr = AttributeNet(CLASSES, backbone="resnet18", pretrained=False).eval()
+    for head in attr.heads:  # predictions that vary between images
+        torch.nn.init.normal_(head.fc.weight, std=0.05)
+    attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **EXTRA}, {})
+    save_map_predictor(attr_dir, MapPredictor((128, 256), sum(CLASSES), hidden=8), {"normalize": "max"})
+    bare_attr = save_checkpoint(tmp / "attr_bare", attr, {**attr.arch_dict(), **EXTRA}, {})
+    out = {"attr": attr_dir, "attr_bare": bare_attr}
+    for mode in ("id", "id+attr", "san-gal"):
+        model = ReIDNet(6, CLASSES, mode=mode, backbone="resnet18", pretrained=False).eval()
+        for m in model.modules():  # non-trivial BN statistics so the embedding is not near-constant
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.1)
+        out[mode] = save_checkpoint(tmp / mode.replace("+", "_"), model, {**model.arch_dict(), **EXTRA},
+                                    {"attr_checkpoint": str(attr_dir)})
+    return out
+
+
+@pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
+def test_onnx_graph_matches_pytorch(checkpoints, tmp_path, mode) -> None:
+    path = tmp_path / "model.onnx"
+    info = export_onnx(checkpoints[mode], path)
+    assert info["max_abs_diff"] is not None and info["max_abs_diff"] <= 1e-4
+    assert info["outputs"] == (["embedding"] if mode == "id" else ["embedding", "attr_probs"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    graph, _ = load_embedding_graph(checkpoints[mode])
+    for batch in (1, 5):  # dynamic batch: neither is the traced size (2)
+        images = torch.randn(batch, 3, H, W, generator=torch.Generator().manual_seed(batch))
+        got = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            want = graph(images)
+        assert got[0].shape == (batch, 512)
+        np.testing.assert_allclose(np.linalg.norm(got[0], axis=1), 1.0, atol=1e-5)  # L2-normalised
+        assert np.abs(got[0] - want[0].numpy()).max() <= 1e-4
+        if mode != "id":
+            assert got[1].shape == (batch, sum(CLASSES))
+            assert np.abs(got[1] - want[1].numpy()).max() <= 1e-4
+    metadata = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    assert metadata["mode"] == f'"{mode}"' and metadata["opset"] == "17"
+
+
+def test_san_gal_graph_is_the_fast_feature_pipeline(checkpoints) -> None:
+    """The graph's embedding equals extract_features with fast heat maps (no flip) of the same images."""
+    from sangal.engine.checkpoint import load_model
+    from sangal.engine.distill import load_map_predictor
+    from sangal.engine.features import aah_from_net, extract_features
+
+    graph, _ = load_embedding_graph(checkpoints["san-gal"], flip=True)
+    reid, _ = load_model(checkpoints["san-gal"], expected_kind="reid")
+    attr, _ = load_model(checkpoints["attr"], expected_kind="attribute")
+    images = torch.randn(4, 3, H, W, generator=torch.Generator().manual_seed(3))
+    batch = {"image": images, "pid": torch.zeros(4), "camid": torch.zeros(4), "index": torch.arange(4),
+             "path": [f"{i}.jpg" for i in range(4)]}
+    fs = extract_features(reid, [batch], flip=True, progress=False,
+                          aah_fn=aah_from_net(attr, predictor=load_map_predictor(checkpoints["attr"])))
+    with torch.no_grad():
+        embedding = graph(images)[0]
+    np.testing.assert_allclose(embedding.numpy(), fs.feats, atol=1e-5)
+
+
+def test_san_gal_export_needs_the_distilled_predictor(checkpoints, tmp_path, capsys) -> None:
+    with pytest.raises(CheckpointError, match=f"no distilled map predictor.*{PREDICTOR_FILE}.*sangal distill"):
+        export_onnx(checkpoints["san-gal"], tmp_path / "m.onnx", attr_checkpoint=checkpoints["attr_bare"])
+    assert not (tmp_path / "m.onnx").exists()
+    code = main(["export", "--checkpoint", str(checkpoints["san-gal"]), "--out", str(tmp_path / "m.onnx"),
+                 "--attr-checkpoint", str(checkpoints["attr_bare"])])
+    assert code == 2 and "sangal distill" in capsys.readouterr().err
+
+
+def test_cli_export_prints_the_check(checkpoints, tmp_path, capsys) -> None:
+    out = tmp_path / "id.onnx"
+    assert main(["export", "--checkpoint", str(checkpoints["id"]), "--out", str(out), "--opset", "18"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "opset 18" in text and "max abs diff" in text
