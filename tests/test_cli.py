@@ -111,3 +111,51 @@ def test_synth_writes_a_market_layout_dataset(tmp_path, capsys):
     assert (out / "market_attribute.mat").is_file()
     assert main(["synth", "--out", str(out), "--ids", "7", "--cams", "2"]) == 2  # other parameters: refused
     assert "error: " in capsys.readouterr().err
+
+
+def test_overrides_anywhere_on_the_command_line(tmp_path, capsys):
+    from sangal.cli import parse_args
+
+    args = parse_args(["train", "-c", "X.yaml", "data.root=D", "--mode", "san-gal", "train.epochs=8", "-v"])
+    assert args.overrides == ["data.root=D", "train.epochs=8"] and args.mode == "san-gal" and args.verbose
+    assert parse_args(["train", "--mode", "id", "out=runs/x"]).overrides == ["out=runs/x"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  lr: 0.5\n")
+    assert main(["config", "show", "optim.lr=0.002", "-c", str(cfg), "model.mode=id"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.002" in out and "mode: id" in out  # the override after -c wins over the file
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--mode", "id", "--epochs", "3"])
+    assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["search", "q.jpg", "--index", "i", "data.root=D"])  # search takes no overrides
+
+
+def _worker_failure(exc: Exception):
+    """A `run` whose DataLoader worker raises ``exc``: what a corrupt image does mid-evaluation."""
+    class Failing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise exc
+
+    def run(args):
+        list(torch.utils.data.DataLoader(Failing(), num_workers=1))
+    return run
+
+
+def test_worker_errors_are_one_line(monkeypatch, capsys):
+    from sangal.errors import DatasetError
+
+    monkeypatch.setattr("sangal.cli.run", _worker_failure(DatasetError("q/0001_c1.jpg: unreadable or corrupt image")))
+    assert main(["config", "show"]) == 2
+    assert capsys.readouterr().err == "error: q/0001_c1.jpg: unreadable or corrupt image\n"
+    assert main(["config", "show", "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "DataLoader worker process 0" in err  # -v shows the worker's traceback
+    assert err.splitlines()[-1] == "error: q/0001_c1.jpg: unreadable or corrupt image"
+    monkeypatch.setattr("sangal.cli.run", _worker_failure(ValueError("boxes must be 4 numbers")))
+    assert main(["config", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ValueError: boxes must be 4 numbers (in a DataLoader worker")
