@@ -57,6 +57,7 @@ from sangal.engine.checkpoint import MODEL_FILE, load_model
 from sangal.engine.storage import atomic_write_text, file_sha256, provenance, replace_dir
 from sangal.errors import CacheError
 from sangal.gradcam import attribute_heatmaps
+from sangal.gradcam_fast import fast_attribute_heatmaps
 
 __all__ = ["AAHCache", "BuildInterrupted", "align_aah", "image_list"]
 
@@ -71,6 +72,9 @@ REBUILD = "rebuild it with `sangal aah`"
 _IDENTITY = ("format_version", "checkpoint_sha256", "images_sha256", "schema", "height", "width",
              "targets", "normalize", "stages", "dtype")
 _F16_MAX = float(np.finfo(np.float16).max)
+#: how the maps were computed (eval.aah): "exact" Grad-CAM or "fast" (sangal.gradcam_fast + the distilled
+#: predictor, whose file sha256 binds the cache); manifests written before these keys existed are exact.
+_METHOD_KEYS = {"method": "exact", "predictor_sha256": None}
 
 Heatmaps = tuple[Tensor, Tensor, Tensor]
 
@@ -167,8 +171,12 @@ class AAHCache:
         targets: np.ndarray | Tensor | None = None,
         schema: Any | None = None,
         normalize: str | None = None,
+        method: str | None = None,
     ) -> AAHCache:
         """Open a finished cache, checking it against whatever inputs are given.
+
+        ``method`` ("exact"/"fast"): how the maps must have been computed; with
+        "fast" and ``attr_ckpt_dir``, also that the distilled predictor is unchanged.
 
         ``schema`` (an AttributeSchema) is an alternative to ``schema_names``;
         ``targets=None`` skips the targets check (it does not mean "predicted").
@@ -207,6 +215,8 @@ class AAHCache:
             raise CacheError(f"AAH cache {out} was built for {len(m['schema']['names'])} attributes "
                              f"({', '.join(m['schema']['names'][:4])}, ...) but {len(schema_names)} were asked for; "
                              f"they first differ at position {diff}; {REBUILD}")
+        if method is not None:
+            _check_method(out, m, method, attr_ckpt_dir)
         for key, value in (("height", height), ("width", width), ("normalize", normalize)):
             if value is not None and value != m[key]:
                 raise CacheError(f"AAH cache {out} was built with {key} {m[key]}, not {value}; {REBUILD}")
@@ -244,6 +254,7 @@ class AAHCache:
         stop_after_chunks: int | None = None,
         chunk_size: int = 256,
         normalize: str = "max",
+        method: str = "exact",
     ) -> AAHCache:
         """Compute the heat maps of ``records`` with the attribute checkpoint and store them.
 
@@ -252,6 +263,8 @@ class AAHCache:
                 label-guided maps (train split), or None for predicted classes.
             chunk_size: images per resumable chunk.
             normalize: heat-map normalisation passed to ``attribute_heatmaps``.
+            method: ``"exact"`` Grad-CAM (backward pass) or ``"fast"`` (forward only,
+                :func:`sangal.gradcam_fast.fast_attribute_heatmaps`; needs ``sangal distill``).
             stop_after_chunks: testing hook: raise :class:`BuildInterrupted` after
                 this many chunks of this call, as if the process had been killed.
         """
@@ -268,8 +281,9 @@ class AAHCache:
                                  f"got {labels.shape}")
         manifest = _new_manifest(ckpt.path, ckpt.arch, records, height, width, labels, normalize, chunk_size,
                                  _stage_shapes(net, height, width, device))
+        predictor = _method_setup(manifest, method, attr_ckpt_dir, device)
         if out.is_dir():
-            changed = _changes(out / MANIFEST, manifest, _IDENTITY)
+            changed = _changes(out / MANIFEST, manifest, (*_IDENTITY, *_METHOD_KEYS))
             if not changed:
                 try:
                     return AAHCache.open(out)
@@ -282,7 +296,7 @@ class AAHCache:
         total = manifest["num_chunks"]
         if start < total:
             _fill(net, records, labels, arrays, partial, manifest, start, batch_size, device, num_workers,
-                  progress, stop_after_chunks)
+                  progress, stop_after_chunks, predictor)
         del arrays  # close the memmaps before the rename
         manifest.update(complete=True, **provenance())
         atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=1))
@@ -376,7 +390,7 @@ def _resume_point(partial: Path, manifest: dict[str, Any]) -> int:
     """First unfinished chunk of a matching partial build; otherwise start a fresh one (returns 0)."""
     if partial.is_dir():
         done, _ = _progress(partial)
-        changed = _changes(partial / MANIFEST, manifest, (*_IDENTITY, "chunk_size"))
+        changed = _changes(partial / MANIFEST, manifest, (*_IDENTITY, *_METHOD_KEYS, "chunk_size"))
         files_ok = all((partial / name).is_file() for name in STAGE_FILES)
         if not changed and files_ok:
             logger.info("resuming %s at chunk %d/%d", partial, done, manifest["num_chunks"])
@@ -399,7 +413,7 @@ def _changes(path: Path, manifest: dict[str, Any], keys: Sequence[str]) -> list[
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return [f"unreadable {path.name}"]
-    return [k for k in keys if not isinstance(old, dict) or old.get(k) != manifest[k]]
+    return [k for k in keys if not isinstance(old, dict) or old.get(k, _METHOD_KEYS.get(k)) != manifest[k]]
 
 
 def _write_progress(partial: Path, done: int, total: int) -> None:
@@ -408,8 +422,12 @@ def _write_progress(partial: Path, done: int, total: int) -> None:
 
 def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, arrays: list[np.ndarray],
           partial: Path, manifest: dict[str, Any], start: int, batch_size: int, device: str | torch.device,
-          num_workers: int, progress: bool, stop_after_chunks: int | None) -> None:
-    """Compute chunks ``start..`` into ``arrays``; flush and record progress after each chunk."""
+          num_workers: int, progress: bool, stop_after_chunks: int | None,
+          predictor: torch.nn.Module | None = None) -> None:
+    """Compute chunks ``start..`` into ``arrays``; flush and record progress after each chunk.
+
+    With ``predictor`` (method "fast") the maps come from the forward pass alone.
+    """
     n, cs, total = len(records), manifest["chunk_size"], manifest["num_chunks"]
     chunk_ends = {min(n, (c + 1) * cs): c + 1 for c in range(start, total)}  # last index + 1 -> chunks done
     batches = [list(range(i, min(i + batch_size, (c + 1) * cs, n)))
@@ -422,7 +440,10 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
             lo, hi = int(batch["index"][0]), int(batch["index"][-1]) + 1  # a contiguous range
             images = batch["image"].to(device)  # (B, 3, H, W)
             t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
-            maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
+            if predictor is not None:  # eval.aah=fast: forward only, layer4 exact (sangal.gradcam_fast)
+                maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"])
+            else:
+                maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
             for arr, m in zip(arrays, maps):
                 if list(m.shape[1:]) != list(arr.shape[1:]):
                     raise RuntimeError(f"heat maps {tuple(m.shape)} do not fit cache array {arr.shape}")
@@ -435,6 +456,36 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
                 finished += 1
                 if stop_after_chunks is not None and finished >= stop_after_chunks and chunk_ends[hi] < total:
                     raise BuildInterrupted(f"stopped after {finished} chunks (stop_after_chunks)")
+
+
+def _method_setup(manifest: dict[str, Any], method: str, attr_ckpt_dir: str | Path,
+                  device: str | torch.device) -> torch.nn.Module | None:
+    """Record ``method`` in the manifest; the distilled predictor for "fast" (CheckpointError if none)."""
+    if method not in ("exact", "fast"):
+        raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
+    if method == "exact":
+        manifest.update(_METHOD_KEYS)
+        return None
+    if manifest["targets"]["mode"] == "agnostic":
+        raise CacheError("fast heat maps follow one class per attribute; class-agnostic maps need method 'exact'")
+    from sangal.engine.distill import load_map_predictor, predictor_sha256
+
+    predictor = load_map_predictor(attr_ckpt_dir, device=device)
+    manifest.update(method="fast", predictor_sha256=predictor_sha256(attr_ckpt_dir))
+    return predictor
+
+
+def _check_method(out: Path, m: dict[str, Any], method: str, attr_ckpt_dir: str | Path | None) -> None:
+    """CacheError when cache ``out`` was computed another way (or with another distilled predictor)."""
+    built = m.get("method", "exact")
+    if built != method:
+        raise CacheError(f"AAH cache {out} holds {built} heat maps, not {method} ones (eval.aah); {REBUILD}")
+    if method == "fast" and attr_ckpt_dir is not None:
+        from sangal.engine.distill import predictor_sha256
+
+        if predictor_sha256(attr_ckpt_dir) != m.get("predictor_sha256"):
+            raise CacheError(f"AAH cache {out} is stale: the map predictor in {attr_ckpt_dir} changed since "
+                             f"it was built; {REBUILD}")
 
 
 def to_float16(maps: Tensor) -> np.ndarray:

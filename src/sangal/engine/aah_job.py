@@ -37,15 +37,16 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
         # Training maps are guided by the attribute labels (the paper's "GAL"); test maps use predictions.
         targets = setup.aah_targets_for(cfg, table, records, split)
         cache_dir = setup.aah_cache_dir(cfg, split)
+        method = "exact" if split == "train" else cfg.eval.aah  # training keeps exact maps
         try:
             AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
-                          width=cfg.data.width, targets=targets, normalize=cfg.model.aah_normalize)
+                          width=cfg.data.width, targets=targets, normalize=cfg.model.aah_normalize, method=method)
             log.info("%s heat maps are up to date in %s", split, cache_dir)
         except CacheError as exc:
             if cache_dir.exists():
                 log.info("rebuilding %s: %s", cache_dir, exc)
             AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
                            batch_size=cfg.data.test_batch_size, device=str(device),
-                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize)
+                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize, method=method)
         out[split] = cache_dir
     return out

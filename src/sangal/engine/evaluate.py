@@ -20,11 +20,12 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.aah_cache import AAHCache
     from sangal.engine.features import aah_from_cache, aah_from_net
 
-    cache_dir = Path(paths["aah"]) / split
+    cache_dir = Path(paths["aah"]) / setup.aah_cache_dir(cfg, split).name
     if cache_dir.exists():
         try:
             cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                  height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize)
+                                  height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize,
+                                  method=cfg.eval.aah)
             if cache.manifest["targets"]["mode"] != "predicted":  # test time must not see the labels
                 raise CacheError(f"AAH cache {cache_dir} was built from attribute labels, not predictions")
             return aah_from_cache(cache)
@@ -37,7 +38,12 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.checkpoint import load_model
 
     attr_net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
-    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize)
+    predictor = None
+    if cfg.eval.aah == "fast":  # forward-only maps: the predictor `sangal distill` saved with the checkpoint
+        from sangal.engine.distill import load_map_predictor
+
+        predictor = load_map_predictor(ckpt, device=device)
+    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize, predictor=predictor)
 
 
 def same_camera_camids(q_camids, g_camids, policy: str):

@@ -126,6 +126,8 @@ def aah_cache_dir(cfg: Config, split: str) -> Path:
     root = default_paths(cfg)["aah"]
     if split == "train" and cfg.train.aah_targets == "predicted":
         return root / "train_predicted"
+    if split != "train" and cfg.eval.aah == "fast":  # forward-only test maps (`sangal distill`) live apart
+        return root / f"{split}_fast"
     return root / split
 
 
