@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (eval.rerank=true)")
     _config_args(p)
 
+    p = sub.add_parser("study", help="Table-1 variants over N paired seeds: mean ± std and paired 95% CIs vs id")
+    p.add_argument("--seeds", type=_at_least(1), default=3, help="paired seeds 0..N-1 (each variant runs every seed)")
+    p.add_argument("--variants", default="table1",
+                   help="a preset (table1: id, id+attr, san-gal; hypotheses: one san-gal row per hypothesis)")
+    p.add_argument("--variant", action="append", default=[], metavar="'NAME: KEY=VALUE ...'",
+                   help="add a row, e.g. --variant 'san-gal pred: model.mode=san-gal train.aah_targets=predicted'")
+    p.add_argument("--reference", default="id", help="variant the paired differences are taken against")
+    _config_args(p)
+
     p = sub.add_parser("label", help="attribute pseudo-labels for every identity (a dataset without labels)")
     p.add_argument("--checkpoint", required=True, help="attribute checkpoint (e.g. runs/x/attr/checkpoints/final)")
     p.add_argument("--out", default=None, help="output folder (default <out>/labels): attributes.mat, dataset.csv, ...")
@@ -189,6 +198,17 @@ def run(args) -> int:
         from sangal.engine.evaluate import evaluate_checkpoint
 
         _print_metrics("re-id", evaluate_checkpoint(_load_cfg(args), args.checkpoint))
+        return 0
+    if args.command == "study":
+        from sangal.engine.study import PRESETS, format_study, parse_variant, run_study
+
+        if args.variants not in PRESETS:
+            raise SangalError(f"unknown variant preset {args.variants!r}; choose from {', '.join(PRESETS)}")
+        variants = [*PRESETS[args.variants], *(parse_variant(v) for v in args.variant)]
+        cfg = _load_cfg(args)
+        doc = run_study(cfg, variants, list(range(args.seeds)), reference=args.reference)
+        print(format_study(doc))
+        print(f"study: {Path(cfg.out) / 'study.json'}")
         return 0
     if args.command == "label":
         from sangal.engine.label import label_dataset

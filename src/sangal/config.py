@@ -58,6 +58,8 @@ class ModelConfig:
     mode: str = "san-gal"  # id | id+attr | san-gal
     extra_sigmoid: bool = False  # the second sigmoid the paper's text mentions after eq. 4
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
+    asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
+    asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
 
 
 @dataclass
@@ -91,7 +93,8 @@ class TrainConfig:
 
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
-    aah_targets: str = "labels"  # training heat maps for the labelled class (paper) | the predicted class (as at test)
+    aah_targets: str = "labels"  # Grad-CAM class of the maps: labels (paper) | predicted | agnostic (sangal.aah_modes)
+    aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
     aah_cache: str | None = None  # default: <out>/aah
     seed: int = 0
@@ -171,7 +174,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mode": ("id", "id+attr", "san-gal"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),
-    "train.aah_targets": ("labels", "predicted"),
+    "train.aah_targets": ("labels", "predicted", "agnostic"),
     "eval.metric": ("cosine", "euclidean"),
     "eval.aah": ("exact", "fast"),
     "eval.same_camera": ("auto", "exclude", "keep"),
@@ -256,6 +259,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.p and data.k must be >= 2 (triplet mining needs positives and negatives)")
     if len(cfg.optim.milestones) != len(cfg.optim.milestone_lrs):
         raise ConfigError("optim.milestones and optim.milestone_lrs must have the same length")
+    if not cfg.model.asam_stages or any(s not in (2, 3, 4) for s in cfg.model.asam_stages) \
+            or len(set(cfg.model.asam_stages)) != len(cfg.model.asam_stages):
+        raise ConfigError(f"model.asam_stages={cfg.model.asam_stages} must list distinct stages among 2, 3, 4")
     if cfg.data.height < 32 or cfg.data.width < 16:
         raise ConfigError(f"data.height/width ({cfg.data.height}x{cfg.data.width}) must be at least 32x16")
     return cfg
@@ -286,6 +292,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             nested = {key: nested}
         _apply(cfg, nested, "", f"override '{text}'")
     return validate(cfg)
+
+
+def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of ``cfg`` with dotted overrides applied (``cfg`` is left as it is)."""
+    out = from_dict(to_dict(cfg))
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _apply(out, nested, "", f"override '{text}'")
+    return validate(out)
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:

@@ -98,9 +98,13 @@ def image_list(records: Sequence[Any]) -> dict[str, Any]:
     return {"root": str(root), "paths": rel, "sizes": sizes, "sha256": digest.hexdigest()}
 
 
-def _targets_entry(targets: np.ndarray | None) -> dict[str, Any]:
-    if targets is None:
+def _targets_entry(targets: np.ndarray | str | None) -> dict[str, Any]:
+    if targets is None or (isinstance(targets, str) and targets == "predicted"):
         return {"mode": "predicted", "sha256": None}
+    if isinstance(targets, str):
+        if targets != "agnostic":
+            raise ValueError(f"targets must be labels (N, K), 'predicted', 'agnostic' or None; got {targets!r}")
+        return {"mode": "agnostic", "sha256": None}  # sum over classes: no label, no prediction (sangal.aah_modes)
     arr = np.ascontiguousarray(targets, dtype=np.int64)
     digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
     return {"mode": "labels", "sha256": digest}
@@ -221,11 +225,13 @@ class AAHCache:
             if value is not None and value != m[key]:
                 raise CacheError(f"AAH cache {out} was built with {key} {m[key]}, not {value}; {REBUILD}")
         if targets is not None:
-            given = _targets_entry(np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets))
+            given = _targets_entry(targets if isinstance(targets, str)
+                                   else np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets))
             if given != m["targets"]:
-                built = ("predicted classes" if m["targets"]["mode"] == "predicted"
+                built = (f"{m['targets']['mode']} classes" if m["targets"]["mode"] != "labels"
                          else f"other attribute labels (sha256 {m['targets']['sha256'][:12]}…)")
-                raise CacheError(f"AAH cache {out} was built with {built}, not the attribute labels given; {REBUILD}")
+                wanted = "the attribute labels given" if given["mode"] == "labels" else f"{given['mode']} classes"
+                raise CacheError(f"AAH cache {out} was built with {built}, not {wanted}; {REBUILD}")
         arrays = []
         for name, shape in zip(STAGE_FILES, m["stages"]):
             try:
@@ -246,7 +252,7 @@ class AAHCache:
         records: Sequence[Any],
         height: int,
         width: int,
-        targets: np.ndarray | Tensor | None = None,
+        targets: np.ndarray | Tensor | str | None = None,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
         num_workers: int = 0,
@@ -260,7 +266,8 @@ class AAHCache:
 
         Args:
             targets: (N, K) attribute labels (``IGNORE_INDEX`` allowed) for
-                label-guided maps (train split), or None for predicted classes.
+                label-guided maps (train split), None (or ``"predicted"``) for predicted
+                classes, or ``"agnostic"`` for class-agnostic maps (:mod:`sangal.aah_modes`).
             chunk_size: images per resumable chunk.
             normalize: heat-map normalisation passed to ``attribute_heatmaps``.
             method: ``"exact"`` Grad-CAM (backward pass) or ``"fast"`` (forward only,
@@ -274,12 +281,13 @@ class AAHCache:
             raise ValueError(f"no images to cache in {out}")
         net, ckpt = load_model(attr_ckpt_dir, expected_kind="attribute", device=device)
         labels = None
-        if targets is not None:
+        if targets is not None and not isinstance(targets, str):
             labels = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets, dtype=np.int64)
             if labels.shape != (len(records), len(ckpt.arch["attr_classes"])):
                 raise ValueError(f"targets must be (N, K) = ({len(records)}, {len(ckpt.arch['attr_classes'])}), "
                                  f"got {labels.shape}")
-        manifest = _new_manifest(ckpt.path, ckpt.arch, records, height, width, labels, normalize, chunk_size,
+        manifest = _new_manifest(ckpt.path, ckpt.arch, records, height, width,
+                                 targets if isinstance(targets, str) else labels, normalize, chunk_size,
                                  _stage_shapes(net, height, width, device))
         predictor = _method_setup(manifest, method, attr_ckpt_dir, device)
         if out.is_dir():
@@ -370,7 +378,7 @@ def _stage_shapes(net: torch.nn.Module, height: int, width: int, device: str | t
 
 
 def _new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], height: int, width: int,
-                  labels: np.ndarray | None, normalize: str, chunk_size: int,
+                  labels: np.ndarray | str | None, normalize: str, chunk_size: int,
                   stages: list[list[int]]) -> dict[str, Any]:
     images = image_list(records)
     return {
@@ -442,6 +450,11 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
             t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
             if predictor is not None:  # eval.aah=fast: forward only, layer4 exact (sangal.gradcam_fast)
                 maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"])
+            elif manifest["targets"]["mode"] == "agnostic":
+                from sangal.aah_modes import class_agnostic_heatmaps
+
+                maps = class_agnostic_heatmaps(lambda c: attribute_heatmaps(net, images, c, normalize="none"),
+                                               net.num_classes, images.shape[0], device, manifest["normalize"])
             else:
                 maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
             for arr, m in zip(arrays, maps):

@@ -34,13 +34,14 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
     out: dict[str, Path] = {}
     for split in splits:
         records = getattr(dataset, split)
-        # Training maps are guided by the attribute labels (the paper's "GAL"); test maps use predictions.
+        # Training maps follow train.aah_targets (labels: the paper's "GAL"); test maps never see labels.
         targets = setup.aah_targets_for(cfg, table, records, split)
         cache_dir = setup.aah_cache_dir(cfg, split)
         method = "exact" if split == "train" else cfg.eval.aah  # training keeps exact maps
         try:
             AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
-                          width=cfg.data.width, targets=targets, normalize=cfg.model.aah_normalize, method=method)
+                          width=cfg.data.width, targets="predicted" if targets is None else targets,
+                          normalize=cfg.model.aah_normalize, method=method)
             log.info("%s heat maps are up to date in %s", split, cache_dir)
         except CacheError as exc:
             if cache_dir.exists():

@@ -10,7 +10,7 @@ import torch
 
 from sangal.config import Config
 from sangal.engine import setup
-from sangal.errors import CacheError, CheckpointError
+from sangal.errors import CacheError, CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +20,16 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.aah_cache import AAHCache
     from sangal.engine.features import aah_from_cache, aah_from_net
 
+    mode = setup.aah_mode(cfg, split)  # predicted or agnostic: test time never sees the labels
     cache_dir = Path(paths["aah"]) / setup.aah_cache_dir(cfg, split).name
     if cache_dir.exists():
         try:
             cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
                                   height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize,
                                   method=cfg.eval.aah)
-            if cache.manifest["targets"]["mode"] != "predicted":  # test time must not see the labels
-                raise CacheError(f"AAH cache {cache_dir} was built from attribute labels, not predictions")
+            if cache.manifest["targets"]["mode"] != mode:
+                raise CacheError(f"AAH cache {cache_dir} holds {cache.manifest['targets']['mode']} maps, "
+                                 f"not the {mode} maps this model was trained for")
             return aah_from_cache(cache)
         except CacheError as exc:
             log.warning("%s; computing %s heat maps on the fly instead", exc, split)
@@ -38,12 +40,33 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.checkpoint import load_model
 
     attr_net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
+    if mode == "agnostic":
+        if cfg.eval.aah == "fast":
+            raise ConfigError("eval.aah=fast computes one class per attribute; class-agnostic maps need eval.aah=exact")
+        return _agnostic_from_net(attr_net, cfg.model.aah_normalize)
     predictor = None
     if cfg.eval.aah == "fast":  # forward-only maps: the predictor `sangal distill` saved with the checkpoint
         from sangal.engine.distill import load_map_predictor
 
         predictor = load_map_predictor(ckpt, device=device)
     return aah_from_net(attr_net, normalize=cfg.model.aah_normalize, predictor=predictor)
+
+
+def _agnostic_from_net(attr_net, normalize: str):
+    """aah_fn computing class-agnostic maps (sangal.aah_modes) on the fly."""
+    from sangal.aah_modes import class_agnostic_heatmaps
+    from sangal.gradcam import attribute_heatmaps
+
+    attr_net.eval()
+    device = next(attr_net.parameters()).device
+
+    def fn(batch):
+        images = batch["image"].to(device)
+        with torch.enable_grad():
+            return class_agnostic_heatmaps(lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"),
+                                           attr_net.num_classes, images.shape[0], device, normalize)
+
+    return fn
 
 
 def same_camera_camids(q_camids, g_camids, policy: str):

@@ -94,7 +94,8 @@ def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] |
         "width": cfg.data.width,
     }
     if kind == "reid":
-        arch.update(num_ids=num_ids, mode=cfg.model.mode, extra_sigmoid=cfg.model.extra_sigmoid)
+        arch.update(num_ids=num_ids, mode=cfg.model.mode, extra_sigmoid=cfg.model.extra_sigmoid,
+                    asam_stages=list(cfg.model.asam_stages), asam_gain=cfg.model.asam_gain)
     return arch
 
 
@@ -121,21 +122,33 @@ def default_paths(cfg: Config) -> dict[str, Path]:
     }
 
 
+def aah_mode(cfg: Config, split: str) -> str:
+    """Grad-CAM class of a split's maps: labels (train only), predicted or agnostic (sangal.aah_modes)."""
+    from sangal.aah_modes import eval_mode
+
+    return cfg.train.aah_targets if split == "train" else eval_mode(cfg.train.aah_targets)
+
+
 def aah_cache_dir(cfg: Config, split: str) -> Path:
-    """Cache folder of a split; training maps guided by predictions live apart from label-guided ones."""
+    """Cache folder of a split: one per (split, map mode, normalisation), so study variants never rebuild
+    each other's caches. Label-guided train maps and predicted test maps keep the plain split name."""
     root = default_paths(cfg)["aah"]
-    if split == "train" and cfg.train.aah_targets == "predicted":
-        return root / "train_predicted"
+    mode = aah_mode(cfg, split)
+    name = split if mode in ("labels", "predicted") and not (split == "train" and mode == "predicted") \
+        else f"{split}_{mode}"
+    if cfg.model.aah_normalize != "max":
+        name += f"_{cfg.model.aah_normalize}"
     if split != "train" and cfg.eval.aah == "fast":  # forward-only test maps (`sangal distill`) live apart
-        return root / f"{split}_fast"
-    return root / split
+        name += "_fast"
+    return root / name
 
 
-def aah_targets_for(cfg: Config, table, records, split: str) -> np.ndarray | None:
-    """Grad-CAM targets: attribute labels for training maps (unless configured otherwise), else None."""
-    if split == "train" and cfg.train.aah_targets == "labels":
+def aah_targets_for(cfg: Config, table, records, split: str) -> np.ndarray | str | None:
+    """Grad-CAM targets for AAHCache: labels (N, K) for label-guided maps, "agnostic", or None (predicted)."""
+    mode = aah_mode(cfg, split)
+    if mode == "labels":
         return attribute_targets(table, records, "train")
-    return None
+    return "agnostic" if mode == "agnostic" else None
 
 
 def require(condition: bool, message: str) -> None:

@@ -6,6 +6,7 @@ DDP test can call it directly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -75,13 +76,15 @@ class AAHSource:
         self.attr_net = None
         self.cache = None
         self.normalize = cfg.model.aah_normalize
-        self.guided = cfg.train.aah_targets == "labels"
+        self.targets_mode = cfg.train.aah_targets  # labels | predicted | agnostic (sangal.aah_modes)
+        self.align = cfg.train.aah_align
+        self.image_size = (cfg.data.height, cfg.data.width)
         if self.mode == "offline":
             from sangal.engine.aah_cache import AAHCache
 
             self.cache = AAHCache.open(setup.aah_cache_dir(cfg, "train"), attr_ckpt_dir=paths["attr_checkpoint"],
                                        records=records, height=cfg.data.height, width=cfg.data.width,
-                                       targets=targets if cfg.train.aah_targets == "labels" else None,
+                                       targets=targets if self.targets_mode == "labels" else self.targets_mode,
                                        normalize=cfg.model.aah_normalize)
         else:
             from sangal.engine.checkpoint import load_model
@@ -106,14 +109,25 @@ class AAHSource:
     def __call__(self, batch: dict, images: torch.Tensor, attrs: torch.Tensor):
         """Return (aah, extra loss terms). Online: the attribute loss is the second backward pass."""
         if self.cache is not None:
-            maps = self.cache.get(batch["index"].tolist())
+            maps = self.cache.get(batch["index"].tolist())  # computed on the un-augmented image
+            if self.align and "shift" in batch:
+                from sangal.engine.aah_align import align_heatmaps
+
+                maps = align_heatmaps(maps, batch["shift"], self.image_size)  # follow the pad-and-crop
             return tuple(m.to(self.device) for m in maps), {}
         from sangal.gradcam import attribute_heatmaps_from_output
         from sangal.losses import attribute_ce
 
-        out = self.attr_net(images)
-        maps = attribute_heatmaps_from_output(out, targets=attrs if self.guided else None, normalize=self.normalize,
-                                              retain_graph=True)  # first backward: Grad-CAM, detached
+        out = self.attr_net(images)  # on the augmented image itself: no alignment needed
+        if self.targets_mode == "agnostic":
+            from sangal.aah_modes import class_agnostic_heatmaps
+
+            maps = class_agnostic_heatmaps(
+                lambda t: attribute_heatmaps_from_output(out, targets=t, normalize="none", retain_graph=True),
+                self.attr_net.num_classes, images.shape[0], images.device, self.normalize)
+        else:
+            maps = attribute_heatmaps_from_output(out, targets=attrs if self.targets_mode == "labels" else None,
+                                                  normalize=self.normalize, retain_graph=True)  # 1st backward
         return maps, {"attr_branch": attribute_ce(out.logits, attrs)}  # second backward: the loss
 
 
@@ -145,7 +159,9 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     attr_classes = table.schema.num_classes if table is not None else None
     model = ReIDNet(dataset.num_train_pids, attr_classes, mode=mode, backbone=cfg.model.backbone,
                     pretrained=setup.parse_pretrained(cfg.model.pretrained) if not resume else False,
-                    last_stride=cfg.model.last_stride, extra_sigmoid=cfg.model.extra_sigmoid).to(info.device)
+                    last_stride=cfg.model.last_stride, extra_sigmoid=cfg.model.extra_sigmoid,
+                    asam_stages=cfg.model.asam_stages, asam_gain=cfg.model.asam_gain).to(info.device)
+    init_digest = shared_init_digest(model)  # paired seeds: equal across variants (checked by `sangal study`)
     arch = setup.arch_for(cfg, "reid", dataset.num_train_pids, attr_classes)
     aah_source = AAHSource(cfg, dataset.train, train_attrs, info.device, paths) if mode == "san-gal" else None
     params = list(model.parameters()) + (aah_source.parameters() if aah_source else [])
@@ -157,6 +173,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     if resume and aah_source is not None and aah_source.attr_net is not None:
         _restore_attr_branch(aah_source.attr_net, last_dir, pos.global_step)
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
+    batch_digest = pos.extra.get("batch_digest", "") if resume else ""  # chained hash of every batch seen
     if cfg.train.freeze_bn:
         _freeze_bn(model)
     net: nn.Module = model
@@ -184,6 +201,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
         if not info.is_main:
             return
         state = {"epoch": epoch, "step": step, "global_step": global_step, "rng": capture_rng_state(),
+                 "batch_digest": batch_digest, "init_digest": init_digest,
                  "config": to_dict(cfg), "history": logger.history, "attr_checkpoint": str(paths["attr_checkpoint"])}
         if aah_source is not None and aah_source.attr_net is not None:  # online: the jointly trained branch
             attr_arch = setup.arch_for(cfg, "attribute", attr_classes=attr_classes)
@@ -205,6 +223,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
             bar = tqdm(total=steps, initial=start_step, desc=f"{mode} epoch {epoch + 1}/{cfg.train.epochs}",
                        disable=not info.is_main, leave=False, dynamic_ncols=True)
             for step, batch in zip(range(start_step, steps), loader):
+                batch_digest = chain_digest(batch_digest, batch)
                 set_lr(optimizer, warmup_step_lr(epoch + step / steps, cfg.optim.lr, cfg.optim.warmup_start_lr,
                                                  cfg.optim.warmup_epochs, cfg.optim.milestones, cfg.optim.milestone_lrs))
                 images = batch["image"].to(info.device)
@@ -255,9 +274,28 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     if info.is_main:
         save(cfg.train.epochs, 0, name="final")
         metrics = _evaluate_and_record(cfg, model, dataset, paths, info, logger, cfg.train.epochs)
+        metrics["pairing"] = {"init_sha256": init_digest, "batches_sha256": batch_digest}
     logger.close()
     cleanup(info)
     return metrics
+
+
+def shared_init_digest(model: nn.Module) -> str:
+    """sha256 of the initial weights every mode shares (backbone, BN neck, ID classifier)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(("backbone.", "bottleneck.", "classifier.")):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def chain_digest(previous: str, batch: dict) -> str:
+    """Extend the hash chain of the batch order with this batch (sample indices, crops, labels)."""
+    digest = hashlib.sha256(previous.encode())
+    for key in ("index", "shift", "pid"):
+        if key in batch:
+            digest.update(key.encode() + batch[key].cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _evaluate_and_record(cfg, model, dataset, paths, info: DistInfo, logger: RunLogger, epoch: int) -> dict:

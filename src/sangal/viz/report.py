@@ -49,13 +49,16 @@ class ReportData:
         "names": [K], "labels": [K] (optional), "caption": str}.
     ranked: {"query": image, "caption": str, "variants": {name: {"images": [...],
         "is_match": [...], "distances": [...] (optional)}}}.
-    localisation: rows from ``sangal.viz.localisation.localisation_scores``.
+    paired: rows {"variant", "metric", "diff", "ci95": [lo, hi], "n"} in percentage points:
+        each variant minus the reference over paired seeds (``sangal.engine.study``).
+    localisation: rows from ``sangal.viz.localisation.localisation_scores`` (+ optional "stage").
     config: resolved config, shown in a collapsed block as YAML (JSON without PyYAML).
     """
 
     title: str
     summary: list[str] = field(default_factory=list)
     table: list[dict] = field(default_factory=list)
+    paired: list[dict] = field(default_factory=list)
     cmc: dict[str, np.ndarray] = field(default_factory=dict)
     attribute_table: list[dict] = field(default_factory=list)
     heatmaps: list[dict] = field(default_factory=list)
@@ -158,6 +161,30 @@ def _comparison_table(rows: list[dict]) -> str:
     return "".join(out)
 
 
+def _paired_table(rows: list[dict]) -> str:
+    """Variant minus reference per metric: mean difference and its 95 % CI, in percentage points."""
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cell = {(r["variant"], r["metric"]): r for r in rows}
+    head = "".join(f"<th>{_esc(dict(METRIC_COLUMNS).get(m, m))} diff [95% CI]</th>" for m in metrics)
+    body = []
+    for v in variants:
+        cells = []
+        for m in metrics:
+            r = cell.get((v, m))
+            if r is None:
+                cells.append("<td>–</td>")
+                continue
+            lo, hi = r["ci95"]
+            ci = "n/a" if _is_missing(lo) else f"{lo:+.1f}, {hi:+.1f}"
+            sig = not _is_missing(lo) and (lo > 0 or hi < 0)
+            cells.append(f"<td{' class=best' if sig else ''}>{r['diff']:+.1f} [{_esc(ci)}]</td>")
+        n = next(r["n"] for r in rows if r["variant"] == v)
+        body.append(f"<tr><td>{_esc(v)}</td>{''.join(cells)}<td>{n}</td></tr>")
+    return (f"<p class='explain'>{_esc(_PAIRED_EXPLAIN)}</p><table class='paired'><thead><tr><th>variant</th>"
+            f"{head}<th>seeds</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
 def _attribute_table(rows: list[dict]) -> str:
     keys: list[str] = []
     for r in rows:
@@ -187,6 +214,10 @@ _LOC_EXPLAIN = (
 )
 
 
+_PAIRED_EXPLAIN = (
+    "Each variant minus the reference (id) on the same seed, in percentage points: the mean over seeds and "
+    "its 95% Student-t interval. Bold where the interval excludes 0."
+)
 _COMPARISON_EXPLAIN = (
     "<p class='explain'>Rank-k matching rates (CMC), mAP and mINP in %; attr mA is the attribute "
     "recognition mean accuracy where the variant has attribute heads. Mean ± std over seeds where "
@@ -210,7 +241,7 @@ def _localisation_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cls = " class='mean'" if r.get("attribute") == "mean" else ""
-        name = r.get("attribute")
+        name = r.get("attribute") if "stage" not in r else f"{r.get('attribute')} ({r['stage']})"
         vals = [_pct(r.get(k), f"localisation {name!r}: {k}") for k in ("energy", "energy_uniform", "pointing")]
         vals.append(_pct(r.get("pointing_uniform"), f"localisation {name!r}: pointing_uniform"))
         cells = "".join(
@@ -265,6 +296,8 @@ def render_report(data: ReportData) -> str:
     if data.table:
         text = _COMPARISON_EXPLAIN + _comparison_table(data.table)
         sections.append(("comparison", "Comparison", text))
+    if data.paired:
+        sections.append(("paired", "Paired differences", _paired_table(data.paired)))
     if data.cmc:
         uri = png_data_uri(cmc_figure(data.cmc))
         text = "CMC curves; shaded bands span the min-max over seeds where several were run."
