@@ -74,6 +74,9 @@ def same_camera_camids(q_camids, g_camids, policy: str):
     query a camera no gallery image has, so no same-id match is excluded as same-camera junk."""
     q_camids = np.asarray(q_camids)
     one_camera = len(set(np.unique(q_camids)) | set(np.unique(g_camids))) == 1
+    if policy == "exclude" and one_camera:
+        raise ConfigError("query and gallery come from one camera: eval.same_camera=exclude would skip every "
+                          "query; use eval.same_camera=auto or keep")
     if policy == "keep" or (policy == "auto" and one_camera):
         if policy == "auto":
             log.warning("query and gallery come from one camera: keeping same-camera matches "
