@@ -54,7 +54,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     run_dir = paths["attr_run"]
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)
-    targets = setup.attribute_targets(table, dataset.train, "train")
+    records, targets = attribute_training_set(cfg, dataset, table)
     classes = table.schema.num_classes
     model = AttributeNet(classes, backbone=cfg.model.backbone,
                          pretrained=setup.parse_pretrained(cfg.model.pretrained) if not resume else False,
@@ -65,14 +65,14 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     last_dir = run_dir / "checkpoints" / "last"
     pos = resume_from(last_dir, model, optimizer, arch, "attribute")[1] if resume else Position()
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
-    batch_size = min(tc.batch_size, len(dataset.train))
+    batch_size = min(tc.batch_size, len(records))
     if batch_size < tc.batch_size:
-        log.warning("only %d training images: attribute batches of %d instead of %d", len(dataset.train),
+        log.warning("only %d training images: attribute batches of %d instead of %d", len(records),
                     batch_size, tc.batch_size)
-    sampler = ShuffleBatchSampler(len(dataset.train), batch_size, seed=cfg.train.seed)
+    sampler = ShuffleBatchSampler(len(records), batch_size, seed=cfg.train.seed)
     transform = build_transforms(cfg.data.height, cfg.data.width, train=True, flip_p=cfg.data.flip,
                                  pad=cfg.data.pad, erasing_p=0.0)  # erasing can delete the attribute's evidence
-    loader = torch.utils.data.DataLoader(ImageDataset(dataset.train, transform, targets), batch_sampler=sampler,
+    loader = torch.utils.data.DataLoader(ImageDataset(records, transform, targets), batch_sampler=sampler,
                                          num_workers=cfg.data.num_workers)
     steps = len(sampler) if cfg.train.max_steps_per_epoch <= 0 else min(len(sampler), cfg.train.max_steps_per_epoch)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +121,29 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     logger.record("eval", metrics)
     logger.close()
     return metrics
+
+
+def attribute_training_set(cfg: Config, dataset, table) -> tuple[list, np.ndarray]:
+    """Train images and (N, K) labels: the dataset's train split plus every labelled identity of
+    ``attr_train.extra_roots`` (other sets in the same format and attribute schema)."""
+    from sangal.config import with_overrides
+    from sangal.errors import AttributeFileError
+
+    records = list(dataset.train)
+    targets = [setup.attribute_targets(table, dataset.train, "train")]
+    for root in cfg.attr_train.extra_roots:
+        extra_cfg = with_overrides(cfg, [f"data.root={root}", "data.attributes=null"])
+        extra = setup.load_reid_dataset(extra_cfg)
+        extra_table = setup.load_attributes(extra_cfg, extra)
+        if extra_table.schema.names != table.schema.names:
+            raise AttributeFileError(f"attr_train.extra_roots: {root} has attributes {extra_table.schema.names[:3]}"
+                                     f"... but {cfg.data.root} has {table.schema.names[:3]}...; they must match")
+        test = [r for r in list(extra.query) + list(extra.gallery) if r.raw_pid > 0]
+        records += list(extra.train) + test
+        targets += [setup.attribute_targets(extra_table, extra.train, "train"),
+                    setup.attribute_targets(extra_table, test, "test")]
+        log.info("attribute net: %d more images from %s", len(extra.train) + len(test), root)
+    return records, np.concatenate(targets)
 
 
 @torch.no_grad()
