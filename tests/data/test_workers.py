@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from sangal.data import ImageDataset, ImageRecord, build_transforms
 from sangal.data.workers import MAX_DEFAULT_WORKERS, default_num_workers, worker_error

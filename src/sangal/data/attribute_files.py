@@ -44,7 +44,8 @@ def decode_labels(labels: np.ndarray, schema: AttributeSchema) -> dict[str, np.n
     return out
 
 
-def write_attribute_mat(path: str | Path, schema: AttributeSchema, splits: dict[str, tuple[list[int], np.ndarray]]) -> Path:
+def write_attribute_mat(path: str | Path, schema: AttributeSchema,
+                        splits: dict[str, tuple[list[int], np.ndarray]]) -> Path:
     """Write ``{"train": (ids, labels (N, K)), "test": (...)}`` as a Lin et al. file, atomically."""
     struct = {}
     for split in FILE_SPLITS:

@@ -68,8 +68,8 @@ def parse_list(path: Path, image_dir: Path) -> list[tuple[Path, int, int]]:
         fields = line.split()
         where = f"{path}:{number}"
         if len(fields) != 2 or not fields[1].isdigit():
-            raise DatasetError(f"{where}: expected '<image path> <id>' (e.g. 0000/0000_000_01_0303morning_0015_0.jpg 0), "
-                               f"got {line.strip()!r}")
+            raise DatasetError(f"{where}: expected '<image path> <id>' "
+                               f"(e.g. 0000/0000_000_01_0303morning_0015_0.jpg 0), got {line.strip()!r}")
         parts = Path(fields[0]).name.split("_")
         if len(parts) < 3 or not parts[2].isdigit() or not 1 <= int(parts[2]) <= NUM_CAMERAS:
             raise DatasetError(f"{where}: no camera 01..{NUM_CAMERAS} in the third '_' field of {fields[0]!r}")
