@@ -195,3 +195,17 @@ def test_distill_loss_is_zero_for_a_perfect_prediction_and_pushes_dead_maps_up()
     dead = (-exact).requires_grad_()  # all-negative prediction: its ReLU is zero everywhere
     distill_loss(dead, exact).backward()
     assert dead.grad is not None and float(dead.grad.min()) < 0  # descent raises the map where exact > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_maps_on_cuda_match_cpu_and_exact_layer4() -> None:
+    net, images, labels = _net(MARKET_CLASSES), _images(), _labels(MARKET_CLASSES)
+    predictor = MapPredictor((128, 256), sum(MARKET_CLASSES), hidden=8).eval()
+    cpu = fast_attribute_heatmaps(net, predictor, images, labels)
+    gpu_net, gpu_predictor = _net(MARKET_CLASSES).cuda(), predictor.cuda()
+    gpu = fast_attribute_heatmaps(gpu_net, gpu_predictor, images.cuda(), labels.cuda())
+    for c, g in zip(cpu, gpu):
+        assert g.is_cuda and g.dtype == torch.float32
+        torch.testing.assert_close(g.cpu(), c, atol=5e-3, rtol=0)  # cuDNN convolutions may use TF32
+    exact4 = attribute_heatmaps(gpu_net, images.cuda(), labels.cuda())[2]  # same device, same activations
+    torch.testing.assert_close(gpu[2], exact4, atol=1e-4, rtol=0)
