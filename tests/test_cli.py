@@ -159,3 +159,23 @@ def test_worker_errors_are_one_line(monkeypatch, capsys):
     assert main(["config", "show"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ValueError: boxes must be 4 numbers (in a DataLoader worker")
+
+
+def test_corrupt_image_is_one_line_and_skip_lists_it_in_the_run_folder(tiny_synth, tiny_overrides, tmp_path, capsys):
+    import shutil
+
+    from sangal.config import load_config
+    from sangal.engine.setup import load_reid_dataset
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_synth, root)
+    bad = sorted((root / "query").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:100])
+    over = tiny_overrides(root, tmp_path / "run")
+    assert main(["train-attr", *over]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: unreadable or corrupt image")
+    assert "1 of " in err and "data.on_bad_image=skip" in err
+    ds = load_reid_dataset(load_config(None, over + ["data.on_bad_image=skip"]))
+    assert bad not in {r.path for r in ds.query}
+    assert (tmp_path / "run" / "bad_images.txt").read_text().startswith(f"{bad}\t")
