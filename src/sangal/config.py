@@ -99,7 +99,8 @@ class TrainConfig:
     aah_cache: str | None = None  # default: <out>/aah
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA)
+    amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA); also the attribute net's training and AAH caches
+    channels_last: bool = False  # channels-last tensors (fast bf16 convolutions on CPU)
     freeze_bn: bool = False  # BatchNorm in eval mode (exact DDP equivalence on CPU, where SyncBN is unavailable)
     sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA
     checkpoint_every: int = 200  # steps between rolling checkpoints (also at every epoch end)

@@ -261,6 +261,8 @@ class AAHCache:
         chunk_size: int = 256,
         normalize: str = "max",
         method: str = "exact",
+        amp: bool = False,
+        channels_last: bool = False,
     ) -> AAHCache:
         """Compute the heat maps of ``records`` with the attribute checkpoint and store them.
 
@@ -303,8 +305,13 @@ class AAHCache:
         arrays = [np.lib.format.open_memmap(partial / name, mode="r+") for name in STAGE_FILES]
         total = manifest["num_chunks"]
         if start < total:
-            _fill(net, records, labels, arrays, partial, manifest, start, batch_size, device, num_workers,
-                  progress, stop_after_chunks, predictor)
+            from sangal.engine.precision import autocast
+            from sangal.engine.precision import channels_last as to_channels_last
+
+            manifest["precision"] = {"bf16_autocast": amp, "channels_last": channels_last}  # provenance only
+            with autocast(torch.device(device), amp):
+                _fill(to_channels_last(net, channels_last), records, labels, arrays, partial, manifest, start,
+                      batch_size, device, num_workers, progress, stop_after_chunks, predictor)
         del arrays  # close the memmaps before the rename
         manifest.update(complete=True, **provenance())
         atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=1))
@@ -447,6 +454,8 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
         for batch in loader:
             lo, hi = int(batch["index"][0]), int(batch["index"][-1]) + 1  # a contiguous range
             images = batch["image"].to(device)  # (B, 3, H, W)
+            if manifest.get("precision", {}).get("channels_last"):
+                images = images.contiguous(memory_format=torch.channels_last)
             t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
             if predictor is not None:  # eval.aah=fast: forward only, layer4 exact (sangal.gradcam_fast)
                 maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"])

@@ -48,6 +48,7 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
                 log.info("rebuilding %s: %s", cache_dir, exc)
             AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
                            batch_size=cfg.data.test_batch_size, device=str(device),
-                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize, method=method)
+                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize, method=method,
+                           amp=cfg.train.amp, channels_last=cfg.train.channels_last)
         out[split] = cache_dir
     return out

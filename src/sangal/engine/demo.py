@@ -55,12 +55,16 @@ PLANS = {
 
 def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | tuple[str, ...] = ()) -> Config:
     """The packaged demo.yaml with this plan's sizes and folders."""
+    from sangal.engine.precision import native_bf16_cpu
+
+    fast = ["train.amp=true", "train.channels_last=true"] if native_bf16_cpu() else []  # 2-4x on bf16 CPUs
     base = resources.files("sangal") / "configs" / "demo.yaml"
     with resources.as_file(base) as path:
         return load_config(path, [
             f"out={out}", f"data.root={data_root}", f"data.height={plan.height}", f"data.width={plan.width}",
             f"data.p={plan.p}", f"data.k={plan.k}", f"train.epochs={plan.epochs}",
-            f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}", *extra])
+            f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}", *fast,
+            *extra])
 
 
 def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,

@@ -248,6 +248,7 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
     images, against the generator's masks; and the per-stage macro means (the study.json entry)."""
     from sangal.engine.checkpoint import load_model
     from sangal.engine.distributed import resolve_device
+    from sangal.engine.precision import autocast, channels_last
     from sangal.gradcam import attribute_heatmaps
     from sangal.viz.localisation import localisation_scores
 
@@ -260,8 +261,11 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
     if len(records) > max_images:  # an even spread over the gallery, the same every time
         records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
     maps: list[list[np.ndarray]] = [[], [], []]
+    net = channels_last(net, cfg.train.channels_last)
     for batch in setup.test_loader(records, cfg):
-        stage_maps = attribute_heatmaps(net, batch["image"].to(device), None, normalize=cfg.model.aah_normalize)
+        with autocast(device, cfg.train.amp):
+            stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), cfg.train.channels_last),
+                                            None, normalize=cfg.model.aah_normalize)
         for store, m in zip(maps, stage_maps):
             store.append(m.cpu().numpy())
     masks = load_masks(Path(cfg.data.root), records)

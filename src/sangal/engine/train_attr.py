@@ -10,6 +10,7 @@ import torch
 from sangal.config import Config, dump_yaml, to_dict
 from sangal.engine import setup
 from sangal.engine.distributed import resolve_device
+from sangal.engine.precision import autocast, channels_last
 from sangal.engine.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
                          pretrained=setup.parse_pretrained(cfg.model.pretrained) if not resume else False,
                          last_stride=cfg.model.last_stride).to(device)
     arch = setup.arch_for(cfg, "attribute", attr_classes=classes)
+    model = channels_last(model, cfg.train.channels_last)
     tc = cfg.attr_train
     optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
     last_dir = run_dir / "checkpoints" / "last"
@@ -94,8 +96,9 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
             for step, batch in zip(range(start_step, steps), loader):
                 set_lr(optimizer, warmup_step_lr(epoch + step / steps, tc.lr, tc.lr * 0.1, tc.warmup_epochs,
                                                  tc.milestones, milestone_lrs))
-                out = model(batch["image"].to(device))
-                loss = attribute_ce(out.logits, batch["attrs"].to(device))
+                with autocast(device, cfg.train.amp):
+                    out = model(channels_last(batch["image"].to(device), cfg.train.channels_last))
+                    loss = attribute_ce(out.logits, batch["attrs"].to(device))
                 check_finite({"attr": loss}, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

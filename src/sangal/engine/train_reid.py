@@ -17,6 +17,7 @@ import torch.nn as nn
 from sangal.config import Config, LossConfig, dump_yaml, to_dict
 from sangal.engine import setup
 from sangal.engine.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
+from sangal.engine.precision import channels_last
 from sangal.engine.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
 from sangal.errors import CheckpointError, ConfigError
 
@@ -162,6 +163,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                     last_stride=cfg.model.last_stride, extra_sigmoid=cfg.model.extra_sigmoid,
                     asam_stages=cfg.model.asam_stages, asam_gain=cfg.model.asam_gain).to(info.device)
     init_digest = shared_init_digest(model)  # paired seeds: equal across variants (checked by `sangal study`)
+    model = channels_last(model, cfg.train.channels_last)
     arch = setup.arch_for(cfg, "reid", dataset.num_train_pids, attr_classes)
     aah_source = AAHSource(cfg, dataset.train, train_attrs, info.device, paths) if mode == "san-gal" else None
     params = list(model.parameters()) + (aah_source.parameters() if aah_source else [])
@@ -226,7 +228,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                 batch_digest = chain_digest(batch_digest, batch)
                 set_lr(optimizer, warmup_step_lr(epoch + step / steps, cfg.optim.lr, cfg.optim.warmup_start_lr,
                                                  cfg.optim.warmup_epochs, cfg.optim.milestones, cfg.optim.milestone_lrs))
-                images = batch["image"].to(info.device)
+                images = channels_last(batch["image"].to(info.device), cfg.train.channels_last)
                 pids = batch["pid"].to(info.device)
                 attrs = batch["attrs"].to(info.device) if "attrs" in batch else None
                 with autocast:
