@@ -30,7 +30,7 @@ def test_overrides_are_typed():
 
 @pytest.mark.parametrize("override, message", [
     ("optim.lrr=1", "unknown key 'optim.lrr' \\(valid"),
-    ("train.lr=1e-3", "unknown key 'train.lr' — did you mean optim.lr or attr_train.lr\\?"),
+    ("train.lr=1e-3", "unknown key 'train.lr' — did you mean optim.lr or attr_train.lr or distill.lr\\?"),
     ("data.p=abc", "data.p: expected int"),
     ("model.mode=attention", "model.mode='attention' is not one of"),
     ("optim", "must look like section.key=value"),
