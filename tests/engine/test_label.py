@@ -101,3 +101,12 @@ def test_label_command(labelled, tiny_synth, tiny_overrides, tmp_path, capsys) -
     printed = capsys.readouterr().out
     assert "labelled 4 train and 4 test identities" in printed and "pseudo-label mA vs" in printed
     assert (out / "attributes.mat").is_file() and (out / "summary.json").is_file()
+
+
+def test_schema_mismatch_is_refused(labelled, tiny_synth, tiny_overrides) -> None:
+    from sangal.errors import ConfigError
+
+    cfg = load_config(None, tiny_overrides(tiny_synth, labelled["out"]) + ["data.dataset=dukemtmc"])
+    with pytest.raises(ConfigError, match="predicts the market1501 attributes, but data.dataset=dukemtmc"):
+        label_dataset(cfg, labelled["ckpt"], out=labelled["out"] / "never")
+    assert not (labelled["out"] / "never").exists()

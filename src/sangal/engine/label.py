@@ -30,6 +30,7 @@ import torch
 from sangal.config import Config
 from sangal.engine import setup
 from sangal.engine.storage import atomic_write_text
+from sangal.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
     model, ckpt = load_model(checkpoint, expected_kind="attribute", device=str(device))
     cfg.data.height, cfg.data.width = ckpt.arch["height"], ckpt.arch["width"]
     schema = get_schema(ckpt.arch["dataset"], ckpt.arch["colour_mode"])
+    wanted = "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501"  # the schema training will read
+    if schema.dataset != wanted:
+        raise ConfigError(f"{checkpoint}: attribute net predicts the {schema.dataset} attributes, but "
+                          f"data.dataset={cfg.data.dataset} trains with the {wanted} schema; label with a "
+                          f"{wanted}-schema attribute net")
     dataset = setup.load_reid_dataset(cfg)
     out = Path(out) if out is not None else Path(cfg.out) / "labels"
     out.mkdir(parents=True, exist_ok=True)
