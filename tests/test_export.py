@@ -103,3 +103,24 @@ def test_cli_export_prints_the_check(checkpoints, tmp_path, capsys) -> None:
     assert main(["export", "--checkpoint", str(checkpoints["id"]), "--out", str(out), "--opset", "18"]) == 0
     text = capsys.readouterr().out
     assert out.is_file() and "opset 18" in text and "max abs diff" in text
+
+
+def test_fast_index_records_its_maps_and_queries_use_them(checkpoints, tmp_path) -> None:
+    from PIL import Image
+
+    from sangal.search import Searcher, build_index
+    from sangal.search.embed import Embedder
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(gallery / f"{i}.jpg")
+    index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
+    assert index.meta["aah"] == "fast"
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.embedder.aah == "fast" and searcher.embedder.map_predictor is not None
+    top = searcher.search(gallery / "3.jpg", k=1)[0]
+    assert Path(top.path).name == "3.jpg" and top.distance == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(CheckpointError, match="no distilled map predictor"):
+        Embedder(checkpoints["san-gal"], checkpoints["attr_bare"], aah="fast")
