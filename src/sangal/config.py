@@ -120,6 +120,7 @@ class AttrTrainConfig:
     milestones: list[int] = field(default_factory=lambda: [6, 9])
     gamma: float = 0.1
     weight_decay: float = 5e-4
+    max_steps_per_epoch: int = 0  # 0 = full epochs (independent of train.max_steps_per_epoch)
     extra_roots: list[str] = field(default_factory=list)  # more labelled sets of data.dataset's format: all their
     # identities join the attribute net's training images (never the Re-ID net's); e.g. a larger synthetic set
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from sangal.config import Config, load_config
-from sangal.engine.study import Variant
+from sangal.engine.study import PAPER, Variant
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("id", ("model.mode=id",)),
     Variant("id+attr", ("model.mode=id+attr",)),
     Variant("san-gal", ("model.mode=san-gal",)),
-    Variant("san-gal (paper: label-guided maps)", ("model.mode=san-gal", "train.aah_targets=labels")),
+    Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")),
 )
 
 
@@ -43,11 +43,12 @@ class DemoPlan:
     k: int
     seeds: int = 2
     steps_per_epoch: int = 0  # 0: the sampler's full epoch
+    attr_extra_ids: int = 0  # a second synthetic set (other people, seed 1) for the attribute net only
 
 
 PLANS = {
-    "standard": DemoPlan(ids=400, cams=6, images_per_cam=2, height=128, width=64, attr_epochs=4, epochs=6,
-                         p=8, k=4, seeds=4, steps_per_epoch=40),
+    "standard": DemoPlan(ids=300, cams=6, images_per_cam=2, height=128, width=64, attr_epochs=3, epochs=5,
+                         p=8, k=4, seeds=3, steps_per_epoch=25, attr_extra_ids=400),
     "quick": DemoPlan(ids=24, cams=3, images_per_cam=2, height=64, width=32, attr_epochs=1, epochs=2, p=4, k=2,
                       seeds=2),
 }
@@ -86,8 +87,13 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0,
                                    height=plan.height, width=plan.width, images_per_cam=plan.images_per_cam,
                                    progress=True)
+    extra = []
+    if plan.attr_extra_ids:
+        attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
+                                       height=plan.height, width=plan.width, images_per_cam=2, progress=True)
+        extra = [f"attr_train.extra_roots=[{attr_root}]"]
     timings = {"data": time.time() - t0}
-    cfg = demo_config(out, plan, data_root)
+    cfg = demo_config(out, plan, data_root, extra)
     doc = run_study(cfg, variants, list(range(plan.seeds)))
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")

@@ -44,6 +44,9 @@ class Variant:
     overrides: tuple[str, ...]
 
 
+#: The paper's literal SAN-GAL: label-guided training maps, prediction-guided test maps.
+PAPER = "san-gal (paper: label-guided maps)"
+
 #: Variant sets by name (`sangal study --variants table1`).
 PRESETS: dict[str, tuple[Variant, ...]] = {
     "table1": (Variant("id", ("model.mode=id",)), Variant("id+attr", ("model.mode=id+attr",)),
@@ -51,17 +54,16 @@ PRESETS: dict[str, tuple[Variant, ...]] = {
     # One row per hypothesis for why SAN-GAL can trail `id` (README "What the study says").
     "hypotheses": (
         Variant("id", ("model.mode=id",)),
-        Variant("san-gal labels (paper)", ("model.mode=san-gal", "train.aah_targets=labels")),
-        Variant("san-gal predicted", ("model.mode=san-gal", "train.aah_targets=predicted")),
-        Variant("san-gal agnostic", ("model.mode=san-gal", "train.aah_targets=agnostic")),
-        Variant("san-gal labels, unaligned crop", ("model.mode=san-gal", "train.aah_targets=labels",
-                                                   "train.aah_align=false")),
-        Variant("san-gal agnostic, layer2 only", ("model.mode=san-gal", "train.aah_targets=agnostic",
-                                                  "model.asam_stages=[2]")),
-        Variant("san-gal agnostic, gain 4", ("model.mode=san-gal", "train.aah_targets=agnostic",
-                                             "model.asam_gain=4")),
-        Variant("san-gal agnostic, extra sigmoid", ("model.mode=san-gal", "train.aah_targets=agnostic",
-                                                    "model.extra_sigmoid=true")),
+        Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")),
+        Variant("san-gal, predicted-class maps", ("model.mode=san-gal", "train.aah_targets=predicted")),
+        Variant("san-gal, class-agnostic maps", ("model.mode=san-gal", "train.aah_targets=agnostic")),
+        Variant("san-gal (paper), crop not followed", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                       "train.aah_align=false")),
+        Variant("san-gal (paper), layer2 only", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                 "model.asam_stages=[2]")),
+        Variant("san-gal (paper), gain 4", ("model.mode=san-gal", "train.aah_targets=labels", "model.asam_gain=4")),
+        Variant("san-gal (paper), extra sigmoid", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                   "model.extra_sigmoid=true")),
     ),
 }
 

@@ -76,7 +76,8 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
                                  pad=cfg.data.pad, erasing_p=0.0)  # erasing can delete the attribute's evidence
     loader = torch.utils.data.DataLoader(ImageDataset(records, transform, targets), batch_sampler=sampler,
                                          num_workers=cfg.data.num_workers)
-    steps = len(sampler) if cfg.train.max_steps_per_epoch <= 0 else min(len(sampler), cfg.train.max_steps_per_epoch)
+    cap = tc.max_steps_per_epoch
+    steps = len(sampler) if cap <= 0 else min(len(sampler), cap)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     logger = RunLogger(run_dir, history=history)
