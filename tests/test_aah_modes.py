@@ -50,3 +50,22 @@ def test_test_time_maps_never_follow_labels() -> None:
     assert eval_mode("labels") == "predicted"
     assert eval_mode("predicted") == "predicted"
     assert eval_mode("agnostic") == "agnostic"
+
+
+def test_one_signed_pass_equals_the_two_class_sum(one_torch_thread) -> None:
+    net = _net([2, 2, 2])
+    x = torch.randn(2, 3, 64, 32)
+    two = class_agnostic_heatmaps(lambda t: attribute_heatmaps(net, x, t, normalize="none"), [2, 2, 2], 2, "cpu")
+    calls = []
+
+    def signed(t):
+        calls.append(t)
+        return attribute_heatmaps(net, x, t, normalize="none", signed=True)
+
+    one = class_agnostic_heatmaps(lambda t: attribute_heatmaps(net, x, t, normalize="none"), [2, 2, 2], 2, "cpu",
+                                  signed_fn=signed)
+    assert len(calls) == 1
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    signed_maps = attribute_heatmaps(net, x, None, normalize="none", signed=True)
+    assert any(bool((m < 0).any()) for m in signed_maps)  # no ReLU

@@ -38,7 +38,7 @@ def eval_mode(targets_mode: str) -> str:
 
 
 def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: int, device: torch.device | str,
-                            normalize: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+                            normalize: str = "max", signed_fn: MapFn | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Sum over each head's classes of its ReLU'd Grad-CAM maps (eq. 2), then normalised.
 
     Args:
@@ -46,11 +46,17 @@ def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: in
             e.g. ``lambda t: attribute_heatmaps(net, images, t, normalize="none")``.
         num_classes: classes per head (length K).
         batch: B.
+        signed_fn: optional, like ``map_fn`` but without eq. 2's ReLU (``signed=True``): when every
+            head has two classes the result is then |S| from ONE backward pass instead of two.
 
     Returns:
         3 x (B, K, h, w) float32; for two-class heads exactly |S| before normalisation.
     """
     sizes = torch.tensor([int(c) for c in num_classes], device=device)  # (K,)
+    if signed_fn is not None and bool((sizes == 2).all()):  # one pass: ReLU(S) + ReLU(-S) = |S|
+        ones = torch.ones(batch, len(sizes), dtype=torch.long, device=device)
+        a2, a3, a4 = (normalize_heatmaps(m.float().abs(), normalize) for m in signed_fn(ones))
+        return a2, a3, a4
     total: list[Tensor] | None = None
     for c in range(int(sizes.max())):
         valid = sizes > c  # (K,) heads that have a class c

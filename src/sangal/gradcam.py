@@ -110,6 +110,7 @@ def attribute_heatmaps(
     normalize: str = "max",
     create_graph: bool = False,
     chunk: int | None = None,
+    signed: bool = False,
 ) -> Heatmaps:
     """AAH of all K attributes at layer2, layer3 and layer4 (eqs. 1-2).
 
@@ -126,6 +127,8 @@ def attribute_heatmaps(
         create_graph: keep the maps differentiable (w.r.t. the network's
             parameters and the images) instead of detached.
         chunk: attributes per vectorised backward; ``None``: :func:`default_chunk`.
+        signed: skip eq. 2's ReLU (the weighted channel sum S itself; for
+            :mod:`sangal.aah_modes`, where |S| is the class-agnostic map); use ``normalize="none"``.
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s) at the layer2, layer3
@@ -138,7 +141,7 @@ def attribute_heatmaps(
     if create_graph:
         with torch.enable_grad():
             out = net(images)
-        return _graph_grad_cam(out.logits, out.stages, targets, normalize, True, True, chunk)
+        return _graph_grad_cam(out.logits, out.stages, targets, normalize, True, True, chunk, signed)
     if _has_training_batchnorm(net) or torch.is_autocast_enabled(images.device.type):
         with torch.no_grad():
             a2 = net.forward_to_stage2(images)  # (B, C2, H/8, W/8), no graph upstream
@@ -147,8 +150,8 @@ def attribute_heatmaps(
             a3 = net.stage2_to_3(a2)
             a4 = net.stage3_to_4(a3)
             logits = net.head_from_stage4(a4)
-        return _graph_grad_cam(logits, (a2, a3, a4), targets, normalize, False, False, chunk)
-    return _functional_grad_cam(net, images, targets, normalize, chunk)
+        return _graph_grad_cam(logits, (a2, a3, a4), targets, normalize, False, False, chunk, signed)
+    return _functional_grad_cam(net, images, targets, normalize, chunk, signed)
 
 
 def attribute_heatmaps_from_output(
@@ -241,7 +244,7 @@ def normalize_heatmaps(maps: Tensor, mode: str = "max") -> Tensor:
 
 # ------------------------------------------------------------------ engines
 def _functional_grad_cam(
-    net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int
+    net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int, signed: bool = False
 ) -> Heatmaps:
     """torch.func path (eval-mode BatchNorm, no autocast): vjp stage by stage,
     backward vmapped over the K cotangents."""
@@ -273,7 +276,7 @@ def _functional_grad_cam(
             stop = min(start + chunk, len(sizes))
             cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)  # (k, B, sum C)
             weights = vmap(backward)(cotangents)  # per stage (k, B, C)
-            parts.append([_cam(a, w) for a, w in zip((a2, a3, a4), weights)])
+            parts.append([_cam(a, w, signed) for a, w in zip((a2, a3, a4), weights)])
         return _finish(parts, normalize, device)
 
 
@@ -285,6 +288,7 @@ def _graph_grad_cam(
     retain_graph: bool,
     create_graph: bool,
     chunk: int,
+    signed: bool = False,
 ) -> Heatmaps:
     """Autograd-graph path: torch.autograd.grad(is_grads_batched=True) per chunk."""
     num_attrs = len(logits)
@@ -308,7 +312,7 @@ def _graph_grad_cam(
                 create_graph=create_graph,
                 is_grads_batched=True,
             )  # per stage (k, B, C, h, w)
-            parts.append([_cam(a, _channel_weights(g)) for a, g in zip(acts, grads)])
+            parts.append([_cam(a, _channel_weights(g), signed) for a, g in zip(acts, grads)])
         return _finish(parts, normalize, device)
 
 
@@ -330,11 +334,11 @@ def _channel_weights(grads: Tensor) -> Tensor:
     return grads.float().mean(dim=(-2, -1))
 
 
-def _cam(activation: Tensor, weights: Tensor) -> Tensor:
+def _cam(activation: Tensor, weights: Tensor, signed: bool = False) -> Tensor:
     """Eq. (2) for a chunk of attributes: A (B, C, h, w), w (k, B, C) -> (B, k, h, w)."""
     with torch.autocast(device_type=activation.device.type, enabled=False):
         cam = torch.einsum("kbc,bchw->bkhw", weights, activation.float())  # (B, k, h, w)
-        return torch.relu(cam)
+        return cam if signed else torch.relu(cam)
 
 
 def _finish(parts: list[list[Tensor]], normalize: str, device: torch.device) -> Heatmaps:

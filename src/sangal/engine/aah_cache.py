@@ -462,8 +462,10 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
             elif manifest["targets"]["mode"] == "agnostic":
                 from sangal.aah_modes import class_agnostic_heatmaps
 
-                maps = class_agnostic_heatmaps(lambda c: attribute_heatmaps(net, images, c, normalize="none"),
-                                               net.num_classes, images.shape[0], device, manifest["normalize"])
+                maps = class_agnostic_heatmaps(
+                    lambda c: attribute_heatmaps(net, images, c, normalize="none"), net.num_classes, images.shape[0],
+                    device, manifest["normalize"],
+                    signed_fn=lambda c: attribute_heatmaps(net, images, c, normalize="none", signed=True))
             else:
                 maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
             for arr, m in zip(arrays, maps):

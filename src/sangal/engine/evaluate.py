@@ -63,8 +63,10 @@ def _agnostic_from_net(attr_net, normalize: str):
     def fn(batch):
         images = batch["image"].to(device)
         with torch.enable_grad():
-            return class_agnostic_heatmaps(lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"),
-                                           attr_net.num_classes, images.shape[0], device, normalize)
+            return class_agnostic_heatmaps(
+                lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"), attr_net.num_classes,
+                images.shape[0], device, normalize,
+                signed_fn=lambda t: attribute_heatmaps(attr_net, images, t, normalize="none", signed=True))
 
     return fn
 
