@@ -8,14 +8,15 @@ import math
 import pytest
 
 from sangal.config import load_config
-from sangal.engine.study import PRESETS, Variant, parse_variant, run_study, slug
+from sangal.engine.study import PAPER, PRESETS, Variant, parse_variant, run_study, slug, variant_config
 from sangal.errors import ConfigError
 from sangal.metrics.paired import paired_difference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VARIANTS = (Variant("id", ("model.mode=id",)),
-            Variant("san-gal agnostic", ("model.mode=san-gal", "train.aah_targets=agnostic")))
+            Variant("san-gal agnostic", ("model.mode=san-gal", "train.aah_targets=agnostic")),
+            Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")))
 
 
 def test_paired_difference_matches_a_hand_computed_t_interval() -> None:
@@ -80,6 +81,7 @@ def test_study_json_schema(study) -> None:
 def test_variants_with_the_same_seed_see_the_same_batches_and_initial_weights(study) -> None:
     out, _, doc = study
     assert doc["pairing"]["san-gal agnostic"] == {"init_equal": True, "batches_equal": True}
+    assert doc["pairing"][PAPER] == {"init_equal": True, "batches_equal": True}
     runs = doc["variants"]
     for seed in (0, 1):
         a, b = runs["id"]["seeds"][seed]["pairing"], runs["san-gal agnostic"]["seeds"][seed]["pairing"]
@@ -105,3 +107,20 @@ def test_reference_must_be_a_variant(study) -> None:
     _, cfg, _ = study
     with pytest.raises(ConfigError, match="reference variant 'id'"):
         run_study(cfg, VARIANTS[1:], [0])
+
+
+def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) -> None:
+    from sangal.engine.aah_cache import AAHCache
+    from sangal.engine.leak import leak_summary, oracle_evaluation
+
+    out, cfg, _ = study
+    run_cfg = variant_config(cfg, VARIANTS[2], 0)
+    result = oracle_evaluation(run_cfg)
+    assert set(result) == {"predicted", "true labels"}
+    for metrics in result.values():
+        assert all(0.0 <= metrics[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
+    oracle = AAHCache.open(out / "aah" / "query_oracle_labels")
+    assert oracle.manifest["targets"]["mode"] == "labels"
+    summary = leak_summary([result, result])
+    assert summary["gap"]["rank1"] == pytest.approx(result["true labels"]["rank1"] - result["predicted"]["rank1"])
+    assert summary["seeds"] == 2
