@@ -126,7 +126,8 @@ def _signed_maps(net: AttributeNet, predictor: MapPredictor, stages: Sequence[Te
     a2, a3, a4 = stages
     probs = torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)  # (B, sum C)
     p2, p3 = predictor(a2, a3, layer4_logit_maps(net, a4))
-    return tuple(combine_logit_maps(p, probs, classes, net.num_classes, relu=False) for p in (p2, p3))  # type: ignore[return-value]
+    signed2, signed3 = (combine_logit_maps(p, probs, classes, net.num_classes, relu=False) for p in (p2, p3))
+    return signed2, signed3
 
 
 def distill_loss(signed: Tensor, exact: Tensor) -> Tensor:
@@ -213,7 +214,8 @@ def fit_map_predictor(net: AttributeNet, loader_factory, cache, targets: np.ndar
             return
         for batch in loader_factory(order):
             idx = [int(i) for i in batch["index"]]
-            stages, logits, classes = _forward(net, batch["image"].to(device), None if tg is None else tg[idx].to(device))
+            t = None if tg is None else tg[idx].to(device)
+            stages, logits, classes = _forward(net, batch["image"].to(device), t)
             yield stages, logits, classes, [m.to(device) for m in cache.get(idx)[:2]]
 
     history = []
