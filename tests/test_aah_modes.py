@@ -69,3 +69,20 @@ def test_one_signed_pass_equals_the_two_class_sum(one_torch_thread) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     signed_maps = attribute_heatmaps(net, x, None, normalize="none", signed=True)
     assert any(bool((m < 0).any()) for m in signed_maps)  # no ReLU
+
+
+def test_signed_pass_with_a_multiclass_head_uses_its_predicted_class(one_torch_thread) -> None:
+    net = _net([2, 4])
+    x = torch.randn(2, 3, 64, 32)
+    seen = []
+
+    def signed(t):
+        seen.append(t.clone())
+        return attribute_heatmaps(net, x, t, normalize="none", signed=True)
+
+    maps = class_agnostic_heatmaps(lambda t: attribute_heatmaps(net, x, t, normalize="none"), [2, 4], 2, "cpu",
+                                   normalize="none", signed_fn=signed)
+    assert len(seen) == 1 and seen[0][:, 0].tolist() == [1, 1] and seen[0][:, 1].tolist() == [-1, -1]
+    predicted = attribute_heatmaps(net, x, None, normalize="none", signed=True)
+    for m, p in zip(maps, predicted):
+        torch.testing.assert_close(m[:, 1], p[:, 1].abs())  # multi-class head: |S| of the predicted class

@@ -13,7 +13,9 @@ Modes (``train.aah_targets``):
 
 * ``labels``    -- the paper: training maps follow the attribute labels, test maps the predictions.
 * ``predicted`` -- training and test maps both follow the predictions.
-* ``agnostic``  -- sum over classes, at training and test time (C_max backward passes).
+* ``agnostic``  -- |S| at training and test time: for a two-class head the sum over its classes,
+  independent of label and prediction; for a multi-class head |S| of the predicted class. One
+  backward pass (``signed_fn``); without it, the sum over classes (C_max passes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from sangal.data.attributes import IGNORE_INDEX
 from sangal.gradcam import normalize_heatmaps
 
 __all__ = ["AAH_TARGETS", "class_agnostic_heatmaps", "eval_mode"]
@@ -46,16 +49,20 @@ def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: in
             e.g. ``lambda t: attribute_heatmaps(net, images, t, normalize="none")``.
         num_classes: classes per head (length K).
         batch: B.
-        signed_fn: optional, like ``map_fn`` but without eq. 2's ReLU (``signed=True``): when every
-            head has two classes the result is then |S| from ONE backward pass instead of two.
+        signed_fn: optional, like ``map_fn`` but without eq. 2's ReLU (``signed=True``): then ONE
+            backward pass gives |S|, exact for two-class heads; multi-class heads (e.g. Market's
+            4-class age) take |S| of their predicted class instead of the sum over classes.
 
     Returns:
         3 x (B, K, h, w) float32; for two-class heads exactly |S| before normalisation.
     """
     sizes = torch.tensor([int(c) for c in num_classes], device=device)  # (K,)
-    if signed_fn is not None and bool((sizes == 2).all()):  # one pass: ReLU(S) + ReLU(-S) = |S|
-        ones = torch.ones(batch, len(sizes), dtype=torch.long, device=device)
-        a2, a3, a4 = (normalize_heatmaps(m.float().abs(), normalize) for m in signed_fn(ones))
+    if signed_fn is not None:
+        # One pass: |S| of class 1 for two-class heads (= ReLU(S) + ReLU(-S), label- and prediction-free);
+        # |S| of the predicted class for multi-class heads (IGNORE_INDEX -> predicted; never the label).
+        targets = torch.where(sizes == 2, torch.ones_like(sizes), torch.full_like(sizes, IGNORE_INDEX))
+        maps = signed_fn(targets[None, :].expand(batch, -1).contiguous())
+        a2, a3, a4 = (normalize_heatmaps(m.float().abs(), normalize) for m in maps)
         return a2, a3, a4
     total: list[Tensor] | None = None
     for c in range(int(sizes.max())):

@@ -104,7 +104,7 @@ def _targets_entry(targets: np.ndarray | str | None) -> dict[str, Any]:
     if isinstance(targets, str):
         if targets != "agnostic":
             raise ValueError(f"targets must be labels (N, K), 'predicted', 'agnostic' or None; got {targets!r}")
-        return {"mode": "agnostic", "sha256": None}  # sum over classes: no label, no prediction (sangal.aah_modes)
+        return {"mode": "agnostic", "sha256": None, "multiclass": "abs-predicted"}  # |S| (sangal.aah_modes)
     arr = np.ascontiguousarray(targets, dtype=np.int64)
     digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
     return {"mode": "labels", "sha256": digest}
