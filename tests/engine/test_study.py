@@ -70,6 +70,8 @@ def test_study_json_schema(study) -> None:
         expected = sum(b[metric] - a[metric] for a, b in zip(runs["id"]["seeds"], runs["san-gal agnostic"]["seeds"]))
         assert diff == pytest.approx(expected / 2)
         assert lo <= diff <= hi
+    md = (out / "study.md").read_text()
+    assert "| id |" in md and "paired difference vs id" in md and "| layer4 |" in md
     attrs = on_disk["attributes"]
     assert 0.0 <= attrs["mean_accuracy"] <= 100.0 and 0.0 <= attrs["mA"] <= 100.0
     assert set(on_disk["localisation"]) == {"layer2", "layer3", "layer4"}

@@ -142,6 +142,9 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
         timings["localisation"] = time.time() - t
     doc = _document(cfg, variants, seeds, reference, results, attributes, loc, timings, complete=True)
     write_json_atomic(out / "study.json", doc)
+    from sangal.engine.storage import atomic_write_text
+
+    atomic_write_text(out / "study.md", markdown_study(doc))
     return doc
 
 
@@ -281,6 +284,36 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
                           "images": len(records), "attributes": len(scores) - 1}
         rows += [{**r, "stage": stage} for r in scores]
     return rows, summary
+
+
+def markdown_study(doc: dict) -> str:
+    """study.json as Markdown tables (written beside it as study.md): what a README or a paper quotes."""
+    ref = doc["reference"]
+    lines = ["| variant | Rank-1 | Rank-5 | mAP | mINP | seeds |", "|---|---|---|---|---|---|"]
+    for name, v in doc["variants"].items():
+        if "mean" not in v:
+            continue
+        cells = [f"{v['mean'][k]:.1f}" + (f" ± {v['std'][k]:.1f}" if v["std"][k] is not None else "")
+                 for k in ("rank1", "rank5", "mAP", "mINP")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {len(v['seeds'])} |")
+    if doc["paired"]:
+        lines += ["", f"| paired difference vs {ref} (95% CI) | Rank-1 | mAP | mINP |", "|---|---|---|---|"]
+        for name, p in doc["paired"].items():
+            cells = []
+            for k in ("rank1", "mAP", "mINP"):
+                lo, hi = p[k]["ci95"]
+                cells.append(f"{p[k]['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{p[k]['diff']:+.1f}")
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    if doc.get("attributes"):
+        a = doc["attributes"]
+        lines += ["", f"Attribute net: mean accuracy {a['mean_accuracy']:.1f} %, mA {a['mA']:.1f} %."]
+    if doc.get("localisation"):
+        lines += ["", "| stage | energy in part | uniform | ratio | pointing | chance | ratio |", "|---|---|---|---|---|---|---|"]
+        for stage, s in doc["localisation"].items():
+            lines.append(f"| {stage} | {s['energy']:.1f} % | {s['energy_uniform']:.1f} % | "
+                         f"{s['energy'] / s['energy_uniform']:.2f}× | {s['pointing']:.1f} % | "
+                         f"{s['pointing_chance']:.1f} % | {s['pointing'] / s['pointing_chance']:.2f}× |")
+    return "\n".join(lines) + "\n"
 
 
 def format_study(doc: dict) -> str:
