@@ -17,6 +17,7 @@ from sangal.models.attribute_net import AttributeNet
 from sangal.models.map_predictor import MapPredictor
 from sangal.models.reid_net import ReIDNet
 
+onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,7 +67,7 @@ def test_onnx_graph_matches_pytorch(checkpoints, tmp_path, mode) -> None:
         if mode != "id":
             assert got[1].shape == (batch, sum(CLASSES))
             assert np.abs(got[1] - want[1].numpy()).max() <= 1e-4
-    metadata = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert metadata["mode"] == f'"{mode}"' and metadata["opset"] == "17"
 
 
