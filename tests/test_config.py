@@ -76,3 +76,10 @@ def test_paper_learning_rate_schedule():
     assert lr(5.0) == pytest.approx(5e-4) and lr(6.9) == pytest.approx(5e-4)
     assert lr(7.0) == pytest.approx(1e-4) and lr(14.99) == pytest.approx(1e-4)
     assert lr(15.0) == pytest.approx(3e-5) and lr(19.9) == pytest.approx(3e-5)
+
+
+def test_default_training_maps_follow_predictions_and_the_paper_is_one_flag_away():
+    from sangal.config import load_config
+
+    assert load_config(None).train.aah_targets == "predicted"
+    assert load_config(None, ["train.aah_targets=labels"]).train.aah_targets == "labels"

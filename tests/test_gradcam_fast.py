@@ -163,6 +163,21 @@ def test_fast_heatmaps_with_perfect_predictor_equal_exact_maps() -> None:
         torch.testing.assert_close(f, e, atol=1e-4, rtol=0)
 
 
+def test_fast_class_agnostic_maps_with_perfect_predictor_equal_exact_ones() -> None:
+    """|S| maps (sangal.aah_modes) from the forward pass: the same as from one signed backward pass."""
+    from sangal.aah_modes import class_agnostic_heatmaps
+
+    net, images = _net(MARKET_CLASSES), _images()
+    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, agnostic=True)
+    exact = class_agnostic_heatmaps(
+        lambda t: attribute_heatmaps(net, images, t, normalize="none"), MARKET_CLASSES, images.shape[0], "cpu",
+        signed_fn=lambda t: attribute_heatmaps(net, images, t, normalize="none", signed=True))
+    for f, e in zip(fast, exact):
+        torch.testing.assert_close(f, e, atol=1e-4, rtol=0)
+    relu = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images)
+    assert any(bool(((f - r).abs() > 1e-3).any()) for f, r in zip(fast, relu))  # not the ReLU maps
+
+
 def test_fast_heatmaps_shapes_range_and_refusals() -> None:
     net, images = _net(MARKET_CLASSES), _images()
     predictor = MapPredictor((128, 256), sum(MARKET_CLASSES), hidden=8).eval()

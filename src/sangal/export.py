@@ -57,7 +57,7 @@ class EmbeddingGraph(nn.Module):
     """
 
     def __init__(self, reid: nn.Module, attr_net: nn.Module | None = None, predictor: nn.Module | None = None,
-                 normalize: str = "max", flip: bool = False) -> None:
+                 normalize: str = "max", flip: bool = False, agnostic: bool = False) -> None:
         super().__init__()
         self.reid = reid.eval()
         self.mode = str(getattr(reid, "mode", "id"))
@@ -66,6 +66,7 @@ class EmbeddingGraph(nn.Module):
         self.attr_net = attr_net.eval() if attr_net is not None and self.mode == "san-gal" else None
         self.predictor = predictor.eval() if predictor is not None and self.mode == "san-gal" else None
         self.normalize = normalize
+        self.agnostic = agnostic  # class-agnostic maps (sangal.aah_modes) for models trained on them
         self.flip = flip
         self.has_attributes = getattr(reid, "attr_heads", None) is not None
 
@@ -82,7 +83,8 @@ class EmbeddingGraph(nn.Module):
         if self.attr_net is not None:
             from sangal.gradcam_fast import fast_attribute_heatmaps
 
-            aah = fast_attribute_heatmaps(self.attr_net, self.predictor, images, None, self.normalize)
+            aah = fast_attribute_heatmaps(self.attr_net, self.predictor, images, None, self.normalize,
+                                          agnostic=self.agnostic)
         feats, probs = self._embed(images, aah)
         if self.flip:
             mirrored = None if aah is None else tuple(a.flip(-1) for a in aah)
@@ -101,7 +103,7 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
         CheckpointError: san-gal checkpoint without a usable attribute checkpoint or distilled predictor.
     """
     from sangal.engine.checkpoint import MODEL_FILE, file_sha256, load_model
-    from sangal.search.embed import _aah_normalize, _input_size
+    from sangal.search.embed import _aah_agnostic, _aah_normalize, _input_size
 
     reid, ckpt = load_model(checkpoint, expected_kind="reid", device=device)
     mode = str(ckpt.arch.get("mode", "san-gal"))
@@ -125,9 +127,9 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
                                   f"distilled map predictor ({PREDICTOR_FILE}); {DISTILL_HINT.split(' or ')[0]}")
         attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
         predictor = load_map_predictor(attr_checkpoint, device=device)
-        meta.update(aah="fast", aah_normalize=normalize,
+        meta.update(aah="fast", aah_normalize=normalize, aah_agnostic=_aah_agnostic(ckpt),
                     attr_checkpoint_sha256=file_sha256(Path(attr_checkpoint) / MODEL_FILE))
-    return EmbeddingGraph(reid, attr_net, predictor, normalize, flip).eval(), meta
+    return EmbeddingGraph(reid, attr_net, predictor, normalize, flip, _aah_agnostic(ckpt)).eval(), meta
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | Path | None = None,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sangal.data.attributes import IGNORE_INDEX
 from sangal.gradcam import normalize_heatmaps, target_classes
 from sangal.models.attribute_net import AttributeNet
 
@@ -137,7 +138,7 @@ def _membership(sizes: list[int], device: torch.device, dtype: torch.dtype) -> T
 
 @torch.no_grad()
 def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Tensor,
-                            targets: Tensor | None = None, normalize: str = "max") -> Heatmaps:
+                            targets: Tensor | None = None, normalize: str = "max", agnostic: bool = False) -> Heatmaps:
     """AAH at layer2, layer3, layer4 from one forward pass of ``net`` (no backward).
 
     Layer4 is exact (:func:`layer4_heatmaps`); layer2 and layer3 combine the
@@ -145,6 +146,9 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
     classes (:func:`combine_logit_maps`). ``net`` must be in eval mode (folded
     BatchNorm); ``normalize`` must be scale-free (``"max"``/``"minmax"``) since
     the predictor's maps have no calibrated scale.
+
+    ``agnostic``: the class-agnostic maps of :mod:`sangal.aah_modes` (|S| of class 1 for
+    two-class heads, of the predicted class otherwise; ``targets`` ignored).
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s), like ``attribute_heatmaps``.
@@ -155,22 +159,27 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
         raise ValueError("fast heat maps are only defined up to scale: use normalize='max' or 'minmax'")
     a2, a3, a4 = net.forward_stages(images)  # (B, C2, h2, w2), (B, C3, h3, w3), (B, D, h4, w4)
     logits = net.head_from_stage4(a4)  # K x (B, C_k)
-    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, targets, normalize)
+    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, targets, normalize, agnostic)
 
 
 def heatmaps_from_stages(net: AttributeNet, predictor: nn.Module, stages: tuple[Tensor, Tensor, Tensor],
-                         logits: list[Tensor], targets: Tensor | None, normalize: str) -> Heatmaps:
+                         logits: list[Tensor], targets: Tensor | None, normalize: str,
+                         agnostic: bool = False) -> Heatmaps:
     """:func:`fast_attribute_heatmaps` on an existing forward pass (distillation reuses it with grad)."""
     a2, a3, a4 = stages
     with torch.autocast(device_type=a4.device.type, enabled=False):
         probs = torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)  # (B, sum C)
+        sizes = net.num_classes
+        if agnostic:  # class 1 of two-class heads (|S| is the same for either class), else the prediction
+            binary = torch.tensor([c == 2 for c in sizes], device=a4.device)
+            targets = torch.where(binary, 1, IGNORE_INDEX)[None, :].expand(a4.shape[0], -1)
         classes = target_classes(logits, targets)  # (B, K)
         z4 = layer4_logit_maps(net, a4)  # (B, sum C, h4, w4)
         p2, p3 = predictor(a2.float(), a3.float(), z4)  # (B, sum C, h2, w2), (B, sum C, h3, w3)
-        sizes = net.num_classes
         weights = layer4_channel_weights(net, probs, classes) / (a4.shape[-2] * a4.shape[-1])  # (B, K, D)
-        cam4 = torch.relu(torch.einsum("bkd,bdhw->bkhw", weights, a4.float()))  # exact, as layer4_heatmaps
-        cam3 = combine_logit_maps(p3, probs, classes, sizes)
-        cam2 = combine_logit_maps(p2, probs, classes, sizes)
+        rectify = torch.abs if agnostic else torch.relu  # |S| (sangal.aah_modes) or eq. (2)'s ReLU
+        cam4 = rectify(torch.einsum("bkd,bdhw->bkhw", weights, a4.float()))  # exact, as layer4_heatmaps
+        cam3 = rectify(combine_logit_maps(p3, probs, classes, sizes, relu=False))
+        cam2 = rectify(combine_logit_maps(p2, probs, classes, sizes, relu=False))
         aah2, aah3, aah4 = (normalize_heatmaps(m, normalize) for m in (cam2, cam3, cam4))
     return aah2, aah3, aah4

@@ -458,7 +458,8 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
                 images = images.contiguous(memory_format=torch.channels_last)
             t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
             if predictor is not None:  # eval.aah=fast: forward only, layer4 exact (sangal.gradcam_fast)
-                maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"])
+                maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"],
+                                               agnostic=manifest["targets"]["mode"] == "agnostic")
             elif manifest["targets"]["mode"] == "agnostic":
                 from sangal.aah_modes import class_agnostic_heatmaps
 
@@ -490,8 +491,6 @@ def _method_setup(manifest: dict[str, Any], method: str, attr_ckpt_dir: str | Pa
     if method == "exact":
         manifest.update(_METHOD_KEYS)
         return None
-    if manifest["targets"]["mode"] == "agnostic":
-        raise CacheError("fast heat maps follow one class per attribute; class-agnostic maps need method 'exact'")
     from sangal.engine.distill import load_map_predictor, predictor_sha256
 
     predictor = load_map_predictor(attr_ckpt_dir, device=device)

@@ -157,8 +157,9 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
             "generator's part masks, at each stage; the uniform baseline is what a flat map scores.",
             "Paired differences: per seed, variant minus id, then mean and 95 % t interval over seeds; the "
             "seeds share initial weights and batch order across variants, so seed-to-seed spread cancels.",
-            "san-gal uses the toolkit's default heat maps (train.aah_targets, see README); the row marked "
-            "'paper' trains on label-guided maps and tests on predicted-class maps, as the paper does.",
+            "san-gal uses the toolkit's default training maps (train.aah_targets=predicted): they follow the "
+            "attribute net's predictions, as test maps must. The paper's label-guided training maps are "
+            "train.aah_targets=labels; README 'What the study says' compares them.",
         ],
         config=to_dict(cfg),
     )

@@ -261,6 +261,14 @@ def distill(cfg) -> dict:
     ckpt = Path(paths["attr_checkpoint"])
     if not ckpt.exists():
         raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` and `sangal aah` first")
+    if cfg.train.aah_targets == "agnostic":
+        # The predictor learns every class's map, so any one-class cache teaches it; class-agnostic maps
+        # are |S| of those (sangal.aah_modes). Fit it to the label-guided train maps, built here if missing.
+        from sangal.config import with_overrides
+        from sangal.engine.aah_job import build_caches
+
+        cfg = with_overrides(cfg, ["train.aah_targets=labels"])
+        build_caches(cfg, splits=["train"])
     device = resolve_device(cfg.train.device)
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)

@@ -40,35 +40,12 @@ def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.
     from sangal.engine.checkpoint import load_model
 
     attr_net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
-    if mode == "agnostic":
-        if cfg.eval.aah == "fast":
-            raise ConfigError("eval.aah=fast computes one class per attribute; class-agnostic maps need eval.aah=exact")
-        return _agnostic_from_net(attr_net, cfg.model.aah_normalize)
     predictor = None
     if cfg.eval.aah == "fast":  # forward-only maps: the predictor `sangal distill` saved with the checkpoint
         from sangal.engine.distill import load_map_predictor
 
         predictor = load_map_predictor(ckpt, device=device)
-    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize, predictor=predictor)
-
-
-def _agnostic_from_net(attr_net, normalize: str):
-    """aah_fn computing class-agnostic maps (sangal.aah_modes) on the fly."""
-    from sangal.aah_modes import class_agnostic_heatmaps
-    from sangal.gradcam import attribute_heatmaps
-
-    attr_net.eval()
-    device = next(attr_net.parameters()).device
-
-    def fn(batch):
-        images = batch["image"].to(device)
-        with torch.enable_grad():
-            return class_agnostic_heatmaps(
-                lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"), attr_net.num_classes,
-                images.shape[0], device, normalize,
-                signed_fn=lambda t: attribute_heatmaps(attr_net, images, t, normalize="none", signed=True))
-
-    return fn
+    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize, predictor=predictor, agnostic=mode == "agnostic")
 
 
 def same_camera_camids(q_camids, g_camids, policy: str):

@@ -162,14 +162,16 @@ def aah_from_cache(cache: Any) -> AAHFn:
     return fn
 
 
-def aah_from_net(attr_net: nn.Module, normalize: str = "max", predictor: nn.Module | None = None) -> AAHFn:
+def aah_from_net(attr_net: nn.Module, normalize: str = "max", predictor: nn.Module | None = None,
+                 agnostic: bool = False) -> AAHFn:
     """aah_fn computing heat maps on the fly with the attribute network's predicted classes.
 
     ``attr_net`` is put in eval mode (per-sample maps); its device is used for
     the images. ``normalize`` should match the one the Re-ID model was trained with.
     Without ``predictor``: exact Grad-CAM (a backward pass per batch); with the
     distilled map predictor (``eval.aah=fast``): forward only, layer4 exact
-    (:func:`sangal.gradcam_fast.fast_attribute_heatmaps`).
+    (:func:`sangal.gradcam_fast.fast_attribute_heatmaps`). ``agnostic``: the class-agnostic maps
+    of :mod:`sangal.aah_modes`, for models trained with ``train.aah_targets=agnostic``.
     """
     from sangal.gradcam import attribute_heatmaps
     from sangal.gradcam_fast import fast_attribute_heatmaps
@@ -182,8 +184,15 @@ def aah_from_net(attr_net: nn.Module, normalize: str = "max", predictor: nn.Modu
     def fn(batch: dict[str, Any]) -> Sequence[Tensor]:
         images = batch["image"].to(device)  # (B, 3, H, W)
         if predictor is not None:
-            return fast_attribute_heatmaps(attr_net, predictor, images, None, normalize=normalize)
+            return fast_attribute_heatmaps(attr_net, predictor, images, None, normalize=normalize, agnostic=agnostic)
         with torch.enable_grad():  # Grad-CAM needs autograd even inside extract_features' no_grad
+            if agnostic:
+                from sangal.aah_modes import class_agnostic_heatmaps
+
+                return class_agnostic_heatmaps(
+                    lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"), attr_net.num_classes,
+                    images.shape[0], device, normalize,
+                    signed_fn=lambda t: attribute_heatmaps(attr_net, images, t, normalize="none", signed=True))
             return attribute_heatmaps(attr_net, images, None, normalize=normalize)
 
     return fn

@@ -94,6 +94,13 @@ def _aah_normalize(ckpt: Checkpoint) -> str:
     return str(model.get("aah_normalize", "max")) if isinstance(model, dict) else "max"
 
 
+def _aah_agnostic(ckpt: Checkpoint) -> bool:
+    """Was the Re-ID model trained on class-agnostic maps (config train.aah_targets=agnostic)?"""
+    config = ckpt.state.get("config") or {}
+    train = config.get("train", {}) if isinstance(config, dict) else {}
+    return isinstance(train, dict) and train.get("aah_targets") == "agnostic"
+
+
 def _schema(ckpt: Checkpoint, num_heads: int) -> AttributeSchema | None:
     arch = ckpt.arch
     config = ckpt.state.get("config") or {}
@@ -140,6 +147,7 @@ class Embedder:
         self.height, self.width = _input_size(self.ckpt)
         self.transform = build_transforms(self.height, self.width, train=False)
         self.aah_normalize = _aah_normalize(self.ckpt)
+        self.aah_agnostic = _aah_agnostic(self.ckpt)  # test-time maps of the kind the model trained on
         if attr_checkpoint is None and self.mode == "san-gal":
             attr_checkpoint = self.ckpt.state.get("attr_checkpoint")
             if not attr_checkpoint:
@@ -192,7 +200,8 @@ class Embedder:
         aah_fn = None
         if self.mode == "san-gal":
             assert self.attr_net is not None
-            aah_fn = aah_from_net(self.attr_net, normalize=self.aah_normalize, predictor=self.map_predictor)
+            aah_fn = aah_from_net(self.attr_net, normalize=self.aah_normalize, predictor=self.map_predictor,
+                                  agnostic=self.aah_agnostic)
         fs = extract_features(self.model, loader, device=self.device, flip=True, aah_fn=aah_fn,
                               normalize=True, progress=progress)
         feats = np.ascontiguousarray(fs.feats, dtype=np.float32)
