@@ -248,6 +248,20 @@ def present_matrix(schema, targets: np.ndarray) -> np.ndarray:
     return present
 
 
+def _predicted_gallery_cache(cfg: Config, gallery):
+    """The valid exact predicted-class gallery cache of this study, or None."""
+    from sangal.engine.aah_cache import AAHCache
+    from sangal.errors import CacheError
+
+    pcfg = with_overrides(cfg, ["train.aah_targets=predicted", "eval.aah=exact"])
+    try:
+        return AAHCache.open(setup.aah_cache_dir(pcfg, "gallery"), records=gallery, targets="predicted",
+                             attr_ckpt_dir=setup.default_paths(cfg)["attr_checkpoint"], height=cfg.data.height,
+                             width=cfg.data.width, normalize=cfg.model.aah_normalize, method="exact")
+    except CacheError:
+        return None
+
+
 def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], dict]:
     """Per-attribute localisation rows at each stage of the attribute net's predicted-class maps on gallery
     images, against the generator's masks; and the per-stage macro means (the study.json entry)."""
@@ -258,16 +272,23 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
     from sangal.viz.localisation import localisation_scores
 
     device = resolve_device(cfg.train.device)
-    net, _ = load_model(setup.default_paths(cfg)["attr_checkpoint"], expected_kind="attribute", device=str(device))
-    net.eval()
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)
     records = [r for r in dataset.gallery if r.raw_pid > 0]
     if len(records) > max_images:  # an even spread over the gallery, the same every time
         records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
     maps: list[list[np.ndarray]] = [[], [], []]
-    net = channels_last(net, cfg.train.channels_last)
-    for batch in setup.test_loader(records, cfg):
+    cached = _predicted_gallery_cache(cfg, dataset.gallery)
+    if cached is not None:  # the maps the study's caches already hold: no Grad-CAM pass
+        index = {str(r.path): i for i, r in enumerate(dataset.gallery)}
+        for store, m in zip(maps, cached.get([index[str(r.path)] for r in records])):
+            store.append(m.numpy())
+        records_to_compute: list = []
+    else:
+        records_to_compute = records
+    net, _ = load_model(setup.default_paths(cfg)["attr_checkpoint"], expected_kind="attribute", device=str(device))
+    net = channels_last(net.eval(), cfg.train.channels_last)
+    for batch in (setup.test_loader(records_to_compute, cfg) if records_to_compute else []):
         with autocast(device, cfg.train.amp):
             stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), cfg.train.channels_last),
                                             None, normalize=cfg.model.aah_normalize)

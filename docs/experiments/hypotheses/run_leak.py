@@ -1,0 +1,16 @@
+import json, sys, torch, logging
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+from sangal.config import from_dict
+from sangal.engine.study import PAPER, PRESETS, variant_config
+from sangal.engine.leak import oracle_evaluation, leak_summary
+out = Path(sys.argv[1]); seeds = int(sys.argv[2])
+doc = json.loads((out / "study.json").read_text())
+cfg = from_dict(doc["config"])
+paper = next(v for v in PRESETS["hypotheses"] if v.name == PAPER)
+results = [oracle_evaluation(variant_config(cfg, paper, s)) for s in range(seeds)]
+summary = leak_summary(results)
+summary["per_seed"] = results
+(out / "leak.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
