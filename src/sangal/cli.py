@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic dataset, with an HTML report (CPU, no download)")
     p.add_argument("--out", default="runs/demo", help="output folder (report.html lands here)")
-    p.add_argument("--seeds", type=_at_least(1), default=2, help="training seeds per variant (mean and std reported)")
+    p.add_argument("--seeds", type=_at_least(1), default=None,
+                   help="paired training seeds per variant (default: the plan's, 3; mean ± std and paired 95%% CIs)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (about a minute)")
     p.add_argument("--budget", type=float, default=None, help="target wall time in minutes (scales epochs)")
 

@@ -44,7 +44,7 @@ class DemoPlan:
 
 PLANS = {
     "standard": DemoPlan(ids=300, cams=6, images_per_cam=2, height=128, width=64, attr_epochs=2, epochs=5,
-                         p=8, k=4, seeds=3, steps_per_epoch=16, attr_extra_ids=240),
+                         p=8, k=4, seeds=3, steps_per_epoch=14, attr_extra_ids=200),
     "quick": DemoPlan(ids=24, cams=3, images_per_cam=2, height=64, width=32, attr_epochs=1, epochs=2, p=4, k=2,
                       seeds=2),
 }
