@@ -290,25 +290,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         for layer_path, layer in _read_yaml_chain(Path(path)):
             _apply(cfg, layer, "", str(layer_path))
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        _apply(cfg, nested, "", f"override '{text}'")
+    _apply_overrides(cfg, overrides)
     return validate(cfg)
 
 
 def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """A copy of ``cfg`` with dotted overrides applied (``cfg`` is left as it is)."""
     out = from_dict(to_dict(cfg))
+    _apply_overrides(out, overrides)
+    return validate(out)
+
+
+def _apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> None:
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value
         for key in reversed(keys):
             nested = {key: nested}
-        _apply(out, nested, "", f"override '{text}'")
-    return validate(out)
+        _apply(cfg, nested, "", f"override '{text}'")
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
