@@ -28,7 +28,7 @@ from torch import Tensor
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.gradcam import normalize_heatmaps
 
-__all__ = ["AAH_TARGETS", "class_agnostic_heatmaps", "eval_mode"]
+__all__ = ["AAH_TARGETS", "class_agnostic_heatmaps", "eval_mode", "exact_agnostic_heatmaps"]
 
 AAH_TARGETS = ("labels", "predicted", "agnostic")
 
@@ -75,3 +75,12 @@ def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: in
     assert total is not None
     a2, a3, a4 = (normalize_heatmaps(m, normalize) for m in total)
     return a2, a3, a4
+
+
+def exact_agnostic_heatmaps(net, images: Tensor, normalize: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+    """Class-agnostic maps of an attribute net by exact Grad-CAM, in one signed backward pass."""
+    from sangal.gradcam import attribute_heatmaps
+
+    return class_agnostic_heatmaps(
+        lambda t: attribute_heatmaps(net, images, t, normalize="none"), net.num_classes, images.shape[0],
+        images.device, normalize, signed_fn=lambda t: attribute_heatmaps(net, images, t, normalize="none", signed=True))

@@ -461,12 +461,9 @@ def _fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, a
                 maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"],
                                                agnostic=manifest["targets"]["mode"] == "agnostic")
             elif manifest["targets"]["mode"] == "agnostic":
-                from sangal.aah_modes import class_agnostic_heatmaps
+                from sangal.aah_modes import exact_agnostic_heatmaps
 
-                maps = class_agnostic_heatmaps(
-                    lambda c: attribute_heatmaps(net, images, c, normalize="none"), net.num_classes, images.shape[0],
-                    device, manifest["normalize"],
-                    signed_fn=lambda c: attribute_heatmaps(net, images, c, normalize="none", signed=True))
+                maps = exact_agnostic_heatmaps(net, images, manifest["normalize"])
             else:
                 maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
             for arr, m in zip(arrays, maps):

@@ -187,12 +187,9 @@ def aah_from_net(attr_net: nn.Module, normalize: str = "max", predictor: nn.Modu
             return fast_attribute_heatmaps(attr_net, predictor, images, None, normalize=normalize, agnostic=agnostic)
         with torch.enable_grad():  # Grad-CAM needs autograd even inside extract_features' no_grad
             if agnostic:
-                from sangal.aah_modes import class_agnostic_heatmaps
+                from sangal.aah_modes import exact_agnostic_heatmaps
 
-                return class_agnostic_heatmaps(
-                    lambda t: attribute_heatmaps(attr_net, images, t, normalize="none"), attr_net.num_classes,
-                    images.shape[0], device, normalize,
-                    signed_fn=lambda t: attribute_heatmaps(attr_net, images, t, normalize="none", signed=True))
+                return exact_agnostic_heatmaps(attr_net, images, normalize)
             return attribute_heatmaps(attr_net, images, None, normalize=normalize)
 
     return fn

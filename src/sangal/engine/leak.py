@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def oracle_evaluation(run_cfg: Config) -> dict:
     """Rank-1/mAP/mINP (percent) of one finished san-gal run with predicted-class and true-label test maps."""
     from sangal.engine.aah_cache import AAHCache
+    from sangal.errors import CacheError
     from sangal.engine.checkpoint import load_model
     from sangal.engine.evaluate import evaluate_features, heatmap_source
     from sangal.engine.features import aah_from_cache, extract_features
@@ -46,7 +47,7 @@ def oracle_evaluation(run_cfg: Config) -> dict:
                 try:
                     cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
                                           targets=targets, normalize=run_cfg.model.aah_normalize)
-                except Exception:  # missing or stale: build it
+                except CacheError:  # missing or stale: build it
                     cache = AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height,
                                            run_cfg.data.width, targets=targets, batch_size=run_cfg.data.test_batch_size,
                                            normalize=run_cfg.model.aah_normalize, amp=run_cfg.train.amp,

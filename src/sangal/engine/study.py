@@ -27,12 +27,12 @@ from sangal.config import Config, to_dict, with_overrides
 from sangal.engine import setup
 from sangal.engine.loop import write_json_atomic
 from sangal.errors import ConfigError
+from sangal.viz.localisation import REGION_KEYS
 
 log = logging.getLogger(__name__)
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 STAGES = ("layer2", "layer3", "layer4")
-REGION_KEYS = ("hat", "hair", "upper", "lower", "backpack", "bag", "handbag", "shoes")
 FORMAT_VERSION = 1
 
 
