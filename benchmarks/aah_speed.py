@@ -1,7 +1,7 @@
 """Speed of the batched AAH engine, and the training-step cost of SAN-GAL.
 
 Section 1 — Grad-CAM for all K attributes at the three scale-changing stages
-(outputs of layer2, layer3, layer4; paper eqs. 1-2): :func:`sangal.gradcam.
+(outputs of layer2, layer3, layer4; paper eqs. 1-2): :func:`sangal.aah.gradcam.
 attribute_heatmaps` (one forward pass, one backward pass vectorised over the
 K attributes) against the ``grad-cam`` package (``pytorch_grad_cam.GradCAM``,
 the reference implementation of Selvaraju et al.) looped over every
@@ -39,10 +39,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from sangal.gradcam import attribute_heatmaps, default_chunk, target_classes
-from sangal.losses import reid_losses
+from sangal.aah.gradcam import attribute_heatmaps, default_chunk, target_classes
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.reid_net import ReIDNet
+from sangal.train.losses import reid_losses
 
 #: Market-1501 binary schema, in the .mat field order:
 #: gender hair up down clothes hat backpack bag handbag | age | 17 colours.
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--package-repeats", type=int, default=1,
                    help="timed repeats of the 81-call grad-cam loop (slow: ~81 forward+backward passes each)")
     p.add_argument("--chunk", type=int, default=None,
-                   help="attributes per vectorised backward (default: sangal.gradcam.default_chunk; "
+                   help="attributes per vectorised backward (default: sangal.aah.gradcam.default_chunk; "
                         "on CPU ~24 samples per backward, on GPU all K)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -7,8 +7,8 @@ Rows:
    synthetic pedestrians, SGD step with ID + triplet (+ attribute) losses; ``id`` and
    ``san-gal`` with cached heat maps (offline AAH cache built first, exact label-guided
    maps of a random-weight attribute net), AMP off and on (fp16 + GradScaler on CUDA);
-3. AAH img/s at batch 64: exact Grad-CAM (``sangal.gradcam``) vs forward-only maps
-   (``sangal.gradcam_fast``, random predictor: its speed does not depend on its weights);
+3. AAH img/s at batch 64: exact Grad-CAM (``sangal.aah.gradcam``) vs forward-only maps
+   (``sangal.aah.fast``, random predictor: its speed does not depend on its weights);
 4. ``evaluate_rank`` on a Market-size matrix (3,368 x 15,913, 751 ids): the distance matrix
    and ranking from GPU features vs from CPU features. ``evaluate_rank`` itself runs on the
    CPU (a CUDA distance matrix is copied back), so the GPU row shows what the GPU saves
@@ -81,11 +81,11 @@ def cuda_tests(a: argparse.Namespace) -> tuple[str, str]:
 
 def prepare_data(a: argparse.Namespace, tmp: Path):
     """Synthetic dataset, attribute labels, a random attribute checkpoint and its train AAH cache."""
+    from sangal.aah.cache import AAHCache
     from sangal.data import load_dataset, read_attribute_mat
     from sangal.data.synthetic import generate_synthetic
-    from sangal.engine.aah_cache import AAHCache
-    from sangal.engine.checkpoint import save_checkpoint
     from sangal.models.attribute_net import AttributeNet
+    from sangal.store.checkpoint import save_checkpoint
 
     root = generate_synthetic(tmp / "synth", num_ids=2 * a.ids, num_cams=6 if not a.dry_run else 3, seed=0,
                               height=a.height, width=a.width, images_per_cam=2)
@@ -107,8 +107,8 @@ def training_rate(a: argparse.Namespace, ds, attrs, cache, mode: str, amp: bool)
     """Images per second of forward + losses + backward + SGD step, P x K batches of real images."""
     from sangal.data import ImageDataset, build_transforms
     from sangal.data.samplers import IdentitySampler
-    from sangal.losses import reid_losses
     from sangal.models.reid_net import ReIDNet
+    from sangal.train.losses import reid_losses
 
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -154,8 +154,8 @@ def training_rate(a: argparse.Namespace, ds, attrs, cache, mode: str, amp: bool)
 
 def aah_rates(a: argparse.Namespace) -> dict[str, float]:
     """Images per second of exact and fast heat maps (all K attributes x 3 stages), median of 3."""
-    from sangal.gradcam import attribute_heatmaps
-    from sangal.gradcam_fast import fast_attribute_heatmaps
+    from sangal.aah.fast import fast_attribute_heatmaps
+    from sangal.aah.gradcam import attribute_heatmaps
     from sangal.models.attribute_net import AttributeNet
     from sangal.models.map_predictor import MapPredictor
 

@@ -7,8 +7,8 @@ batches, modes interleaved and the median taken:
 
 * ``id``: the Re-ID net alone (two forwards: image and mirror);
 * ``san-gal fast``: attribute-net forward + closed-form layer4 maps + the
-  distilled layer2/layer3 predictor (:mod:`sangal.gradcam_fast`) + Re-ID;
-* ``san-gal exact``: Grad-CAM with its vectorised backward (:mod:`sangal.gradcam`) + Re-ID;
+  distilled layer2/layer3 predictor (:mod:`sangal.aah.fast`) + Re-ID;
+* ``san-gal exact``: Grad-CAM with its vectorised backward (:mod:`sangal.aah.gradcam`) + Re-ID;
 * the same ``id`` and ``san-gal fast`` pipelines exported with ``sangal export``
   and run by onnxruntime on the CPU.
 
@@ -43,13 +43,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the training step
 
 import torch  # noqa: E402
 
-from sangal.engine.checkpoint import save_checkpoint  # noqa: E402
-from sangal.engine.distill import map_agreement, save_map_predictor  # noqa: E402
-from sangal.gradcam import attribute_heatmaps  # noqa: E402
-from sangal.gradcam_fast import fast_attribute_heatmaps  # noqa: E402
+from sangal.aah.distill import map_agreement  # noqa: E402
+from sangal.aah.fast import fast_attribute_heatmaps  # noqa: E402
+from sangal.aah.gradcam import attribute_heatmaps  # noqa: E402
+from sangal.aah.predictor import save_map_predictor  # noqa: E402
 from sangal.models.attribute_net import AttributeNet  # noqa: E402
 from sangal.models.map_predictor import MapPredictor  # noqa: E402
 from sangal.models.reid_net import ReIDNet  # noqa: E402
+from sangal.store.checkpoint import save_checkpoint  # noqa: E402
 
 MARKET_CLASSES = [2] * 9 + [4] + [2] * 17  # Market-1501 binary schema, K = 27
 
@@ -162,14 +163,14 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
 
 def quality(args: argparse.Namespace, tmp: Path) -> None:
     """Section 2: one SAN-GAL model evaluated with exact and fast test maps; per-stage map agreement."""
+    from sangal.aah.cache import AAHCache
+    from sangal.aah.distill import distill
+    from sangal.aah.job import build_caches
     from sangal.config import load_config
     from sangal.data.synthetic import generate_synthetic
-    from sangal.engine.aah_cache import AAHCache
-    from sangal.engine.aah_job import build_caches
-    from sangal.engine.distill import distill
-    from sangal.engine.evaluate import evaluate_checkpoint
-    from sangal.engine.train_attr import train_attribute_net
-    from sangal.engine.train_reid import train_reid
+    from sangal.evaluate.reid import evaluate_checkpoint
+    from sangal.train.attr import train_attribute_net
+    from sangal.train.reid import train_reid
 
     t0 = time.time()
     root = generate_synthetic(tmp / "synth", num_ids=args.ids, num_cams=6 if not args.quick else 3, seed=0,

@@ -2,7 +2,7 @@
 
 Prints img/s of a ResNet-18 SAN-GAL training step and of exact Grad-CAM (27 binary heads)
 at the demo's input size, both ways, and the ratios. `sangal demo` turns bf16 on only where
-the CPU has native bf16 (sangal.engine.precision.native_bf16_cpu).
+the CPU has native bf16 (sangal.runtime.precision.native_bf16_cpu).
 
     .venv/bin/python benchmarks/precision_speed.py [--threads 2] [--size 128x64]
 """
@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from sangal.engine.precision import autocast, channels_last, native_bf16_cpu
-from sangal.gradcam import attribute_heatmaps
+from sangal.aah.gradcam import attribute_heatmaps
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.reid_net import ReIDNet
+from sangal.runtime.precision import autocast, channels_last, native_bf16_cpu
 
 
 def _best(fn, repeats: int) -> float:

@@ -73,7 +73,7 @@ def test_commands_end_to_end(tiny_synth, tiny_overrides, tmp_path, capsys):
 
 def test_sigterm_writes_checkpoint_and_resume_matches_uninterrupted(tiny_synth, tiny_overrides, tmp_path):
     from sangal.config import load_config
-    from sangal.engine.train_reid import train_reid
+    from sangal.train.reid import train_reid
 
     budget = ["model.mode=id", "train.epochs=12", "optim.milestones=[6]"]  # 12 epochs x 2 steps
     over = tiny_overrides(tiny_synth, tmp_path / "killed") + budget
@@ -165,7 +165,7 @@ def test_corrupt_image_is_one_line_and_skip_lists_it_in_the_run_folder(tiny_synt
     import shutil
 
     from sangal.config import load_config
-    from sangal.engine.setup import load_reid_dataset
+    from sangal.data.setup import load_reid_dataset
 
     root = tmp_path / "copy"
     shutil.copytree(tiny_synth, root)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from sangal.config import Config, from_dict, load_config, to_dict
-from sangal.engine.loop import warmup_step_lr
 from sangal.errors import ConfigError
+from sangal.train.loop import warmup_step_lr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

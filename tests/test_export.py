@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from sangal.aah.predictor import PREDICTOR_FILE, save_map_predictor
 from sangal.cli import main
-from sangal.engine.checkpoint import save_checkpoint
-from sangal.engine.distill import PREDICTOR_FILE, save_map_predictor
 from sangal.errors import CheckpointError
 from sangal.export import export_onnx, load_embedding_graph
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.map_predictor import MapPredictor
 from sangal.models.reid_net import ReIDNet
+from sangal.store.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -73,9 +73,9 @@ def test_onnx_graph_matches_pytorch(checkpoints, tmp_path, mode) -> None:
 
 def test_san_gal_graph_is_the_fast_feature_pipeline(checkpoints) -> None:
     """The graph's embedding equals extract_features with fast heat maps (no flip) of the same images."""
-    from sangal.engine.checkpoint import load_model
-    from sangal.engine.distill import load_map_predictor
-    from sangal.engine.features import aah_from_net, extract_features
+    from sangal.aah.predictor import load_map_predictor
+    from sangal.evaluate.features import aah_from_net, extract_features
+    from sangal.store.checkpoint import load_model
 
     graph, _ = load_embedding_graph(checkpoints["san-gal"], flip=True)
     reid, _ = load_model(checkpoints["san-gal"], expected_kind="reid")

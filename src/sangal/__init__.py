@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from sangal.version import __version__
 
 _EXPORTS = {
     "Searcher": "sangal.search",
@@ -21,9 +21,9 @@ _EXPORTS = {
     "AttributeNet": "sangal.models.attribute_net",
     "ReIDNet": "sangal.models.reid_net",
     "ASAM": "sangal.models.asam",
-    "attribute_heatmaps": "sangal.gradcam",
+    "attribute_heatmaps": "sangal.aah.gradcam",
     "load_config": "sangal.config",
-    "load_model": "sangal.engine.checkpoint",
+    "load_model": "sangal.store.checkpoint",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -13,8 +13,8 @@ import re
 import sys
 from pathlib import Path
 
-from sangal import __version__
 from sangal.errors import SangalError
+from sangal.version import __version__
 
 log = logging.getLogger("sangal")
 
@@ -158,7 +158,7 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 def run(args) -> int:
     if args.command == "demo":
-        from sangal.engine.demo import run_demo
+        from sangal.experiments.demo import run_demo
 
         run_demo(Path(args.out), seeds=args.seeds, quick=args.quick, budget_minutes=args.budget)
         return 0
@@ -178,30 +178,30 @@ def run(args) -> int:
         print(dump_yaml(_load_cfg(args)), end="")
         return 0
     if args.command == "train-attr":
-        from sangal.engine.train_attr import train_attribute_net
+        from sangal.train.attr import train_attribute_net
 
         _print_metrics("attribute net", train_attribute_net(_load_cfg(args), resume=args.resume))
         return 0
     if args.command == "aah":
-        from sangal.engine.aah_job import build_caches
+        from sangal.aah.job import build_caches
 
         for split, path in build_caches(_load_cfg(args), splits=args.splits.split(",")).items():
             print(f"{split}: {path}")
         return 0
     if args.command == "train":
-        from sangal.engine.train_reid import train_reid
+        from sangal.train.reid import train_reid
 
         metrics = train_reid(_load_cfg(args), resume=args.resume)
         if metrics:
             _print_metrics("re-id", metrics)
         return 0
     if args.command == "evaluate":
-        from sangal.engine.evaluate import evaluate_checkpoint
+        from sangal.evaluate.reid import evaluate_checkpoint
 
         _print_metrics("re-id", evaluate_checkpoint(_load_cfg(args), args.checkpoint))
         return 0
     if args.command == "study":
-        from sangal.engine.study import PRESETS, format_study, parse_variant, run_study
+        from sangal.experiments.study import PRESETS, format_study, parse_variant, run_study
 
         if args.variants not in PRESETS:
             raise SangalError(f"unknown variant preset {args.variants!r}; choose from {', '.join(PRESETS)}")
@@ -212,7 +212,7 @@ def run(args) -> int:
         print(f"study: {Path(cfg.out) / 'study.json'}")
         return 0
     if args.command == "label":
-        from sangal.engine.label import label_dataset
+        from sangal.experiments.label import label_dataset
 
         summary = label_dataset(_load_cfg(args), args.checkpoint, out=args.out, min_confidence=args.min_confidence,
                                 compare=args.compare)
@@ -226,7 +226,7 @@ def run(args) -> int:
                   f"identity labels {100 * c['identity_mA']:.1f}%")
         return 0
     if args.command == "distill":
-        from sangal.engine.distill import distill
+        from sangal.aah.distill import distill
 
         result = distill(_load_cfg(args))
         agreement = "  ".join(f"{stage} r {v['pearson']:.3f} argmax {100 * v['argmax']:.1f}%"

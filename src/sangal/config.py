@@ -94,7 +94,7 @@ class TrainConfig:
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
     aah_targets: str = "predicted"  # Grad-CAM class of the training maps: predicted (default, as at test time;
-    # README "What the study says") | labels (the paper's literal choice) | agnostic (|S|; sangal.aah_modes)
+    # README "What the study says") | labels (the paper's literal choice) | agnostic (|S|; sangal.aah.modes)
     aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
     aah_cache: str | None = None  # default: <out>/aah
@@ -343,3 +343,13 @@ def from_dict(data: dict) -> Config:
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_pretrained(value: str) -> bool | str:
+    """`true`/`false` or a local weights path (config strings are kept as written)."""
+    text = str(value).strip()
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0", "none", ""):
+        return False
+    return text

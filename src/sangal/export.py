@@ -11,13 +11,13 @@ Inputs and outputs of the graph (batch size dynamic):
   for ``id+attr`` and ``san-gal``.
 
 A ``san-gal`` graph holds the attribute network and the distilled map
-predictor (:mod:`sangal.gradcam_fast`): heat maps from the forward pass alone,
+predictor (:mod:`sangal.aah.fast`): heat maps from the forward pass alone,
 layer4 exact. An exact-Grad-CAM model cannot be exported (ONNX graphs have no
 backward pass), so a san-gal checkpoint whose attribute checkpoint has no
 ``map_predictor.safetensors`` is refused (run ``sangal distill``).
 
 ``flip=True`` averages each image's features with its mirror's inside the
-graph (heat maps mirrored, as in :func:`sangal.engine.features.extract_features`
+graph (heat maps mirrored, as in :func:`sangal.evaluate.features.extract_features`
 and ``sangal index``); the default graph embeds the image only. Opset:
 :data:`OPSET` (17) by default, through the TorchScript-based exporter.
 """
@@ -66,7 +66,7 @@ class EmbeddingGraph(nn.Module):
         self.attr_net = attr_net.eval() if attr_net is not None and self.mode == "san-gal" else None
         self.predictor = predictor.eval() if predictor is not None and self.mode == "san-gal" else None
         self.normalize = normalize
-        self.agnostic = agnostic  # class-agnostic maps (sangal.aah_modes) for models trained on them
+        self.agnostic = agnostic  # class-agnostic maps (sangal.aah.modes) for models trained on them
         self.flip = flip
         self.has_attributes = getattr(reid, "attr_heads", None) is not None
 
@@ -81,7 +81,7 @@ class EmbeddingGraph(nn.Module):
         """(B, 3, H, W) -> embedding (B, D) [, attr_probs (B, sum C_k)]."""
         aah = None
         if self.attr_net is not None:
-            from sangal.gradcam_fast import fast_attribute_heatmaps
+            from sangal.aah.fast import fast_attribute_heatmaps
 
             aah = fast_attribute_heatmaps(self.attr_net, self.predictor, images, None, self.normalize,
                                           agnostic=self.agnostic)
@@ -102,14 +102,14 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
     Raises:
         CheckpointError: san-gal checkpoint without a usable attribute checkpoint or distilled predictor.
     """
-    from sangal.engine.checkpoint import MODEL_FILE, file_sha256, load_model
-    from sangal.search.embed import _aah_agnostic, _aah_normalize, _input_size
+    from sangal.store.checkpoint import MODEL_FILE, file_sha256, load_model
+    from sangal.store.reid_info import aah_agnostic, aah_normalize, input_size
 
     reid, ckpt = load_model(checkpoint, expected_kind="reid", device=device)
     mode = str(ckpt.arch.get("mode", "san-gal"))
-    height, width = _input_size(ckpt)
+    height, width = input_size(ckpt)
     attr_net = predictor = None
-    normalize = _aah_normalize(ckpt)
+    normalize = aah_normalize(ckpt)
     meta: dict[str, Any] = {"mode": mode, "height": height, "width": width, "flip": flip,
                             "checkpoint_sha256": file_sha256(Path(checkpoint) / MODEL_FILE),
                             "attr_classes": list(ckpt.arch.get("attr_classes") or []),
@@ -119,7 +119,7 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
         if not attr_checkpoint or not Path(attr_checkpoint).exists():
             raise CheckpointError(f"checkpoint {checkpoint} is a san-gal model: exporting it needs its attribute "
                                   f"checkpoint ({attr_checkpoint or 'none recorded'}); pass --attr-checkpoint")
-        from sangal.engine.distill import DISTILL_HINT, PREDICTOR_FILE, load_map_predictor
+        from sangal.aah.predictor import DISTILL_HINT, PREDICTOR_FILE, load_map_predictor
 
         if not (Path(attr_checkpoint) / PREDICTOR_FILE).is_file():
             raise CheckpointError(f"cannot export san-gal checkpoint {checkpoint}: exact Grad-CAM needs a backward "
@@ -127,9 +127,9 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
                                   f"distilled map predictor ({PREDICTOR_FILE}); {DISTILL_HINT.split(' or ')[0]}")
         attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
         predictor = load_map_predictor(attr_checkpoint, device=device)
-        meta.update(aah="fast", aah_normalize=normalize, aah_agnostic=_aah_agnostic(ckpt),
+        meta.update(aah="fast", aah_normalize=normalize, aah_agnostic=aah_agnostic(ckpt),
                     attr_checkpoint_sha256=file_sha256(Path(attr_checkpoint) / MODEL_FILE))
-    return EmbeddingGraph(reid, attr_net, predictor, normalize, flip, _aah_agnostic(ckpt)).eval(), meta
+    return EmbeddingGraph(reid, attr_net, predictor, normalize, flip, aah_agnostic(ckpt)).eval(), meta
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | Path | None = None,
@@ -141,7 +141,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | 
     """
     import onnx
 
-    from sangal import __version__
+    from sangal.version import __version__
 
     graph, meta = load_embedding_graph(checkpoint, attr_checkpoint, flip=flip)
     out = Path(out)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sangal.errors import ConfigError
-from sangal.losses import reid_losses
 from sangal.models import ReIDNet, ReIDOutput
 from sangal.models.reid_net import MODES
+from sangal.train.losses import reid_losses
 
 ATTR_CLASSES = [2, 3, 2, 4]  # K = 4
 K = len(ATTR_CLASSES)

@@ -1,10 +1,17 @@
-import json, sys, torch, logging
+import json
+import logging
+import sys
+
+import torch
+
 torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 logging.basicConfig(level=logging.INFO)
 from pathlib import Path
+
 from sangal.config import from_dict
-from sangal.engine.study import PAPER, PRESETS, variant_config
-from sangal.engine.leak import oracle_evaluation, leak_summary
+from sangal.experiments.leak import leak_summary, oracle_evaluation
+from sangal.experiments.study import PAPER, PRESETS, variant_config
+
 out = Path(sys.argv[1]); seeds = int(sys.argv[2])
 doc = json.loads((out / "study.json").read_text())
 cfg = from_dict(doc["config"])

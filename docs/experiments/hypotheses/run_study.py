@@ -1,10 +1,13 @@
 """Hypothesis study on the demo's data (same plan as `sangal demo`), primary rows first."""
-import logging, sys
+import logging
+import sys
 from pathlib import Path
+
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 from sangal.data.synthetic import generate_synthetic
-from sangal.engine.demo import PLANS, demo_config
-from sangal.engine.study import PRESETS, Variant, format_study, run_study
+from sangal.experiments.demo import PLANS, demo_config
+from sangal.experiments.study import PRESETS, Variant, format_study, run_study
+
 out = Path(sys.argv[1]); seeds = int(sys.argv[2]); rows = sys.argv[3].split("|")
 plan = PLANS["standard"]
 root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,

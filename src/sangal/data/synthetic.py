@@ -48,7 +48,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from sangal.data.synthetic_draw import Look, region_masks, render
+from sangal.data.synthetic_draw import Look, render
+from sangal.data.synthetic_labels import region_masks
 from sangal.data.synthetic_scene import CameraStyle, Shot, sample_camera, sample_shot
 from sangal.errors import DatasetError
 

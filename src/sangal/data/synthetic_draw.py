@@ -20,28 +20,29 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from sangal.data.synthetic_labels import (
+    BACKPACK,
+    BACKPACK_DETAIL,
+    BAG,
+    BG,
+    FACE,
+    HAIR,
+    HANDBAG,
+    HAT,
+    HAT_DETAIL,
+    LOWER,
+    LOWER_DETAIL,
+    NUM_LABELS,
+    OCCLUDER,
+    SHOES,
+    SKIN,
+    STRAP,
+    UPPER,
+    UPPER_DETAIL,
+)
 from sangal.data.synthetic_scene import CameraStyle, Shot
 
 logger = logging.getLogger(__name__)
-
-# Label values of the label map (painter's order decides which one a pixel keeps).
-(BG, SKIN, HAIR, HAT, UPPER, LOWER, SHOES, BACKPACK, BAG, HANDBAG, STRAP, OCCLUDER,
- UPPER_DETAIL, LOWER_DETAIL, HAT_DETAIL, FACE, BACKPACK_DETAIL) = range(17)
-NUM_LABELS = 17
-# Region masks (the keys of the .npz files) and the labels that make them up.
-# Straps (of backpacks and shoulder bags) are deliberately in no region: a
-# backpack seen from the front shows only its straps, so its mask is empty there.
-REGION_LABELS: dict[str, tuple[int, ...]] = {
-    "hat": (HAT, HAT_DETAIL),
-    "hair": (HAIR,),
-    "upper": (UPPER, UPPER_DETAIL),
-    "lower": (LOWER, LOWER_DETAIL),
-    "backpack": (BACKPACK, BACKPACK_DETAIL),
-    "bag": (BAG,),
-    "handbag": (HANDBAG,),
-    "shoes": (SHOES,),
-}
-
 
 @dataclass(frozen=True)
 class Look:
@@ -395,12 +396,3 @@ def _draw_occluder(draw: ImageDraw.ImageDraw, shot: Shot, height: int, width: in
         x0 = -1 if b < 0.5 else c * 0.5 * width
         x1 = width if b >= 0.5 else width * (0.5 + 0.5 * c)
         draw.rectangle([x0, top, x1, height], fill=OCCLUDER)
-
-
-def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean (H, W) mask of the visible pixels of every attribute region."""
-    return {name: np.take(_REGION_LUT[name], labels) for name in REGION_LABELS}
-
-
-_REGION_LUT = {name: np.isin(np.arange(256), labs) for name, labs in REGION_LABELS.items()}
-

@@ -7,7 +7,7 @@ by :class:`~sangal.data.dataset.ImageDataset`) makes augmentation reproducible.
 
 The train transform also reports its geometry (:meth:`TrainTransform.with_params`):
 where the crop landed and whether the image was mirrored, so heat maps cached for the
-un-augmented image can be moved with it (:func:`sangal.engine.aah_align.align_heatmaps`).
+un-augmented image can be moved with it (:func:`sangal.aah.align.align_heatmaps`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Evaluation metrics: distances, CMC/mAP/mINP ranking protocol, k-reciprocal re-ranking and
-attribute mean accuracy."""
+"""Evaluation metrics: distances, the CMC/mAP/mINP ranking protocol, k-reciprocal re-ranking, attribute mA.
+Pure functions on arrays: features and labels come from ``evaluate``; the figures go to reports and study.json."""
 
 from .attributes import mean_accuracy
 from .distance import compute_distance

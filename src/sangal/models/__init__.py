@@ -1,4 +1,5 @@
-"""Networks of SAN-GAL: ResNet backbone, attribute network, parameter-free ASAM, Re-ID network."""
+"""Networks of SAN-GAL: staged backbones, the attribute network, parameter-free ASAM, the Re-ID network, the map predictor.
+Built from a config or a checkpoint's ``arch`` (``models.arch``); trained in ``train``, read by ``aah`` and ``evaluate``."""
 
 from sangal.models.asam import ASAM, asam, block_bounds
 from sangal.models.attribute_net import AttributeNet, AttributeOutput

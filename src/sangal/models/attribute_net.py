@@ -7,7 +7,7 @@ softmax is applied where probabilities are needed: :meth:`AttributeNet.predict`,
 Grad-CAM's ``y^k`` of eq. (1) and the cross-entropy loss).
 
 The forward pass is staged (timm's ``forward_features``/``forward_head``
-split) so :mod:`sangal.gradcam` can take gradients of the heads with respect
+split) so :mod:`sangal.aah.gradcam` can take gradients of the heads with respect
 to the outputs of layer2, layer3 and layer4 — the three scale-changing stages
 where the paper computes its heat maps — without module hooks::
 

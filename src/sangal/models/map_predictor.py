@@ -1,4 +1,4 @@
-"""Light predictor of layer2/layer3 logit Grad-CAM maps, distilled from exact AAH (see sangal.gradcam_fast).
+"""Light predictor of layer2/layer3 logit Grad-CAM maps, distilled from exact AAH (see sangal.aah.fast).
 
 What it predicts. At stage s the exact map of head k, target class c, is
 ``ReLU(y_c (P_c - sum_j y_j P_j))`` where ``P_j = sum_d w_jd(x) A^s_d`` is the

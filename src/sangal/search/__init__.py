@@ -1,4 +1,5 @@
-"""Person search over a folder of images: gallery index, ranked queries, attribute filters.
+"""Person search over a folder of images: a gallery index, ranked queries, attribute filters, an HTML page.
+Embeds images with a trained checkpoint (``evaluate.features``, ``aah``); writes ``<folder>.sangal-index/`` and results.
 
 * :func:`build_index` -- features, predicted attributes and paths of every image under
   a folder, written atomically (exact search, or FAISS HNSW for large galleries);

@@ -28,8 +28,9 @@ from sangal.data.attributes import AttributeSchema, get_schema
 from sangal.data.dataset import ImageDataset, read_image
 from sangal.data.records import ImageRecord
 from sangal.data.transforms import build_transforms
-from sangal.engine.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
 from sangal.errors import CheckpointError, ConfigError
+from sangal.store.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
+from sangal.store.reid_info import aah_agnostic, aah_normalize, input_size
 
 __all__ = ["Embedder", "Embedding", "probe_images", "records_for"]
 
@@ -78,29 +79,6 @@ def probe_images(paths: Sequence[Path], num_workers: int = 0) -> list[str]:
     return [reason for batch in loader for reason in batch]
 
 
-def _input_size(ckpt: Checkpoint) -> tuple[int, int]:
-    arch, config = ckpt.arch, ckpt.state.get("config") or {}
-    data = config.get("data", {}) if isinstance(config, dict) else {}
-    height, width = arch.get("height", data.get("height")), arch.get("width", data.get("width"))
-    if not height or not width:
-        raise CheckpointError(f"checkpoint {ckpt.path}: arch records no input height/width")
-    return int(height), int(width)
-
-
-def _aah_normalize(ckpt: Checkpoint) -> str:
-    """Heat-map normalisation the Re-ID model was trained with (config model.aah_normalize; "max")."""
-    config = ckpt.state.get("config") or {}
-    model = config.get("model", {}) if isinstance(config, dict) else {}
-    return str(model.get("aah_normalize", "max")) if isinstance(model, dict) else "max"
-
-
-def _aah_agnostic(ckpt: Checkpoint) -> bool:
-    """Was the Re-ID model trained on class-agnostic maps (config train.aah_targets=agnostic)?"""
-    config = ckpt.state.get("config") or {}
-    train = config.get("train", {}) if isinstance(config, dict) else {}
-    return isinstance(train, dict) and train.get("aah_targets") == "agnostic"
-
-
 def _schema(ckpt: Checkpoint, num_heads: int) -> AttributeSchema | None:
     arch = ckpt.arch
     config = ckpt.state.get("config") or {}
@@ -144,10 +122,10 @@ class Embedder:
         self.model, self.ckpt = load_model(self.checkpoint, expected_kind="reid", device=self.device)
         self.sha256 = file_sha256(self.checkpoint / MODEL_FILE)
         self.mode: str = str(self.ckpt.arch.get("mode", "san-gal"))
-        self.height, self.width = _input_size(self.ckpt)
+        self.height, self.width = input_size(self.ckpt)
         self.transform = build_transforms(self.height, self.width, train=False)
-        self.aah_normalize = _aah_normalize(self.ckpt)
-        self.aah_agnostic = _aah_agnostic(self.ckpt)  # test-time maps of the kind the model trained on
+        self.aah_normalize = aah_normalize(self.ckpt)
+        self.aah_agnostic = aah_agnostic(self.ckpt)  # test-time maps of the kind the model trained on
         if attr_checkpoint is None and self.mode == "san-gal":
             attr_checkpoint = self.ckpt.state.get("attr_checkpoint")
             if not attr_checkpoint:
@@ -170,7 +148,7 @@ class Embedder:
             self.attr_sha256 = file_sha256(self.attr_checkpoint / MODEL_FILE)
         self.map_predictor: nn.Module | None = None
         if self.mode == "san-gal" and aah == "fast":
-            from sangal.engine.distill import load_map_predictor
+            from sangal.aah.predictor import load_map_predictor
 
             assert self.attr_checkpoint is not None
             self.map_predictor = load_map_predictor(self.attr_checkpoint, device=self.device)
@@ -193,7 +171,7 @@ class Embedder:
         self, paths: Sequence[str | Path], batch_size: int = 64, num_workers: int = 0, progress: bool = False
     ) -> Embedding:
         """Features (flip-averaged, L2-normalised) and attribute probabilities of readable images."""
-        from sangal.engine.features import aah_from_net, extract_features
+        from sangal.evaluate.features import aah_from_net, extract_features
 
         dataset = ImageDataset(records_for(paths), self.transform)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)

@@ -1,7 +1,7 @@
 """Gallery index: features, predicted attributes and paths of a folder of images.
 
 An index is a directory, written atomically (hidden temp dir + rename, see
-:func:`sangal.engine.storage.staged_dir`)::
+:func:`sangal.store.files.staged_dir`)::
 
     features.npy     float32 (N, D), L2-normalised (cosine similarity = dot product)
     attributes.npz   predicted attributes: "probs_<k>" (N, C_k) float32 per head k,
@@ -34,8 +34,8 @@ import numpy as np
 
 from sangal.data.attributes import Attribute, AttributeSchema
 from sangal.data.records import IMAGE_EXTENSIONS
-from sangal.engine.storage import provenance, staged_dir
 from sangal.errors import CacheError, ConfigError, DatasetError
+from sangal.store.files import provenance, staged_dir
 
 __all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
@@ -234,7 +234,7 @@ def build_index(
             many images (see the module docstring).
         num_workers: DataLoader workers for decoding images.
         aah: heat maps of san-gal models, ``"exact"`` or ``"fast"`` (forward only; see
-            :mod:`sangal.gradcam_fast`); recorded in meta.json so queries use the same.
+            :mod:`sangal.aah.fast`); recorded in meta.json so queries use the same.
     """
     from sangal.search.embed import Embedder, probe_images
 

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from sangal.data.dataset import read_image
-from sangal.engine.checkpoint import MODEL_FILE, file_sha256
-from sangal.engine.storage import atomic_write_text
 from sangal.errors import CheckpointError, ConfigError
 from sangal.search.embed import Embedder
 from sangal.search.html import render_page
 from sangal.search.index import HNSW_EF_SEARCH, GalleryIndex
 from sangal.search.match import Match
 from sangal.search.where import predicted_attributes, where_mask
+from sangal.store.checkpoint import MODEL_FILE, file_sha256
+from sangal.store.files import atomic_write_text
 
 __all__ = ["Match", "Searcher", "search_html", "top_k"]
 
@@ -196,7 +196,7 @@ class Searcher:
 
         Raises ConfigError when no attribute network is loaded.
         """
-        from sangal.gradcam import attribute_heatmaps
+        from sangal.aah.gradcam import attribute_heatmaps
         from sangal.viz.heatmap import heatmap_grid
 
         emb = self.embedder

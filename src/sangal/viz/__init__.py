@@ -1,4 +1,5 @@
-"""Visualisation: heat-map overlays, ranked lists, CMC curves, AAH localisation, HTML report.
+"""Visualisation: heat-map overlays, ranked lists, CMC curves, AAH localisation scores, the HTML report.
+Takes arrays and images from the layers above (maps, rankings, part masks); writes PNGs and HTML.
 
 Depends only on numpy, Pillow and matplotlib (Agg), so it is usable from the demo,
 the search page and notebooks without loading a model.

@@ -50,7 +50,7 @@ class ReportData:
     ranked: {"query": image, "caption": str, "variants": {name: {"images": [...],
         "is_match": [...], "distances": [...] (optional)}}}.
     paired: rows {"variant", "metric", "diff", "ci95": [lo, hi], "n"} in percentage points:
-        each variant minus the reference over paired seeds (``sangal.engine.study``).
+        each variant minus the reference over paired seeds (``sangal.experiments.study``).
     localisation: rows from ``sangal.viz.localisation.localisation_scores`` (+ optional "stage").
     config: resolved config, shown in a collapsed block as YAML (JSON without PyYAML).
     """

@@ -1,0 +1,372 @@
+"""`sangal study`: the paper's Table 1 (or any set of variants) over N paired seeds, with paired CIs.
+
+Pairing: for seed s every variant starts from the same initial weights of the layers
+they share (backbone, BN neck, ID classifier are built first, from ``train.seed``) and
+sees the same batches (the P×K sampler, the per-sample augmentation and the flips
+are pure functions of the seed and the schedule position). Each run records hashes of
+both (``pairing``), and the study checks they agree across variants.
+
+Steps: attribute net (trained once, if a variant needs it) -> heat-map caches of every
+map mode the variants use -> one Re-ID run per (seed, variant), each resumable and
+recorded in ``runs/<variant>/seed<s>/result.json`` -> ``study.json`` (rewritten
+atomically after every run, ``complete`` once all are done).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sangal.aah.job import aah_cache_dir
+from sangal.config import Config, to_dict, with_overrides
+from sangal.data import setup
+from sangal.errors import ConfigError
+from sangal.store.files import write_json_atomic
+from sangal.store.paths import default_paths
+from sangal.viz.localisation import REGION_KEYS
+
+log = logging.getLogger(__name__)
+
+METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+STAGES = ("layer2", "layer3", "layer4")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One study row: a name and the dotted overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+#: The paper's literal SAN-GAL: label-guided training maps, prediction-guided test maps.
+PAPER = "san-gal (paper: label-guided maps)"
+
+#: Variant sets by name (`sangal study --variants table1`).
+PRESETS: dict[str, tuple[Variant, ...]] = {
+    "table1": (Variant("id", ("model.mode=id",)), Variant("id+attr", ("model.mode=id+attr",)),
+               Variant("san-gal", ("model.mode=san-gal",))),
+    # One row per hypothesis for why SAN-GAL can trail `id` (README "What the study says").
+    "hypotheses": (
+        Variant("id", ("model.mode=id",)),
+        Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")),
+        Variant("san-gal, predicted-class maps", ("model.mode=san-gal", "train.aah_targets=predicted")),
+        Variant("san-gal, class-agnostic maps", ("model.mode=san-gal", "train.aah_targets=agnostic")),
+        Variant("san-gal (paper), crop not followed", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                       "train.aah_align=false")),
+        Variant("san-gal (paper), layer2 only", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                 "model.asam_stages=[2]")),
+        Variant("san-gal (paper), gain 4", ("model.mode=san-gal", "train.aah_targets=labels", "model.asam_gain=4")),
+        Variant("san-gal (paper), extra sigmoid", ("model.mode=san-gal", "train.aah_targets=labels",
+                                                   "model.extra_sigmoid=true")),
+    ),
+}
+
+
+def parse_variant(text: str) -> Variant:
+    """``"name: key=value key=value"`` -> Variant (overrides split like a shell line)."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name.strip():
+        raise ConfigError(f"variant {text!r} must look like 'NAME: section.key=value ...'")
+    overrides = tuple(shlex.split(rest))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"variant {name.strip()!r}: {bad[0]!r} is not a section.key=value override")
+    return Variant(name.strip(), overrides)
+
+
+def slug(name: str) -> str:
+    """Folder name of a variant: letters, digits, '-' and '_' only."""
+    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace("+", "_plus_"))
+    return "_".join(part for part in keep.split("_") if part) or "variant"
+
+
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    """Run folder of one (variant, seed); its Re-ID run lands in `<dir>/reid/<mode>/`."""
+    return Path(out) / "runs" / slug(variant) / f"seed{seed}"
+
+
+def variant_config(cfg: Config, variant: Variant, seed: int) -> Config:
+    """The config of one run: the study's, the variant's overrides, its seed and the shared attribute net."""
+    paths = default_paths(cfg)
+    return with_overrides(cfg, [*variant.overrides, f"out={run_dir(Path(cfg.out), variant.name, seed)}",
+                                f"train.seed={seed}", f"train.attr_checkpoint={paths['attr_checkpoint']}",
+                                f"train.aah_cache={paths['aah']}"])
+
+
+def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds: list[int],
+              reference: str = "id", localisation_images: int = 600) -> dict:
+    """Run every (seed, variant) into ``cfg.out`` (resuming what is done) and write ``study.json``."""
+    from sangal.aah.job import build_caches
+    from sangal.train.reid import train_reid
+
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variant names must be distinct, got {names}")
+    if reference not in names:
+        raise ConfigError(f"the reference variant {reference!r} is not among the variants ({', '.join(names)})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    configs = {v.name: with_overrides(cfg, list(v.overrides)) for v in variants}
+    attributes = None
+    if any(c.model.mode != "id" for c in configs.values()):
+        t = time.time()
+        attributes = ensure_attribute_net(cfg)
+        timings["attribute net"] = time.time() - t
+    t = time.time()
+    for c in configs.values():
+        if c.model.mode == "san-gal" and c.train.aah == "offline":
+            build_caches(c)  # one cache per (split, map mode); up-to-date ones are left alone
+    timings["heat-map caches"] = time.time() - t
+
+    results: dict[str, list[dict]] = {v.name: [] for v in variants}
+    doc = _document(cfg, variants, seeds, reference, results, attributes, None, timings, complete=False)
+    for seed in seeds:
+        for variant in variants:
+            t = time.time()
+            results[variant.name].append(_run_one(variant_config(cfg, variant, seed), train_reid))
+            timings[f"{variant.name} seed {seed}"] = time.time() - t
+            doc = _document(cfg, variants, seeds, reference, results, attributes, None, timings, complete=False)
+            write_json_atomic(out / "study.json", doc)
+    loc = None
+    if attributes is not None and (Path(cfg.data.root) / "masks").is_dir():  # the synthetic set's part masks
+        t = time.time()
+        rows, loc = localisation_rows(cfg, max_images=localisation_images)
+        write_json_atomic(out / "localisation.json", rows)
+        timings["localisation"] = time.time() - t
+    doc = _document(cfg, variants, seeds, reference, results, attributes, loc, timings, complete=True)
+    write_json_atomic(out / "study.json", doc)
+    from sangal.store.files import atomic_write_text
+
+    atomic_write_text(out / "study.md", markdown_study(doc))
+    return doc
+
+
+def _run_one(run_cfg: Config, train_reid) -> dict:
+    """Train (or resume, or reuse) one run; its metrics in percent plus its pairing hashes."""
+    result_file = Path(run_cfg.out) / "result.json"
+    if result_file.is_file():
+        import json
+
+        return json.loads(result_file.read_text())
+    last = default_paths(run_cfg)["reid_run"] / "checkpoints" / "last"
+    metrics = train_reid(run_cfg, resume=last.exists())
+    result = {"seed": run_cfg.train.seed, **{k: 100.0 * metrics[k] for k in METRICS}}
+    if "reid_attr_mA" in metrics:
+        result["reid_attr_mA"] = 100.0 * metrics["reid_attr_mA"]
+    result["cmc"] = [100.0 * v for v in metrics["cmc"][:20]]
+    result["pairing"] = metrics.get("pairing", {})
+    write_json_atomic(result_file, result)
+    return result
+
+
+def ensure_attribute_net(cfg: Config) -> dict:
+    """Train the study's attribute net unless its final checkpoint exists; its test-split scores in %."""
+    from sangal.runtime.distributed import resolve_device
+    from sangal.store.checkpoint import load_model
+    from sangal.train.attr import evaluate_attribute_net, train_attribute_net
+
+    paths = default_paths(cfg)
+    ckpt = paths["attr_checkpoint"]
+    if Path(ckpt).exists():
+        device = resolve_device(cfg.train.device)
+        model, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
+        dataset = setup.load_reid_dataset(cfg)
+        metrics = evaluate_attribute_net(model, dataset, setup.load_attributes(cfg, dataset), cfg, device)
+    else:
+        last = paths["attr_run"] / "checkpoints" / "last"
+        metrics = train_attribute_net(cfg, resume=last.exists())
+    return {"mean_accuracy": 100.0 * metrics["accuracy"], "mA": 100.0 * metrics["mA"],
+            "per_attribute": {name: {k: 100.0 * v for k, v in vals.items()}
+                              for name, vals in metrics["per_attribute"].items()}}
+
+
+def _document(cfg, variants, seeds, reference, results, attributes, localisation, timings, complete) -> dict:
+    from sangal.metrics.paired import paired_difference
+
+    doc: dict = {"format_version": FORMAT_VERSION, "complete": complete, "units": "percent",
+                 "seeds": list(seeds), "reference": reference, "variants": {}, "paired": {}, "pairing": {},
+                 "attributes": attributes, "localisation": localisation, "timings": timings,
+                 "config": to_dict(cfg)}
+    for v in variants:
+        runs = results[v.name]
+        entry: dict = {"overrides": list(v.overrides), "seeds": runs}
+        if runs:
+            for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else math.nan)):
+                entry[stat] = {k: _num(fn([r[k] for r in runs])) for k in METRICS}
+        doc["variants"][v.name] = entry
+    ref_runs = {r["seed"]: r for r in results[reference]}
+    for v in variants:
+        if v.name == reference:
+            continue
+        pairs = [(ref_runs[r["seed"]], r) for r in results[v.name] if r["seed"] in ref_runs]
+        if not pairs:
+            continue
+        doc["paired"][v.name] = {}
+        for k in METRICS:
+            d = paired_difference([a[k] for a, _ in pairs], [b[k] for _, b in pairs])
+            doc["paired"][v.name][k] = {"diff": d.diff, "ci95": [_num(d.lo), _num(d.hi)], "sd": _num(d.sd),
+                                        "n": d.n}
+        doc["pairing"][v.name] = {
+            "init_equal": all(a.get("pairing", {}).get("init_sha256") == b.get("pairing", {}).get("init_sha256")
+                              for a, b in pairs),
+            "batches_equal": all(a.get("pairing", {}).get("batches_sha256")
+                                 == b.get("pairing", {}).get("batches_sha256") for a, b in pairs)}
+    return doc
+
+
+def _num(x: float) -> float | None:
+    """JSON-safe float (NaN -> None)."""
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+# ------------------------------------------------------------------ localisation
+def load_masks(data_root: Path, records) -> dict[str, np.ndarray]:
+    """Region masks (N, H, W) bool per region, from the synthetic generator's per-image .npz files."""
+    masks: dict[str, list[np.ndarray]] = {key: [] for key in REGION_KEYS}
+    for record in records:
+        path = Path(data_root) / "masks" / Path(record.path).parent.name / (Path(record.path).stem + ".npz")
+        with np.load(path) as npz:
+            for key in REGION_KEYS:
+                masks[key].append(npz[key].astype(bool))
+    return {key: np.stack(value) for key, value in masks.items()}
+
+
+def present_matrix(schema, targets: np.ndarray) -> np.ndarray:
+    """(N, K) bool: for yes/no attributes only images labelled "yes" count; others always."""
+    present = np.ones(targets.shape, dtype=bool)
+    for k, attribute in enumerate(schema.attributes):
+        if tuple(attribute.classes) == ("no", "yes"):
+            present[:, k] = targets[:, k] == 1
+    return present
+
+
+def _predicted_gallery_cache(cfg: Config, gallery):
+    """The valid exact predicted-class gallery cache of this study, or None."""
+    from sangal.aah.cache import AAHCache
+    from sangal.errors import CacheError
+
+    pcfg = with_overrides(cfg, ["train.aah_targets=predicted", "eval.aah=exact"])
+    try:
+        return AAHCache.open(aah_cache_dir(pcfg, "gallery"), records=gallery, targets="predicted",
+                             attr_ckpt_dir=default_paths(cfg)["attr_checkpoint"], height=cfg.data.height,
+                             width=cfg.data.width, normalize=cfg.model.aah_normalize, method="exact")
+    except CacheError:
+        return None
+
+
+def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], dict]:
+    """Per-attribute localisation rows at each stage of the attribute net's predicted-class maps on gallery
+    images, against the generator's masks; and the per-stage macro means (the study.json entry)."""
+    from sangal.aah.gradcam import attribute_heatmaps
+    from sangal.runtime.distributed import resolve_device
+    from sangal.runtime.precision import autocast, channels_last
+    from sangal.store.checkpoint import load_model
+    from sangal.viz.localisation import localisation_scores
+
+    device = resolve_device(cfg.train.device)
+    dataset = setup.load_reid_dataset(cfg)
+    table = setup.load_attributes(cfg, dataset)
+    records = [r for r in dataset.gallery if r.raw_pid > 0]
+    if len(records) > max_images:  # an even spread over the gallery, the same every time
+        records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
+    maps: list[list[np.ndarray]] = [[], [], []]
+    cached = _predicted_gallery_cache(cfg, dataset.gallery)
+    if cached is not None:  # the maps the study's caches already hold: no Grad-CAM pass
+        index = {str(r.path): i for i, r in enumerate(dataset.gallery)}
+        for store, m in zip(maps, cached.get([index[str(r.path)] for r in records])):
+            store.append(m.numpy())
+        records_to_compute: list = []
+    else:
+        records_to_compute = records
+    net, _ = load_model(default_paths(cfg)["attr_checkpoint"], expected_kind="attribute", device=str(device))
+    net = channels_last(net.eval(), cfg.train.channels_last)
+    for batch in (setup.test_loader(records_to_compute, cfg) if records_to_compute else []):
+        with autocast(device, cfg.train.amp):
+            stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), cfg.train.channels_last),
+                                            None, normalize=cfg.model.aah_normalize)
+        for store, m in zip(maps, stage_maps):
+            store.append(m.cpu().numpy())
+    masks = load_masks(Path(cfg.data.root), records)
+    present = present_matrix(table.schema, setup.attribute_targets(table, records, "test"))
+    rows, summary = [], {}
+    for stage, stage_maps in zip(STAGES, maps):
+        scores = localisation_scores(np.concatenate(stage_maps), masks, table.schema, present=present)
+        mean = scores[-1]
+        summary[stage] = {"energy": 100.0 * mean["energy"], "energy_uniform": 100.0 * mean["energy_uniform"],
+                          "pointing": 100.0 * mean["pointing"], "pointing_chance": 100.0 * mean["pointing_uniform"],
+                          "images": len(records), "attributes": len(scores) - 1}
+        rows += [{**r, "stage": stage} for r in scores]
+    return rows, summary
+
+
+def markdown_study(doc: dict) -> str:
+    """study.json as Markdown tables (written beside it as study.md): what a README or a paper quotes."""
+    ref = doc["reference"]
+    lines = ["| variant | Rank-1 | Rank-5 | mAP | mINP | seeds |", "|---|---|---|---|---|---|"]
+    for name, v in doc["variants"].items():
+        if "mean" not in v:
+            continue
+        cells = [f"{v['mean'][k]:.1f}" + (f" ± {v['std'][k]:.1f}" if v["std"][k] is not None else "")
+                 for k in ("rank1", "rank5", "mAP", "mINP")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {len(v['seeds'])} |")
+    if doc["paired"]:
+        lines += ["", f"| paired difference vs {ref} (95% CI) | Rank-1 | mAP | mINP |", "|---|---|---|---|"]
+        for name, p in doc["paired"].items():
+            cells = []
+            for k in ("rank1", "mAP", "mINP"):
+                lo, hi = p[k]["ci95"]
+                cells.append(f"{p[k]['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{p[k]['diff']:+.1f}")
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    if doc.get("attributes"):
+        a = doc["attributes"]
+        lines += ["", f"Attribute net: mean accuracy {a['mean_accuracy']:.1f} %, mA {a['mA']:.1f} %."]
+    if doc.get("localisation"):
+        lines += ["", "| stage | energy in part | uniform | ratio | pointing | chance | ratio |", "|---|---|---|---|---|---|---|"]
+        for stage, s in doc["localisation"].items():
+            lines.append(f"| {stage} | {s['energy']:.1f} % | {s['energy_uniform']:.1f} % | "
+                         f"{s['energy'] / s['energy_uniform']:.2f}× | {s['pointing']:.1f} % | "
+                         f"{s['pointing_chance']:.1f} % | {s['pointing'] / s['pointing_chance']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def format_study(doc: dict) -> str:
+    """Plain-text tables: mean ± std per variant, then the paired differences against the reference."""
+    lines = [f"{'variant':<34}{'Rank-1':>13}{'Rank-5':>13}{'mAP':>13}{'mINP':>13}  seeds"]
+    for name, v in doc["variants"].items():
+        if "mean" not in v:
+            continue
+        cells = []
+        for k in ("rank1", "rank5", "mAP", "mINP"):
+            std = v["std"][k]
+            cells.append((f"{v['mean'][k]:.1f}" + (f" ± {std:.1f}" if std is not None else "")).rjust(13))
+        lines.append(f"{name:<34}{''.join(cells)}  {len(v['seeds'])}")
+    ref = doc["reference"]
+    lines += ["", f"paired difference against {ref!r} (mean, 95% CI), percentage points:",
+              f"{'variant':<34}{'Rank-1':>22}{'mAP':>22}{'mINP':>22}"]
+    for name, p in doc["paired"].items():
+        cells = []
+        for k in ("rank1", "mAP", "mINP"):
+            lo, hi = p[k]["ci95"]
+            ci = f"[{lo:+.1f}, {hi:+.1f}]" if lo is not None else "[n/a]"
+            cells.append(f"{p[k]['diff']:+.1f} {ci}".rjust(22))
+        lines.append(f"{name:<34}{''.join(cells)}")
+    if doc.get("attributes"):
+        a = doc["attributes"]
+        lines += ["", f"attribute net: mean accuracy {a['mean_accuracy']:.1f}%, mA {a['mA']:.1f}%"]
+    if doc.get("localisation"):
+        lines.append("localisation (energy in part vs uniform; pointing vs chance):")
+        for stage, s in doc["localisation"].items():
+            lines.append(f"  {stage}: energy {s['energy']:.1f}% vs {s['energy_uniform']:.1f}% "
+                         f"({s['energy'] / s['energy_uniform']:.1f}x); pointing {s['pointing']:.1f}% vs "
+                         f"{s['pointing_chance']:.1f}% ({s['pointing'] / s['pointing_chance']:.1f}x)")
+    return "\n".join(lines)

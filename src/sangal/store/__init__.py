@@ -1,0 +1,2 @@
+"""Persistence: atomic files and directories, safetensors checkpoints that resume, the folder layout of a run.
+Takes models and state from ``train``/``aah``; gives back models (via ``models.arch``) and paths to every later step."""

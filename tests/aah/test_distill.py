@@ -1,0 +1,124 @@
+"""`sangal distill` and eval.aah=fast end to end on the tiny synthetic set: predictor, caches, evaluation."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from sangal.config import load_config
+from sangal.errors import CacheError, CheckpointError
+from sangal.store.paths import default_paths
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = ["eval.aah=fast"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_synth, tiny_overrides, tmp_path_factory, one_torch_thread):
+    """Attribute net, the train split's exact AAH cache, then `sangal distill` (a few epochs)."""
+    from sangal.aah.job import build_caches
+    from sangal.train.attr import train_attribute_net
+
+    out = tmp_path_factory.mktemp("distill")
+    overrides = tiny_overrides(tiny_synth, out) + ["distill.epochs=4", "distill.batch_size=8", "distill.hidden=8",
+                                                   "distill.val_fraction=0.25"]
+    cfg = load_config(None, overrides)
+    train_attribute_net(cfg)
+    build_caches(cfg, splits=["train"])
+    return {"out": out, "overrides": overrides, "cfg": cfg, "ckpt": out / "attr" / "checkpoints" / "final"}
+
+
+def _cfg(run, *extra):
+    return load_config(None, [*run["overrides"], *extra])
+
+
+def _distilled(run) -> dict:
+    from sangal.aah.distill import distill
+
+    if "distilled" not in run:
+        run["distilled"] = distill(run["cfg"])
+    return run["distilled"]
+
+
+def test_fast_maps_before_distill_are_a_clear_error(run) -> None:
+    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.data import load_dataset
+    from sangal.evaluate.reid import heatmap_source
+
+    if (run["ckpt"] / PREDICTOR_FILE).exists():
+        pytest.skip("distilled already (test order)")
+    with pytest.raises(CheckpointError, match="no distilled map predictor.*sangal distill"):
+        load_map_predictor(run["ckpt"])
+    cfg = _cfg(run, *FAST)
+    dataset = load_dataset("synthetic", cfg.data.root)
+    with pytest.raises(CheckpointError, match="sangal distill"):
+        heatmap_source(cfg, dataset.query, "query", default_paths(cfg), torch.device("cpu"))
+
+
+def test_distill_saves_a_predictor_that_learns(run) -> None:
+    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+
+    result = _distilled(run)
+    assert (run["ckpt"] / PREDICTOR_FILE).is_file()
+    losses = result["train_loss"]
+    assert len(losses) == 4 and losses[-1] < losses[0]  # the fit makes progress
+    for stage in ("layer2", "layer3"):
+        agreement = result["val"][stage]
+        assert -1.0 <= agreement["pearson"] <= 1.0 and 0.0 <= agreement["argmax"] <= 1.0 and agreement["maps"] > 0
+    predictor = load_map_predictor(run["ckpt"])
+    assert not predictor.training and predictor.meta["metrics"]["val_images"] == result["val_images"] > 0
+
+
+def test_predictor_of_other_attribute_weights_is_refused(run, tmp_path) -> None:
+    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.store.checkpoint import load_model, save_checkpoint
+
+    _distilled(run)
+    net, ckpt = load_model(run["ckpt"], expected_kind="attribute")
+    with torch.no_grad():
+        net.heads[0].fc.bias.add_(1.0)  # the attribute net changed after distillation
+    other = save_checkpoint(tmp_path / "other", net, ckpt.arch, {})
+    shutil.copy(run["ckpt"] / PREDICTOR_FILE, other / PREDICTOR_FILE)
+    with pytest.raises(CheckpointError, match="distilled for other attribute weights"):
+        load_map_predictor(other)
+
+
+def test_fast_query_cache_is_separate_exact_at_layer4_and_bound_to_the_predictor(run) -> None:
+    from sangal.aah.cache import AAHCache
+    from sangal.aah.job import build_caches
+
+    _distilled(run)
+    fast_dir = build_caches(_cfg(run, *FAST), splits=["query"])["query"]
+    exact_dir = build_caches(run["cfg"], splits=["query"])["query"]
+    assert fast_dir != exact_dir and fast_dir.name.endswith("_fast")
+    fast, exact = AAHCache.open(fast_dir, method="fast"), AAHCache.open(exact_dir, method="exact")
+    assert fast.manifest["method"] == "fast" and fast.manifest["predictor_sha256"]
+    n = len(exact)
+    f2, f3, f4 = fast.get(range(n))
+    e2, e3, e4 = exact.get(range(n))
+    assert f2.shape == e2.shape and f3.shape == e3.shape
+    torch.testing.assert_close(f4, e4, atol=2e-3, rtol=0)  # layer4 is exact (float16 storage)
+    assert not torch.allclose(f3, e3, atol=2e-3)  # layer3 is predicted, not copied
+    with pytest.raises(CacheError, match="holds fast heat maps, not exact"):
+        AAHCache.open(fast_dir, method="exact")
+    with pytest.raises(CacheError, match="holds exact heat maps, not fast"):
+        AAHCache.open(exact_dir, method="fast")
+
+
+def test_san_gal_evaluates_with_fast_maps(run, tmp_path) -> None:
+    from sangal.evaluate.reid import evaluate_checkpoint
+    from sangal.train.reid import train_reid
+
+    _distilled(run)
+    out = tmp_path / "reid"
+    base = [f"train.attr_checkpoint={run['ckpt']}", f"train.aah_cache={run['out'] / 'aah'}", "model.mode=san-gal",
+            "train.epochs=1", f"out={out}"]
+    train_reid(_cfg(run, *base))
+    final = out / "reid" / "san-gal" / "checkpoints" / "final"
+    exact = evaluate_checkpoint(_cfg(run, *base), final)
+    fast = evaluate_checkpoint(_cfg(run, *base, *FAST), final)
+    for metrics in (exact, fast):
+        assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_valid_queries"] > 0

@@ -1,0 +1,128 @@
+"""`sangal study`: paired seeds, study.json schema, paired CIs, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sangal.config import load_config
+from sangal.errors import ConfigError
+from sangal.experiments.study import PAPER, PRESETS, Variant, parse_variant, run_study, slug, variant_config
+from sangal.metrics.paired import paired_difference
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VARIANTS = (Variant("id", ("model.mode=id",)),
+            Variant("san-gal agnostic", ("model.mode=san-gal", "train.aah_targets=agnostic")),
+            Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")))
+
+
+def test_paired_difference_matches_a_hand_computed_t_interval() -> None:
+    a, b = [50.0, 52.0, 47.0], [53.0, 53.0, 51.0]  # differences 3, 1, 4: mean 8/3, sd 1.5275
+    d = paired_difference(a, b)
+    half = 4.302653 * 1.527525 / math.sqrt(3)  # t_{0.975, 2}
+    assert d.diff == pytest.approx(8 / 3) and d.sd == pytest.approx(1.527525, rel=1e-5)
+    assert (d.lo, d.hi) == (pytest.approx(8 / 3 - half, rel=1e-5), pytest.approx(8 / 3 + half, rel=1e-5))
+    assert d.n == 3 and d.half_width == pytest.approx(half, rel=1e-5)
+    one = paired_difference([1.0], [2.0])
+    assert one.diff == 1.0 and math.isnan(one.lo) and math.isnan(one.hi)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_variant_parsing_and_folder_names() -> None:
+    v = parse_variant("san-gal pred: model.mode=san-gal train.aah_targets=predicted")
+    assert v == Variant("san-gal pred", ("model.mode=san-gal", "train.aah_targets=predicted"))
+    assert slug("san-gal (paper: label-guided maps)") == "san-gal_paper_label-guided_maps"
+    assert slug("id+attr") == "id_plus_attr"
+    with pytest.raises(ConfigError, match="NAME: section.key=value"):
+        parse_variant("no colon here")
+    with pytest.raises(ConfigError, match="not a section.key=value"):
+        parse_variant("x: model.mode")
+    assert [v.name for v in PRESETS["table1"]] == ["id", "id+attr", "san-gal"]
+
+
+@pytest.fixture(scope="module")
+def study(tiny_synth, tiny_overrides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    cfg = load_config(None, tiny_overrides(tiny_synth, out))
+    return out, cfg, run_study(cfg, VARIANTS, [0, 1], localisation_images=16)
+
+
+def test_study_json_schema(study) -> None:
+    out, _, doc = study
+    on_disk = json.loads((out / "study.json").read_text())
+    assert on_disk["complete"] is True and on_disk["units"] == "percent"
+    for name in ("id", "san-gal agnostic"):
+        seeds = on_disk["variants"][name]["seeds"]
+        assert [s["seed"] for s in seeds] == [0, 1]
+        for s in seeds:
+            assert {"rank1", "mAP", "mINP"} <= set(s)
+            assert all(0.0 <= s[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
+    paired = on_disk["paired"]["san-gal agnostic"]
+    assert "id" not in on_disk["paired"]
+    for metric in ("rank1", "mAP", "mINP"):
+        lo, hi = paired[metric]["ci95"]
+        diff = paired[metric]["diff"]
+        runs = on_disk["variants"]
+        expected = sum(b[metric] - a[metric] for a, b in zip(runs["id"]["seeds"], runs["san-gal agnostic"]["seeds"]))
+        assert diff == pytest.approx(expected / 2)
+        assert lo <= diff <= hi
+    md = (out / "study.md").read_text()
+    assert "| id |" in md and "paired difference vs id" in md and "| layer4 |" in md
+    attrs = on_disk["attributes"]
+    assert 0.0 <= attrs["mean_accuracy"] <= 100.0 and 0.0 <= attrs["mA"] <= 100.0
+    assert set(on_disk["localisation"]) == {"layer2", "layer3", "layer4"}
+    for stage in on_disk["localisation"].values():
+        assert {"energy", "energy_uniform", "pointing", "pointing_chance"} <= set(stage)
+        assert 0.0 < stage["energy_uniform"] < 100.0 and 0.0 < stage["pointing_chance"] < 100.0
+
+
+def test_variants_with_the_same_seed_see_the_same_batches_and_initial_weights(study) -> None:
+    out, _, doc = study
+    assert doc["pairing"]["san-gal agnostic"] == {"init_equal": True, "batches_equal": True}
+    assert doc["pairing"][PAPER] == {"init_equal": True, "batches_equal": True}
+    runs = doc["variants"]
+    for seed in (0, 1):
+        a, b = runs["id"]["seeds"][seed]["pairing"], runs["san-gal agnostic"]["seeds"][seed]["pairing"]
+        assert a["batches_sha256"] == b["batches_sha256"] and a["init_sha256"] == b["init_sha256"]
+    # ... and another seed is another draw of both
+    s0, s1 = runs["id"]["seeds"][0]["pairing"], runs["id"]["seeds"][1]["pairing"]
+    assert s0["batches_sha256"] != s1["batches_sha256"] and s0["init_sha256"] != s1["init_sha256"]
+
+
+def test_a_finished_study_is_reused_not_retrained(study, monkeypatch) -> None:
+    out, cfg, doc = study
+    import sangal.train.reid as train_reid
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_reid, "train_reid", refuse)
+    again = run_study(cfg, VARIANTS, [0, 1], localisation_images=16)
+    assert again["variants"]["id"]["seeds"] == doc["variants"]["id"]["seeds"]
+
+
+def test_reference_must_be_a_variant(study) -> None:
+    _, cfg, _ = study
+    with pytest.raises(ConfigError, match="reference variant 'id'"):
+        run_study(cfg, VARIANTS[1:], [0])
+
+
+def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) -> None:
+    from sangal.aah.cache import AAHCache
+    from sangal.experiments.leak import leak_summary, oracle_evaluation
+
+    out, cfg, _ = study
+    run_cfg = variant_config(cfg, VARIANTS[2], 0)
+    result = oracle_evaluation(run_cfg)
+    assert set(result) == {"predicted", "true labels"}
+    for metrics in result.values():
+        assert all(0.0 <= metrics[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
+    oracle = AAHCache.open(out / "aah" / "query_oracle_labels")
+    assert oracle.manifest["targets"]["mode"] == "labels"
+    summary = leak_summary([result, result])
+    assert summary["gap"]["rank1"] == pytest.approx(result["true labels"]["rank1"] - result["predicted"]["rank1"])
+    assert summary["seeds"] == 2

@@ -1,0 +1,129 @@
+"""Losses: label smoothing, hand-computed batch-hard triplet, attribute CE with IGNORE_INDEX."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sangal.models.reid_net import ReIDOutput
+from sangal.train.losses import (
+    IGNORE_INDEX,
+    attribute_ce,
+    batch_hard_triplet,
+    cross_entropy_ls,
+    reid_losses,
+)
+
+
+def test_ignore_index_matches_data_schema():
+    attributes = pytest.importorskip("sangal.data.attributes")
+    assert IGNORE_INDEX == attributes.IGNORE_INDEX
+
+
+def test_plain_ce_and_label_smoothing_match_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    target = torch.tensor([0, 3, 6, 2, 2])
+    torch.testing.assert_close(cross_entropy_ls(logits, target, 0.0), F.cross_entropy(logits, target))
+    for eps in (0.1, 0.3):
+        torch.testing.assert_close(
+            cross_entropy_ls(logits, target, eps), F.cross_entropy(logits, target, label_smoothing=eps)
+        )
+    assert not torch.allclose(cross_entropy_ls(logits, target, 0.1), cross_entropy_ls(logits, target, 0.0))
+    with pytest.raises(ValueError, match="epsilon"):
+        cross_entropy_ls(logits, target, 1.0)
+
+
+def test_batch_hard_triplet_hand_computed():
+    # 1-D points: ids A at 0 and 1, ids B at 3 and 6.
+    features = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # anchor 0: pos 1, neg min(3, 6) = 3 -> max(0, 1 - 3 + m)
+    # anchor 1: pos 1, neg 2               -> max(0, 1 - 2 + m)
+    # anchor 3: pos 3, neg 2 (to 1.0)      -> max(0, 3 - 2 + m)
+    # anchor 6: pos 3, neg 5               -> max(0, 3 - 5 + m)
+    m = 0.3
+    expected = (max(0, -2 + m) + max(0, -1 + m) + max(0, 1 + m) + max(0, -2 + m)) / 4
+    loss = batch_hard_triplet(features, pids, margin=m)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    m = 1.5
+    expected = (0 + 0.5 + 2.5 + 0) / 4
+    assert batch_hard_triplet(features, pids, margin=m).item() == pytest.approx(expected, abs=1e-5)
+    soft = (
+        math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log1p(math.exp(1)) + math.log1p(math.exp(-2))
+    ) / 4
+    assert batch_hard_triplet(features, pids, margin=None).item() == pytest.approx(soft, abs=1e-5)
+
+
+def test_triplet_skips_anchors_without_positive_and_has_gradient():
+    features = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 0.0]], requires_grad=True)
+    pids = torch.tensor([0, 0, 1])  # anchor 2 has no positive -> skipped
+    # anchors 0 and 1: pos 1, neg 5 and sqrt(26) -> both 0 with margin 0.3; use margin 5
+    loss = batch_hard_triplet(features, pids, margin=5.0)
+    expected = ((1 - 5 + 5) + (1 - math.sqrt(26) + 5)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    assert torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
+    single_id = batch_hard_triplet(torch.randn(3, 4), torch.tensor([1, 1, 1]))
+    assert single_id.item() == 0.0
+
+
+def test_attribute_ce_ignores_unlabelled():
+    torch.manual_seed(1)
+    head0 = torch.randn(4, 2)
+    head1 = torch.randn(4, 3)
+    targets = torch.tensor([[0, 2], [1, IGNORE_INDEX], [IGNORE_INDEX, 0], [1, 1]])
+    expected0 = F.cross_entropy(head0[[0, 1, 3]], targets[[0, 1, 3], 0])
+    expected1 = F.cross_entropy(head1[[0, 2, 3]], targets[[0, 2, 3], 1])
+    loss = attribute_ce([head0, head1], targets)
+    torch.testing.assert_close(loss, (expected0 + expected1) / 2)
+
+
+def test_attribute_ce_all_ignored_head_is_zero_not_nan():
+    head0 = torch.randn(3, 2, requires_grad=True)
+    head1 = torch.randn(3, 4, requires_grad=True)
+    targets = torch.tensor([[1, IGNORE_INDEX], [0, IGNORE_INDEX], [1, IGNORE_INDEX]])
+    loss = attribute_ce([head0, head1], targets)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, F.cross_entropy(head0, targets[:, 0]) / 2)
+    loss.backward()
+    assert torch.isfinite(head1.grad).all() and head1.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="2 heads but targets of shape"):
+        attribute_ce([head0, head1], targets[:, :1])
+
+
+def _output(with_attrs: bool) -> ReIDOutput:
+    torch.manual_seed(2)
+    attr_logits = [torch.randn(4, 2), torch.randn(4, 3)] if with_attrs else None
+    return ReIDOutput(
+        features=torch.randn(4, 8),
+        global_features=torch.randn(4, 8),
+        logits=torch.randn(4, 5),
+        attr_logits=attr_logits,
+    )
+
+
+def test_reid_losses_named_terms_sum_to_total():
+    out = _output(with_attrs=True)
+    pids = torch.tensor([0, 0, 3, 3])
+    attrs = torch.tensor([[0, 1], [1, 2], [IGNORE_INDEX, 0], [1, 1]])
+    weights = {"id": 1.0, "triplet": 2.0, "attr": 0.5}
+    terms = reid_losses(out, pids, attrs, weights, epsilon=0.1, margin=0.3)
+    assert set(terms) == {"id", "triplet", "attr", "total"}
+    torch.testing.assert_close(terms["total"], terms["id"] + terms["triplet"] + terms["attr"])
+    torch.testing.assert_close(terms["id"], cross_entropy_ls(out.logits, pids, 0.1))
+    torch.testing.assert_close(terms["triplet"], 2.0 * batch_hard_triplet(out.global_features, pids, 0.3))
+    torch.testing.assert_close(terms["attr"], 0.5 * attribute_ce(out.attr_logits, attrs))
+
+
+def test_reid_losses_attr_only_when_available():
+    pids = torch.tensor([0, 0, 3, 3])
+    terms = reid_losses(_output(with_attrs=False), pids, None, {"id": 1.0, "triplet": 1.0, "attr": 1.0})
+    assert set(terms) == {"id", "triplet", "total"}
+    terms = reid_losses(_output(with_attrs=True), pids, None, {})
+    assert "attr" not in terms
+    with pytest.raises(ValueError, match="unknown loss weights \\['center'\\]"):
+        reid_losses(_output(with_attrs=False), pids, None, {"center": 1.0})

@@ -1,0 +1,144 @@
+"""Training end to end on the tiny synthetic set: commands, resume, stale caches, online mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sangal.config import load_config
+from sangal.errors import CacheError, CheckpointError
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_synth, tiny_overrides, tmp_path_factory):
+    """Attribute net trained and heat maps cached once for the module (the offline mode's inputs)."""
+    from sangal.aah.job import build_caches
+    from sangal.train.attr import train_attribute_net
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, tiny_overrides(tiny_synth, out))
+    metrics = train_attribute_net(cfg)
+    caches = build_caches(cfg)
+    return {"root": tiny_synth, "out": out, "attr_metrics": metrics, "caches": caches, "overrides": tiny_overrides}
+
+
+def cfg_for(prepared, out: Path, *extra: str):
+    base = prepared["out"]
+    return load_config(None, prepared["overrides"](prepared["root"], out) + [
+        f"train.attr_checkpoint={base / 'attr' / 'checkpoints' / 'final'}", f"train.aah_cache={base / 'aah'}",
+        *extra])
+
+
+def test_attribute_pretraining_writes_checkpoint_and_metrics(prepared):
+    out = prepared["out"]
+    assert (out / "attr" / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert 0.0 <= prepared["attr_metrics"]["mA"] <= 1.0
+    assert len(prepared["attr_metrics"]["per_attribute"]) == 27
+    history = json.loads((out / "attr" / "metrics.json").read_text())
+    assert history["train"] and "attr" in history["train"][0]
+    assert set(prepared["caches"]) == {"train", "query", "gallery"}
+
+
+@pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
+def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, tmp_path, mode):
+    from sangal.train.reid import train_reid
+
+    metrics = train_reid(cfg_for(prepared, tmp_path, f"model.mode={mode}"))
+    run = tmp_path / "reid" / mode
+    for key in ("rank1", "rank5", "mAP", "mINP"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["num_valid_queries"] > 0
+    history = json.loads((run / "metrics.json").read_text())
+    terms = set(history["train"][-1])
+    assert {"id", "triplet", "total", "lr"} <= terms
+    assert ("attr" in terms) == (mode != "id")
+    per_epoch = [[e["step"] for e in history["train"] if e["epoch"] == ep] for ep in (0, 1)]
+    assert per_epoch[0] == per_epoch[1] == list(range(len(per_epoch[0]))) and len(per_epoch[0]) >= 2
+    assert history["eval"][-1]["rank1"] == metrics["rank1"]
+    assert (run / "config.yaml").read_text().count(f"mode: {mode}") == 1
+    state = json.loads((run / "checkpoints" / "final" / "state.json").read_text())
+    assert state["arch"]["mode"] == mode and state["config"]["model"]["mode"] == mode
+    assert list((run / "tensorboard").iterdir()), "TensorBoard event file expected"
+
+
+def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, tmp_path):
+    from sangal.train.reid import train_reid
+
+    full = cfg_for(prepared, tmp_path / "full", "model.mode=san-gal")
+    train_reid(full)
+    split = cfg_for(prepared, tmp_path / "split", "model.mode=san-gal")
+    assert train_reid(split, stop_after_steps=1) == {}  # stopped mid-epoch 0 (2 steps per epoch)
+    state = json.loads((tmp_path / "split/reid/san-gal/checkpoints/last/state.json").read_text())
+    assert (state["epoch"], state["step"]) == (0, 1)
+    train_reid(split, resume=True)
+    a = load_file(tmp_path / "full/reid/san-gal/checkpoints/final/model.safetensors")
+    b = load_file(tmp_path / "split/reid/san-gal/checkpoints/final/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_checkpoint_of_another_architecture(prepared, tmp_path):
+    from sangal.train.reid import train_reid
+
+    train_reid(cfg_for(prepared, tmp_path, "model.mode=id"), stop_after_steps=1)
+    with pytest.raises(CheckpointError, match="backbone resnet18 but the model has resnet34"):
+        train_reid(cfg_for(prepared, tmp_path, "model.mode=id", "model.backbone=resnet34"), resume=True)
+
+
+def test_stale_cache_is_refused(prepared, tmp_path):
+    """A cache built from other attribute weights must not be used silently."""
+    import shutil
+
+    from sangal.models.attribute_net import AttributeNet
+    from sangal.store.checkpoint import load_checkpoint, save_checkpoint
+    from sangal.train.reid import train_reid
+
+    ckpt_dir = tmp_path / "attr_copy"
+    shutil.copytree(prepared["out"] / "attr" / "checkpoints" / "final", ckpt_dir)
+    cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", f"train.attr_checkpoint={ckpt_dir}")
+    ckpt = load_checkpoint(ckpt_dir)
+    net = AttributeNet(ckpt.arch["attr_classes"], backbone="resnet18", pretrained=False)
+    net.load_state_dict(ckpt.weights)
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)  # "retrained" attribute net
+    save_checkpoint(ckpt_dir, net, ckpt.arch, {"epoch": 1})
+    with pytest.raises(CacheError, match="(?i)checkpoint"):
+        train_reid(cfg)
+
+
+def test_online_dual_trace_mode_trains_attribute_branch(prepared, tmp_path):
+    from sangal.train.reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah=online", "train.epochs=1",
+                  "train.max_steps_per_epoch=2")
+    before = load_file(prepared["out"] / "attr/checkpoints/final/model.safetensors")
+    train_reid(cfg)
+    history = json.loads((tmp_path / "reid/san-gal/metrics.json").read_text())
+    assert "attr_branch" in history["train"][-1]
+    after = load_file(tmp_path / "reid/san-gal/checkpoints/final_attr_branch/model.safetensors")
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
+    assert changed, "the attribute branch should be updated by the joint (dual-trace) training"
+
+
+def test_predicted_class_training_maps_use_their_own_cache(prepared, tmp_path):
+    """train.aah_targets=predicted reads a separate train cache built without labels."""
+    from sangal.aah.cache import AAHCache
+    from sangal.aah.job import build_caches
+    from sangal.train.reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=predicted", "train.epochs=1")
+    with pytest.raises(CacheError):  # not built yet: the label-guided cache is not silently reused
+        train_reid(cfg)
+    built = build_caches(cfg, splits=["train"])["train"]
+    assert built.name == "train_predicted"
+    assert AAHCache.open(built).manifest["targets"]["mode"] == "predicted"
+    labelled = AAHCache.open(prepared["out"] / "aah" / "train")
+    assert labelled.manifest["targets"]["mode"] != "predicted"
+    assert not torch.equal(AAHCache.open(built).get(list(range(len(labelled))))[2],
+                           labelled.get(list(range(len(labelled))))[2])
+    assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0
