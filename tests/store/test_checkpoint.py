@@ -45,6 +45,19 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, seed: int) -
     optimizer.step()
 
 
+def test_an_optimizer_without_state_round_trips(tmp_path: Path) -> None:
+    """SGD without momentum keeps no per-parameter state: its checkpoint file is empty, and must still load."""
+    model = _small_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train_step(model, optimizer, seed=0)  # a step, and still no state to store
+    path = ck.save_checkpoint(tmp_path / "ckpt", model, {"kind": "reid"}, {"epoch": 1}, optimizer=optimizer)
+    loaded = ck.load_checkpoint(path)
+    assert loaded.optimizer_tensors == {}
+    again = torch.optim.SGD(model.parameters(), lr=0.5)
+    ck.restore_optimizer(again, loaded)
+    assert again.param_groups[0]["lr"] == 0.1
+
+
 def test_round_trip_is_exact(tmp_path: Path, reid_model: nn.Module) -> None:
     state = {"epoch": 3, "step": 120, "config": {"lr": 0.1, "size": (64, 32)},
              "scheduler": {"milestones": Counter({30: 1, 60: 1}), "by_id": {1: "a"}}}

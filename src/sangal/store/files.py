@@ -132,9 +132,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
+    """Write ``tensors`` with string ``metadata``; an empty file (no tensors, no metadata) stays readable.
+
+    safetensors 0.8 writes an invalid header for ``{}`` tensors with ``{}`` metadata (an optimizer without
+    state, e.g. SGD without momentum before its first step), so empty metadata is written as none.
+    """
     from safetensors.torch import save_file
 
-    save_file(dict(tensors), str(path), metadata=dict(metadata))
+    save_file(dict(tensors), str(path), metadata=dict(metadata) or None)
 
 
 @functools.lru_cache(maxsize=1)
