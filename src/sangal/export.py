@@ -103,7 +103,7 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
         CheckpointError: san-gal checkpoint without a usable attribute checkpoint or distilled predictor.
     """
     from sangal.store.checkpoint import MODEL_FILE, file_sha256, load_model
-    from sangal.store.reid_info import aah_agnostic, aah_normalize, input_size
+    from sangal.store.reid_info import aah_agnostic, aah_normalize, find_attribute_checkpoint, input_size
 
     reid, ckpt = load_model(checkpoint, expected_kind="reid", device=device)
     mode = str(ckpt.arch.get("mode", "san-gal"))
@@ -115,10 +115,7 @@ def load_embedding_graph(checkpoint: str | Path, attr_checkpoint: str | Path | N
                             "attr_classes": list(ckpt.arch.get("attr_classes") or []),
                             "dataset": ckpt.arch.get("dataset"), "colour_mode": ckpt.arch.get("colour_mode")}
     if mode == "san-gal":
-        attr_checkpoint = attr_checkpoint or ckpt.state.get("attr_checkpoint")
-        if not attr_checkpoint or not Path(attr_checkpoint).exists():
-            raise CheckpointError(f"checkpoint {checkpoint} is a san-gal model: exporting it needs its attribute "
-                                  f"checkpoint ({attr_checkpoint or 'none recorded'}); pass --attr-checkpoint")
+        attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
         from sangal.aah.predictor import DISTILL_HINT, PREDICTOR_FILE, load_map_predictor
 
         if not (Path(attr_checkpoint) / PREDICTOR_FILE).is_file():

@@ -120,6 +120,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> dict:
     """`sangal evaluate`: load a Re-ID checkpoint and evaluate it on the configured dataset."""
     from sangal.runtime.distributed import resolve_device
     from sangal.store.checkpoint import load_model
+    from sangal.store.reid_info import find_attribute_checkpoint
 
     device = resolve_device(cfg.train.device)
     model, ckpt = load_model(checkpoint, expected_kind="reid", device=str(device))
@@ -127,7 +128,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> dict:
     cfg.model.mode, cfg.model.backbone = arch["mode"], arch["backbone"]
     cfg.data.height, cfg.data.width = arch["height"], arch["width"]
     paths = default_paths(cfg)
-    if ckpt.state.get("attr_checkpoint") and not cfg.train.attr_checkpoint:
-        paths["attr_checkpoint"] = Path(ckpt.state["attr_checkpoint"])
+    if arch["mode"] == "san-gal" and not cfg.train.attr_checkpoint and ckpt.state.get("attr_checkpoint"):
+        paths["attr_checkpoint"] = find_attribute_checkpoint(ckpt)
     dataset = setup.load_reid_dataset(cfg)
     return evaluate_reid(model, dataset, cfg, paths, device)

@@ -68,6 +68,7 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
              plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS) -> dict:
     """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path."""
     from sangal.data.synthetic import generate_synthetic
+    from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
 
@@ -94,7 +95,13 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()
-    report = build_report(out, cfg, plan, doc, timings, variants)
+    deploy = prepare_deployment(cfg, doc) if any(v.name == "san-gal" for v in variants) else None
+    timings["distill"] = time.time() - t
+    t = time.time()
+    report = build_report(out, cfg, plan, doc, timings, variants, deploy)
     timings["report"] = time.time() - t
     print(f"study: {out / 'study.json'}\nreport: {report}   (total {(time.time() - t0) / 60:.1f} min)")
-    return {"study": doc, "report": report, "timings": timings}
+    if deploy:
+        print(f"best san-gal model (seed {deploy['best']['seed']}): {deploy['best']['link']}; next steps: README "
+              f"'What next' (export, index, search)")
+    return {"study": doc, "report": report, "timings": timings, "deploy": deploy}

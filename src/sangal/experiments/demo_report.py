@@ -119,10 +119,11 @@ def paired_rows(doc: dict) -> list[dict]:
             if metric in ("rank1", "mAP", "mINP")]
 
 
-def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variants) -> Path:
+def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variants, deploy: dict | None = None) -> Path:
     """Write `<out>/report.html` for a finished demo study."""
     import json
 
+    from sangal.experiments.demo_deploy import agreement_rows
     from sangal.viz.report import ReportData, write_report
 
     paths = default_paths(cfg)
@@ -151,6 +152,7 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
         heatmaps=heatmap_samples(paths, dataset, table, cfg),
         ranked=ranked_samples(cfg, paths, dataset, variants),
         localisation=localisation,
+        map_agreement=agreement_rows(deploy["distill"]) if deploy else [],
         notes=[
             "Synthetic data: identities share coarse attributes and differ in fine details; cameras change "
             "background, light, scale, viewpoint and occlusion. Figures here say nothing about Market-1501.",

@@ -30,7 +30,7 @@ from sangal.data.records import ImageRecord
 from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError, ConfigError
 from sangal.store.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
-from sangal.store.reid_info import aah_agnostic, aah_normalize, input_size
+from sangal.store.reid_info import aah_agnostic, aah_normalize, find_attribute_checkpoint, input_size
 
 __all__ = ["Embedder", "Embedding", "probe_images", "records_for"]
 
@@ -126,19 +126,8 @@ class Embedder:
         self.transform = build_transforms(self.height, self.width, train=False)
         self.aah_normalize = aah_normalize(self.ckpt)
         self.aah_agnostic = aah_agnostic(self.ckpt)  # test-time maps of the kind the model trained on
-        if attr_checkpoint is None and self.mode == "san-gal":
-            attr_checkpoint = self.ckpt.state.get("attr_checkpoint")
-            if not attr_checkpoint:
-                raise CheckpointError(
-                    f"checkpoint {self.checkpoint} is a san-gal model, whose features need the heat maps "
-                    f"of its attribute network, and records no attribute checkpoint; pass attr_checkpoint "
-                    f"(--attr-checkpoint)"
-                )
-            if not Path(attr_checkpoint).exists():
-                raise CheckpointError(
-                    f"checkpoint {self.checkpoint} is a san-gal model trained with the attribute checkpoint "
-                    f"{attr_checkpoint}, which does not exist; pass attr_checkpoint (--attr-checkpoint)"
-                )
+        if self.mode == "san-gal":
+            attr_checkpoint = find_attribute_checkpoint(self.ckpt, attr_checkpoint)
         self.attr_net: nn.Module | None = None
         self.attr_checkpoint: Path | None = None
         self.attr_sha256: str | None = None

@@ -208,6 +208,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
         state = {"epoch": epoch, "step": step, "global_step": global_step, "rng": capture_rng_state(),
                  "batch_digest": batch_digest, "init_digest": init_digest,
                  "config": to_dict(cfg), "history": logger.history, "attr_checkpoint": str(paths["attr_checkpoint"])}
+        if aah_source is not None and aah_source.cache is not None:  # the weights the cached maps came from
+            state["attr_checkpoint_sha256"] = aah_source.cache.manifest["checkpoint_sha256"]
         if aah_source is not None and aah_source.attr_net is not None:  # online: the jointly trained branch
             attr_arch = arch_for(cfg, "attribute", attr_classes=attr_classes)
             save_checkpoint(run_dir / "checkpoints" / f"{name}_attr_branch", aah_source.attr_net, attr_arch,

@@ -52,6 +52,8 @@ class ReportData:
     paired: rows {"variant", "metric", "diff", "ci95": [lo, hi], "n"} in percentage points:
         each variant minus the reference over paired seeds (``sangal.experiments.study``).
     localisation: rows from ``sangal.viz.localisation.localisation_scores`` (+ optional "stage").
+    map_agreement: rows {"stage", "pearson", "argmax", "maps"}: held-out agreement of the forward-only
+        (distilled) heat maps with exact Grad-CAM (``sangal.aah.distill.map_agreement``).
     config: resolved config, shown in a collapsed block as YAML (JSON without PyYAML).
     """
 
@@ -64,6 +66,7 @@ class ReportData:
     heatmaps: list[dict] = field(default_factory=list)
     ranked: list[dict] = field(default_factory=list)
     localisation: list[dict] = field(default_factory=list)
+    map_agreement: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: dict | None = None
 
@@ -257,6 +260,18 @@ def _localisation_table(rows: list[dict]) -> str:
     )
 
 
+def _agreement_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{_esc(r['stage'])}</td><td>{r['pearson']:.3f}</td>"
+                   f"<td>{_esc(_pct(r['argmax'], 'map agreement argmax'))}</td><td>{_esc(r.get('maps', ''))}</td></tr>"
+                   for r in rows)
+    return ("<p class='explain'>Forward-only heat maps (eval.aah=fast, what export and search use) against exact "
+            "Grad-CAM on held-out training images: Pearson r per map and how often the peak cell agrees. "
+            "layer4 is exact in closed form.</p><table class='agreement'><thead><tr><th>stage</th><th>Pearson r</th>"
+            f"<th>same peak (%)</th><th>maps</th></tr></thead><tbody>{body}</tbody></table>")
+
+
 def _heatmap_figures(items: list[dict]) -> str:
     out = []
     for i, item in enumerate(items):
@@ -304,8 +319,9 @@ def render_report(data: ReportData) -> str:
         sections.append(("cmc", "CMC curves", _figure(uri, "CMC curves: matching rate by rank per variant", text)))
     if data.attribute_table:
         sections.append(("attributes", "Attribute recognition", _attribute_table(data.attribute_table)))
-    if data.localisation:
-        sections.append(("localisation", "AAH localisation", _localisation_table(data.localisation)))
+    if data.localisation or data.map_agreement:
+        text = _localisation_table(data.localisation) if data.localisation else ""
+        sections.append(("localisation", "AAH localisation", text + _agreement_table(data.map_agreement)))
     if data.heatmaps:
         text = f"<p class='explain'>{_esc(_HEATMAP_EXPLAIN)}</p>" + _heatmap_figures(data.heatmaps)
         sections.append(("heatmaps", "Attribute heat maps (AAH)", text))

@@ -1,0 +1,101 @@
+"""What the demo leaves for deployment: a distilled map predictor, the best SAN-GAL model under a stable name,
+and a query image, so that the README's "What next" commands (export, index, search) run as written.
+
+* ``sangal distill`` on the demo's config: the predictor lands in the attribute checkpoint, so SAN-GAL models
+  export to ONNX and index with ``--aah fast``; its held-out agreement goes to the report.
+* ``<out>/best-san-gal``: a relative symlink to the final checkpoint of the SAN-GAL seed with the highest mAP.
+* ``<out>/query.jpg``: the first query image (by name) of an identity labelled with a backpack, so that
+  ``--where backpack=yes`` keeps its true matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from sangal.aah.distill import distill
+from sangal.aah.predictor import load_map_predictor
+from sangal.config import Config
+from sangal.data import setup
+from sangal.errors import CheckpointError
+from sangal.experiments.study import run_dir
+from sangal.store.files import write_json_atomic
+from sangal.store.paths import default_paths
+
+log = logging.getLogger(__name__)
+
+BEST_LINK = "best-san-gal"
+QUERY_FILE = "query.jpg"
+DISTILL_FILE = "distill.json"
+SAN_GAL = "san-gal"
+
+
+def distilled_predictor(cfg: Config) -> dict:
+    """Fit the map predictor once (``<out>/distill.json`` records it); a fitted one bound to these weights is kept."""
+    record = Path(cfg.out) / DISTILL_FILE
+    attr = default_paths(cfg)["attr_checkpoint"]
+    if record.is_file():
+        try:
+            meta = load_map_predictor(attr).meta  # refuses a predictor fitted to other attribute weights
+            return {"path": str(Path(attr) / "map_predictor.safetensors"), **meta["metrics"]}
+        except CheckpointError as exc:
+            log.info("distilling again: %s", exc)
+    result = distill(cfg)
+    write_json_atomic(record, result)
+    return result
+
+
+def best_seed(doc: dict, variant: str = SAN_GAL) -> int:
+    """The seed of ``variant`` with the highest mAP in a study document."""
+    seeds = doc["variants"][variant]["seeds"]
+    return int(max(seeds, key=lambda r: (r["mAP"], -r["seed"]))["seed"])
+
+
+def link_best(out: Path, doc: dict, variant: str = SAN_GAL) -> Path:
+    """``<out>/best-san-gal`` -> the final checkpoint of the best seed (relative symlink, replaced atomically)."""
+    seed = best_seed(doc, variant)
+    target = run_dir(out, variant, seed) / "reid" / "san-gal" / "checkpoints" / "final"
+    if not target.is_dir():
+        raise CheckpointError(f"the best {variant} run (seed {seed}) has no final checkpoint at {target}")
+    link = out / BEST_LINK
+    tmp = out / f".{BEST_LINK}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(os.path.relpath(target, out), tmp, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def pick_query(cfg: Config, out: Path, attribute: str = "backpack", value: str = "yes") -> Path:
+    """Copy the first query image (by name) of an identity labelled ``attribute=value`` to ``<out>/query.jpg``."""
+    dataset = setup.load_reid_dataset(cfg)
+    table = setup.load_attributes(cfg, dataset)
+    records = sorted(dataset.query, key=lambda r: Path(r.path).name)
+    k = table.schema.names.index(attribute)
+    wanted = table.schema.attributes[k].classes.index(value)
+    labels = setup.attribute_targets(table, records, "test")[:, k]  # (N,)
+    hits = np.flatnonzero(labels == wanted)
+    source = Path(records[int(hits[0])].path if hits.size else records[0].path)
+    tmp = out / f".{QUERY_FILE}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, out / QUERY_FILE)
+    return out / QUERY_FILE
+
+
+def prepare_deployment(cfg: Config, doc: dict) -> dict:
+    """All three artefacts for a finished demo study; returns what the report and the summary show."""
+    out = Path(cfg.out)
+    result = distilled_predictor(cfg)
+    link = link_best(out, doc)
+    query = pick_query(cfg, out)
+    log.info("deployment: %s -> %s; query %s", link, os.readlink(link), query)
+    return {"distill": result, "best": {"link": str(link), "seed": best_seed(doc), "target": os.readlink(link)},
+            "query": str(query)}
+
+
+def agreement_rows(result: dict) -> list[dict]:
+    """Held-out agreement of the distilled layer2/layer3 maps with exact Grad-CAM, one row per stage."""
+    return [{"stage": stage, **values} for stage, values in (result.get("val") or {}).items()]
