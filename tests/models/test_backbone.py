@@ -180,7 +180,7 @@ def test_mobilenet_v2_stages_cut_points_and_torchvision_keys():
             shapes = [tuple(t.shape) for t in net(torch.randn(1, 3, 64, 32))]
         assert shapes == [(1, 24, 16, 8), (1, 32, 8, 4), (1, 96, 4, 2), (1, 1280, 4 // last_stride, 2 // last_stride)]
     features = net.features
-    assert net.stem is features[0]
+    assert list(net.stem) == [features[0]]
     assert [list(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)] == [
         list(features[1:4]), list(features[4:7]), list(features[7:14]), list(features[14:19])]
     # torchvision's names, classifier dropped, stage views add no key
@@ -222,3 +222,17 @@ def test_table_and_config_choices_agree():
     from sangal.config import BACKBONE_CHOICES
 
     assert tuple(backbone_module.BACKBONES) == BACKBONE_CHOICES
+
+
+def test_stage_views_follow_a_swapped_module():
+    """SyncBatchNorm conversion (DDP on CUDA) replaces BatchNorm modules in the tree: the views run the new ones."""
+    net = build_backbone("mobilenet_v2", pretrained=False)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(converted.layer2[0].conv[0][1], torch.nn.SyncBatchNorm)
+    resnet = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_backbone("resnet18", pretrained=False))
+    assert isinstance(resnet.stem[1], torch.nn.SyncBatchNorm) and resnet.stem[1] is resnet.bn1
+    calls = []
+    net.features[5] = torch.nn.Identity()
+    net.features[5].register_forward_hook(lambda module, inputs, output: calls.append(1))
+    net.eval()(torch.randn(1, 3, 64, 32))
+    assert calls == [1]

@@ -26,8 +26,10 @@ Parameter names are exactly torchvision's (``conv1.weight``,
 ``layer1.0.bn1.running_mean``, ``features.14.conv.1.0.weight``, ...) minus the
 classifier, so a torchvision ``state_dict`` loads directly. Only the top-level
 modules the stages use are registered; a stage that is not one of them
-(MobileNetV2's slices, ResNet's stem) is a plain attribute holding an
-``nn.Sequential`` *view* of the same modules, so it adds no state-dict key.
+(MobileNetV2's slices, ResNet's stem) is a :class:`StageView`, an unregistered
+attribute that runs those modules, looked up again at every call: it adds no
+state-dict key, forward hooks on it fire, and it stays right when a module of
+the tree is swapped (``nn.SyncBatchNorm.convert_sync_batchnorm`` under DDP).
 
 ``last_stride=1`` sets every stride-2 convolution of layer4 to stride 1 (ResNet:
 the strided conv and the downsample of its first block; MobileNetV2: the
@@ -65,8 +67,8 @@ from sangal.errors import ConfigError, WeightsError
 from sangal.models import weights as offline_weights
 from sangal.models.state_dicts import load_into, load_weights_file, strip_prefixes
 
-__all__ = ["BACKBONES", "STAGES", "BackboneSpec", "ResNetBackbone", "StagedBackbone", "build_backbone",
-           "load_weights_file", "sequential_cuts"]
+__all__ = ["BACKBONES", "STAGES", "BackboneSpec", "ResNetBackbone", "StageView", "StagedBackbone",
+           "build_backbone", "load_weights_file", "sequential_cuts"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ class StagedBackbone(nn.Module):
         self.dropped = tuple(n for n in children if n not in spec.keep)
         for stage, paths in zip(STAGES, spec.stages, strict=True):
             if paths != (stage,):  # not a registered module of that very name: a view, outside the state dict
-                object.__setattr__(self, stage, _view(self, paths))
+                object.__setattr__(self, stage, StageView(self, paths))
         if last_stride == 1:
             _unstride(self.layer4)
         self.channels, self.strides = self._probe()
@@ -194,6 +196,42 @@ class StagedBackbone(nn.Module):
 ResNetBackbone = StagedBackbone
 
 
+class StageView(nn.Module):
+    """A stage made of modules registered elsewhere in the backbone, run in order.
+
+    Not registered itself (the backbone sets it with ``object.__setattr__``), it
+    has no parameters or buffers; the modules are looked up by path at every
+    call, so a swapped module (SyncBatchNorm conversion) is the one that runs.
+    Indexing and iteration give the modules, like ``nn.Sequential``.
+    """
+
+    def __init__(self, root: nn.Module, paths: tuple[str, ...]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_root", root)  # a plain reference, not a child: no cycle in modules()
+        self.paths = paths
+
+    def parts(self) -> list[nn.Module]:
+        """The modules this stage runs, as the backbone holds them now."""
+        return [m for path in self.paths for m in _resolve(self._root, path)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for module in self.parts():
+            x = module(x)
+        return x
+
+    def __getitem__(self, index: int | slice) -> nn.Module | list[nn.Module]:
+        return self.parts()[index]
+
+    def __iter__(self):
+        return iter(self.parts())
+
+    def __len__(self) -> int:
+        return len(self.parts())
+
+    def extra_repr(self) -> str:
+        return ", ".join(self.paths)
+
+
 def _resolve(root: nn.Module, path: str) -> list[nn.Module]:
     """Modules at ``path``: ``"a.b"`` -> [root.a.b]; ``"a[i:j]"`` -> the items i..j-1 of Sequential root.a."""
     m = re.fullmatch(r"([\w.]+)(?:\[(\d*):(\d*)\])?", path)
@@ -206,15 +244,10 @@ def _resolve(root: nn.Module, path: str) -> list[nn.Module]:
     return list(module)[start:stop]
 
 
-def _view(root: nn.Module, paths: tuple[str, ...]) -> nn.Module:
-    """One module running ``paths`` in order (the module itself when there is exactly one)."""
-    modules = [m for path in paths for m in _resolve(root, path)]
-    return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
-
-
 def _unstride(stage: nn.Module) -> None:
     """Set every stride-2 convolution in ``stage`` to stride 1 (the last-stride trick of Re-ID)."""
-    for module in stage.modules():
+    parts = stage.parts() if isinstance(stage, StageView) else [stage]
+    for module in (m for part in parts for m in part.modules()):
         if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
             module.stride = (1, 1)
 
