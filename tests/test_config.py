@@ -83,3 +83,19 @@ def test_default_training_maps_follow_predictions_and_the_paper_is_one_flag_away
 
     assert load_config(None).train.aah_targets == "predicted"
     assert load_config(None, ["train.aah_targets=labels"]).train.aah_targets == "labels"
+
+
+def test_attribute_net_backbone_defaults_to_the_reid_one_and_can_differ():
+    cfg = load_config(None, ["model.backbone=mobilenet_v2"])
+    assert (cfg.model.attr_backbone, cfg.model.attribute_backbone()) == ("", "mobilenet_v2")
+    assert cfg.model.attribute_pretrained() == "true"
+    cfg = load_config(None, ["model.attr_backbone=mobilenet_v2", "model.attr_pretrained=/w/mb.safetensors",
+                             "model.pretrained=false"])
+    assert (cfg.model.backbone, cfg.model.attribute_backbone()) == ("resnet50", "mobilenet_v2")
+    assert (cfg.model.pretrained, cfg.model.attribute_pretrained()) == ("false", "/w/mb.safetensors")
+    assert from_dict(to_dict(cfg)).model.attribute_backbone() == "mobilenet_v2"
+    old = to_dict(load_config())
+    del old["model"]["attr_backbone"], old["model"]["attr_pretrained"]  # a config saved before the keys existed
+    assert from_dict(old).model.attribute_backbone() == "resnet50"
+    with pytest.raises(ConfigError, match="model.attr_backbone='vgg16' is not one of: , resnet18"):
+        load_config(None, ["model.attr_backbone=vgg16"])

@@ -26,20 +26,34 @@ H, W = 64, 32
 EXTRA = {"dataset": "market1501", "colour_mode": "binary", "height": H, "width": W}
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
+def _calibrate_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """Backbone BatchNorm statistics of one random batch, so eval-mode activations keep their scale.
+
+    A random MobileNetV2 with the initial statistics (mean 0, var 1) shrinks its activations
+    block after block until every image has nearly the same embedding.
+    """
+    for m in model.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # one pass sets the exact batch statistics
+    with torch.no_grad():
+        model.backbone.train()(torch.randn(8, 3, H, W, generator=torch.Generator().manual_seed(9)))
+    return model.eval()
+
+
+def _checkpoints(tmp: Path, backbone: str) -> dict[str, Path]:
     """Random-weight id / id+attr / san-gal checkpoints; the san-gal one's attribute net has a predictor."""
-    tmp = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    attr = AttributeNet(CLASSES, backbone="resnet18", pretrained=False).eval()
+    calibrate = _calibrate_bn if backbone == "mobilenet_v2" else (lambda model: model)
+    attr = calibrate(AttributeNet(CLASSES, backbone=backbone, pretrained=False).eval())
     for head in attr.heads:  # predictions that vary between images
         torch.nn.init.normal_(head.fc.weight, std=0.05)
     attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **EXTRA}, {})
-    save_map_predictor(attr_dir, MapPredictor((128, 256), sum(CLASSES), hidden=8), {"normalize": "max"})
+    predictor = MapPredictor(attr.backbone.channels[1:3], sum(CLASSES), hidden=8)
+    save_map_predictor(attr_dir, predictor, {"normalize": "max"})
     bare_attr = save_checkpoint(tmp / "attr_bare", attr, {**attr.arch_dict(), **EXTRA}, {})
     out = {"attr": attr_dir, "attr_bare": bare_attr}
     for mode in ("id", "id+attr", "san-gal"):
-        model = ReIDNet(6, CLASSES, mode=mode, backbone="resnet18", pretrained=False).eval()
+        model = calibrate(ReIDNet(6, CLASSES, mode=mode, backbone=backbone, pretrained=False).eval())
         for m in model.modules():  # non-trivial BN statistics so the embedding is not near-constant
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.normal_(0, 0.1)
@@ -48,8 +62,23 @@ def checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
-def test_onnx_graph_matches_pytorch(checkpoints, tmp_path, mode) -> None:
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
+    """resnet18 checkpoints of every mode."""
+    return _checkpoints(tmp_path_factory.mktemp("export"), "resnet18")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]:
+    """mobilenet_v2 checkpoints of every mode (1280-d embedding; layer2 narrower than 2K)."""
+    return _checkpoints(tmp_path_factory.mktemp("export_mobilenet"), "mobilenet_v2")
+
+
+@pytest.mark.parametrize(("backbone", "mode"), [("resnet18", "id"), ("resnet18", "id+attr"), ("resnet18", "san-gal"),
+                                                ("mobilenet_v2", "id"), ("mobilenet_v2", "san-gal")])
+def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
+    checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
+    dim = 512 if backbone == "resnet18" else 1280
     path = tmp_path / "model.onnx"
     info = export_onnx(checkpoints[mode], path)
     assert info["max_abs_diff"] is not None and info["max_abs_diff"] <= 1e-4
@@ -61,7 +90,7 @@ def test_onnx_graph_matches_pytorch(checkpoints, tmp_path, mode) -> None:
         got = session.run(None, {"images": images.numpy()})
         with torch.no_grad():
             want = graph(images)
-        assert got[0].shape == (batch, 512)
+        assert got[0].shape == (batch, dim)
         np.testing.assert_allclose(np.linalg.norm(got[0], axis=1), 1.0, atol=1e-5)  # L2-normalised
         assert np.abs(got[0] - want[0].numpy()).max() <= 1e-4
         if mode != "id":
@@ -106,17 +135,23 @@ def test_cli_export_prints_the_check(checkpoints, tmp_path, capsys) -> None:
     assert out.is_file() and "opset 18" in text and "max abs diff" in text
 
 
-def test_fast_index_records_its_maps_and_queries_use_them(checkpoints, tmp_path) -> None:
+def _gallery(folder: Path) -> Path:
     from PIL import Image
 
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    return folder
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_fast_index_records_its_maps_and_queries_use_them(request, tmp_path, backbone) -> None:
     from sangal.search import Searcher, build_index
     from sangal.search.embed import Embedder
 
-    gallery = tmp_path / "gallery"
-    gallery.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(gallery / f"{i}.jpg")
+    checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
+    gallery = _gallery(tmp_path / "gallery")
     index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
     assert index.meta["aah"] == "fast"
     searcher = Searcher(tmp_path / "index")
@@ -125,3 +160,20 @@ def test_fast_index_records_its_maps_and_queries_use_them(checkpoints, tmp_path)
     assert Path(top.path).name == "3.jpg" and top.distance == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(CheckpointError, match="no distilled map predictor"):
         Embedder(checkpoints["san-gal"], checkpoints["attr_bare"], aah="fast")
+
+
+def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints, tmp_path) -> None:
+    """san-gal on MobileNetV2 with exact Grad-CAM maps: index, nearest match, attribute filter."""
+    from sangal.search import Searcher, build_index, parse_where
+
+    gallery = _gallery(tmp_path / "gallery")
+    index = build_index(gallery, mobilenet_checkpoints["san-gal"], tmp_path / "index", batch_size=4)
+    assert index.meta["aah"] == "exact" and len(index) == 5
+    searcher = Searcher(tmp_path / "index")
+    top = searcher.search(gallery / "2.jpg", k=5)
+    assert Path(top[0].path).name == "2.jpg" and top[0].distance == pytest.approx(0.0, abs=1e-5)
+    backpack = top[0].attributes["backpack"]  # what the model predicts for the query's own image
+    filtered = searcher.search(gallery / "2.jpg", k=5, where=parse_where(f"backpack={backpack}"))
+    assert Path(filtered[0].path).name == "2.jpg"
+    assert all(m.attributes["backpack"] == backpack for m in filtered)
+    assert [m.path for m in filtered] == [m.path for m in top if m.attributes["backpack"] == backpack]

@@ -57,8 +57,10 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+            submodules = {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known}
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # names defined by the package itself, not submodules of it
+                found.add(base)
     return {m for m in found if m == "sangal" or m.startswith("sangal.")} - {name}
 
 

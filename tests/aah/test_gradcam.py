@@ -33,10 +33,10 @@ PACKAGE_ATTRS = (3, 9, 26)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _make_net(seed: int = 0) -> AttributeNet:
-    """resnet18 attribute net whose heads are far from uniform (so predictions vary)."""
+def _make_net(seed: int = 0, backbone: str = "resnet18") -> AttributeNet:
+    """Attribute net (resnet18 by default) whose heads are far from uniform (so predictions vary)."""
     torch.manual_seed(seed)
-    net = AttributeNet(MARKET_CLASSES, backbone="resnet18", pretrained=False)
+    net = AttributeNet(MARKET_CLASSES, backbone=backbone, pretrained=False)
     for head in net.heads:
         nn.init.normal_(head.fc.weight, std=0.05)
         nn.init.normal_(head.fc.bias, std=0.5)
@@ -138,6 +138,21 @@ def test_matches_grad_cam_package(net: AttributeNet, images: Tensor, labels: Ten
             np.testing.assert_allclose(got, raw, rtol=1e-4, atol=tol, err_msg=f"stage {stage} k {k}")
             np.testing.assert_allclose(ours_mm[stage][:, k].numpy(), scaled, rtol=1e-4, atol=1e-5)
     net.zero_grad(set_to_none=True)  # the package's backward() filled the parameter grads
+
+
+def test_mobilenet_v2_stages_match_grad_cam_package(images: Tensor, labels: Tensor) -> None:
+    """The same check on MobileNetV2, whose layer2/3/4 are views of its ``features`` (stride 8, 16, 32->16)."""
+    net = _make_net(backbone="mobilenet_v2")
+    raw = attribute_heatmaps(net, images, labels, normalize="none")
+    assert [tuple(m.shape) for m in raw] == [(B, 27, 8, 4), (B, 27, 4, 2), (B, 27, 4, 2)]
+    classes = target_classes(net(images).logits, labels)
+    for stage in range(3):
+        assert bool((raw[stage] > 0).any()), stage
+        for k in PACKAGE_ATTRS:
+            package_raw, _ = _package_maps(net, images, k, stage, classes)
+            tol = 1e-4 * max(float(np.abs(package_raw).max()), 1e-30)
+            np.testing.assert_allclose(raw[stage][:, k].numpy(), package_raw, rtol=1e-4, atol=tol,
+                                       err_msg=f"stage {stage} k {k}")
 
 
 def test_minmax_is_the_packages_scale_cam_image() -> None:

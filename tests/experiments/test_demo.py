@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sangal.cli import main
 from sangal.data import build_transforms, read_image

@@ -126,3 +126,25 @@ def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) ->
     summary = leak_summary([result, result])
     assert summary["gap"]["rank1"] == pytest.approx(result["true labels"]["rank1"] - result["predicted"]["rank1"])
     assert summary["seeds"] == 2
+
+
+@pytest.mark.parametrize(("reid_backbone", "attr_backbone"), [("mobilenet_v2", "resnet18"),
+                                                              ("resnet18", "mobilenet_v2")])
+def test_study_on_mobilenet_v2_records_each_networks_backbone(tiny_synth, tiny_overrides, tmp_path, reid_backbone,
+                                                              attr_backbone) -> None:
+    """MobileNetV2 as either network (Re-ID: ASAM on a layer2 narrower than 2K; attribute: AAH and localisation)."""
+    overrides = [*tiny_overrides(tiny_synth, tmp_path), f"model.backbone={reid_backbone}",
+                 f"model.attr_backbone={attr_backbone}"]
+    cfg = load_config(None, overrides)
+    doc = run_study(cfg, VARIANTS[:2], [0], localisation_images=8)
+    assert doc["complete"] is True
+    assert (doc["config"]["model"]["backbone"], doc["config"]["model"]["attr_backbone"]) == (reid_backbone,
+                                                                                             attr_backbone)
+    for name in ("id", "san-gal agnostic"):
+        assert all(0.0 <= doc["variants"][name]["seeds"][0][k] <= 100.0 for k in ("rank1", "mAP"))
+    assert set(doc["localisation"]) == {"layer2", "layer3", "layer4"}
+    from sangal.store.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "attr" / "checkpoints" / "final").arch["backbone"] == attr_backbone
+    reid = sorted((tmp_path / "runs").glob("*/seed0/reid/*/checkpoints/final"))
+    assert len(reid) == 2 and all(load_checkpoint(d).arch["backbone"] == reid_backbone for d in reid)

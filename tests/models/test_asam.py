@@ -128,7 +128,6 @@ def test_extra_sigmoid_squeezes_alpha():
     ("x_shape", "aah_shape", "match"),
     [
         ((2, 15, 4, 4), (2, 3, 4, 4), "even number of channels"),
-        ((2, 8, 4, 4), (2, 5, 4, 4), "cannot be split into 5"),
         ((2, 8, 4, 4), (3, 3, 4, 4), "batch mismatch"),
         ((8, 4, 4), (2, 3, 4, 4), r"\(B, C, h, w\)"),
         ((2, 8, 4, 4), (3, 4, 4), r"\(B, K, h, w\)"),
@@ -155,3 +154,56 @@ def test_gain_scales_the_attention_logit() -> None:
     torch.testing.assert_close(out0[:, 4:], 0.5 * x[:, 4:])
     wide, narrow = asam(x, aah, gain=4.0), asam(x, aah)
     assert not torch.allclose(wide, narrow)
+
+
+def test_narrow_stage_hand_computed() -> None:
+    """C/2 = 2 < K = 3: channel 0 holds attribute 0, channel 1 holds attributes 1 and 2."""
+    a, b, u, v = 0.3, -1.2, 2.0, -0.5  # x1 channels (a, b), x2 channels (u, v), one position
+    maps = (0.9, 0.2, 0.6)
+    x = torch.tensor([a, b, u, v], dtype=torch.float64).view(1, 4, 1, 1)
+    aah = torch.tensor(maps, dtype=torch.float64).view(1, 3, 1, 1)
+
+    def sig(t: float) -> float:
+        return 1.0 / (1.0 + math.exp(-t))
+
+    alpha = [sig(sig(a) * maps[0]), sig(sig(b) * maps[1]), sig(sig(b) * maps[2])]
+    expected = [a, b, u * alpha[0], v * (alpha[1] + alpha[2]) / 2]
+    out = asam(x, aah).flatten().tolist()
+    assert out == pytest.approx(expected, rel=1e-12)
+    expected_extra = [a, b, u * sig(alpha[0]), v * (sig(alpha[1]) + sig(alpha[2])) / 2]
+    assert asam(x, aah, extra_sigmoid=True).flatten().tolist() == pytest.approx(expected_extra, rel=1e-12)
+
+
+def reference_asam_narrow(x: torch.Tensor, aah: torch.Tensor) -> torch.Tensor:
+    """Loop transcription of the narrow rule: channel c holds attributes [floor(c*K/H), floor((c+1)*K/H))."""
+    b, c, h, w = x.shape
+    k_attrs, half = aah.shape[1], c // 2
+    if aah.shape[-2:] != (h, w):
+        aah = F.interpolate(aah, size=(h, w), mode="bilinear", align_corners=False)
+    out = x.clone()
+    for n in range(b):
+        for ch in range(half):
+            group = range(ch * k_attrs // half, (ch + 1) * k_attrs // half)
+            beta = torch.sigmoid(x[n, ch].mean())
+            alphas = [torch.sigmoid(beta * aah[n, k]) for k in group]
+            out[n, half + ch] = x[n, half + ch] * sum(alphas) / len(alphas)
+    return out
+
+
+def test_narrow_stage_matches_loop_reference_mobilenet_layer2() -> None:
+    torch.manual_seed(4)
+    x = torch.randn(2, 32, 8, 4, dtype=torch.float64)  # MobileNetV2 layer2: C/2 = 16 < K = 27
+    aah = torch.rand(2, 27, 4, 2, dtype=torch.float64)
+    out = asam(x, aah)
+    torch.testing.assert_close(out, reference_asam_narrow(x, aah))
+    assert torch.equal(out[:, :16], x[:, :16])
+
+
+def test_narrow_stage_map_k_moves_only_its_channel() -> None:
+    torch.manual_seed(5)
+    x, aah = torch.rand(1, 10, 3, 3), torch.rand(1, 7, 3, 3)  # C/2 = 5 < K = 7
+    changed = aah.clone()
+    changed[:, 3] += 1.0
+    diff = (asam(x, changed) - asam(x, aah)).abs().sum(dim=(0, 2, 3))  # (10,)
+    holder = block_index(7, 5)[3].item()  # the channel whose group holds attribute 3
+    assert [i for i in range(10) if diff[i] > 0] == [5 + holder]

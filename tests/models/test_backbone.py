@@ -1,4 +1,4 @@
-"""ResNet backbone: stage shapes, last stride, local weights, clear errors (no downloads)."""
+"""Staged backbones (ResNet, MobileNetV2): stage shapes, last stride, local weights, clear errors (no downloads)."""
 
 from __future__ import annotations
 
@@ -167,3 +167,72 @@ def test_bad_arguments():
         build_backbone("vgg16", pretrained=False)
     with pytest.raises(ConfigError, match="last_stride"):
         build_backbone("resnet18", pretrained=False, last_stride=3)
+
+
+def test_mobilenet_v2_stages_cut_points_and_torchvision_keys():
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    for last_stride in (1, 2):
+        net = build_backbone("mobilenet_v2", pretrained=False, last_stride=last_stride).eval()
+        assert net.channels == (24, 32, 96, 1280)
+        assert net.strides == (4, 8, 16, 16 * last_stride)
+        with torch.no_grad():
+            shapes = [tuple(t.shape) for t in net(torch.randn(1, 3, 64, 32))]
+        assert shapes == [(1, 24, 16, 8), (1, 32, 8, 4), (1, 96, 4, 2), (1, 1280, 4 // last_stride, 2 // last_stride)]
+    features = net.features
+    assert list(net.stem) == [features[0]]
+    assert [list(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)] == [
+        list(features[1:4]), list(features[4:7]), list(features[7:14]), list(features[14:19])]
+    # torchvision's names, classifier dropped, stage views add no key
+    assert list(net.state_dict()) == [k for k in reference.state_dict() if not k.startswith("classifier.")]
+    assert net.dropped == ("classifier",)
+
+
+def test_mobilenet_v2_last_stride_1_unstrides_only_the_depthwise_conv_of_block_14():
+    strided = build_backbone("mobilenet_v2", pretrained=False, last_stride=2)
+    flat = build_backbone("mobilenet_v2", pretrained=False, last_stride=1)
+    changed = [name for (name, a), (_, b) in zip(strided.named_modules(), flat.named_modules())
+               if isinstance(a, torch.nn.Conv2d) and a.stride != b.stride]
+    assert changed == ["features.14.conv.1.0"]
+    assert flat.features[14].conv[1][0].stride == (1, 1)
+    assert flat.features[7].conv[1][0].stride == (2, 2)  # layer3's downsampling is untouched
+
+
+def test_a_torchvision_mobilenet_v2_state_dict_loads_as_is(tmp_path):
+    torch.manual_seed(5)
+    state = torchvision.models.mobilenet_v2(weights=None).state_dict()  # with classifier.* keys
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(state, path)
+    net = build_backbone("mobilenet_v2", pretrained=path)
+    _assert_loaded(net, {k: v for k, v in state.items() if not k.startswith("classifier.")})
+
+
+def test_stage_views_run_the_registered_modules_so_hooks_fire():
+    net = build_backbone("mobilenet_v2", pretrained=False).eval()
+    seen = []
+    net.layer4.register_forward_hook(lambda module, inputs, output: seen.append(tuple(output.shape)))
+    with torch.no_grad():
+        net(torch.randn(1, 3, 64, 32))
+    assert seen == [(1, 1280, 4, 2)]
+    copy = __import__("copy").deepcopy(net)
+    assert copy.layer2[0] is copy.features[4] and copy.layer2[0] is not net.features[4]
+
+
+def test_table_and_config_choices_agree():
+    from sangal.config import BACKBONE_CHOICES
+
+    assert tuple(backbone_module.BACKBONES) == BACKBONE_CHOICES
+
+
+def test_stage_views_follow_a_swapped_module():
+    """SyncBatchNorm conversion (DDP on CUDA) replaces BatchNorm modules in the tree: the views run the new ones."""
+    net = build_backbone("mobilenet_v2", pretrained=False)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(converted.layer2[0].conv[0][1], torch.nn.SyncBatchNorm)
+    resnet = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_backbone("resnet18", pretrained=False))
+    assert isinstance(resnet.stem[1], torch.nn.SyncBatchNorm) and resnet.stem[1] is resnet.bn1
+    calls = []
+    net.features[5] = torch.nn.Identity()
+    net.features[5].register_forward_hook(lambda module, inputs, output: calls.append(1))
+    net.eval()(torch.randn(1, 3, 64, 32))
+    assert calls == [1]

@@ -182,3 +182,26 @@ def test_asam_stages_only_attend_where_asked():
     assert not torch.allclose(net(x, tuple(changed2)).features, base)
     with pytest.raises(ConfigError, match="asam_stages"):
         ReIDNet(5, ATTR_CLASSES, mode="san-gal", backbone="resnet18", pretrained=False, asam_stages=(1,))
+
+
+def test_mobilenet_v2_san_gal_with_a_stage_narrower_than_2k():
+    """MobileNetV2's layer2 has 32 channels: C/2 = 16 < K = 27 (ASAM's grouped reading), and it still attends."""
+    classes = [2] * 9 + [4] + [2] * 17
+    torch.manual_seed(0)
+    net = ReIDNet(5, classes, mode="san-gal", backbone="mobilenet_v2", pretrained=False).train()
+    assert net.backbone.channels[1] // 2 < len(classes)
+    sizes = ((8, 4), (4, 2), (4, 2))  # 64x32 input: strides 8, 16, 16
+    maps = [torch.rand(4, 27, h, w) for h, w in sizes]
+    x = torch.randn(4, 3, 64, 32)
+    out = net(x, maps)
+    assert out.features.shape == (4, 1280) and len(out.attr_logits) == 27
+    terms = reid_losses(out, torch.tensor([0, 0, 3, 3]), torch.zeros(4, 27, dtype=torch.long),
+                        {"id": 1.0, "triplet": 1.0, "attr": 1.0})
+    terms["total"].backward()
+    assert net.backbone.features[0][0].weight.grad.abs().sum() > 0
+    net.eval()
+    zeros = [torch.zeros(2, 27, h, w) for h, w in sizes]
+    with torch.no_grad():
+        base = net(x[:2], zeros).features
+        layer2_only = [torch.ones_like(zeros[0]), zeros[1], zeros[2]]
+        assert not torch.allclose(base, net(x[:2], layer2_only).features)

@@ -35,3 +35,28 @@ def test_a_missing_extra_root_names_it(tiny_synth, tiny_overrides, tmp_path) -> 
     dataset = setup.load_reid_dataset(cfg)
     with pytest.raises(SangalError, match="nope"):
         attribute_training_set(cfg, dataset, setup.load_attributes(cfg, dataset))
+
+
+def test_the_attribute_net_has_its_own_backbone_and_weights(tiny_synth, tiny_overrides, tmp_path) -> None:
+    """model.attr_backbone / model.attr_pretrained build the attribute net; the Re-ID settings stay as they are."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from sangal.store.checkpoint import load_checkpoint
+    from sangal.train.attr import train_attribute_net
+
+    torch.manual_seed(3)
+    state = {k: v.contiguous() for k, v in torchvision.models.mobilenet_v2(weights=None).state_dict().items()}
+    weights = tmp_path / "mobilenet_v2.safetensors"
+    save_file(state, str(weights))
+    overrides = [*tiny_overrides(tiny_synth, tmp_path / "out"), "model.attr_backbone=mobilenet_v2",
+                 f"model.attr_pretrained={weights}", "attr_train.lr=0", "attr_train.weight_decay=0",
+                 "attr_train.max_steps_per_epoch=1"]
+    cfg = load_config(None, overrides)
+    assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet18", "false")
+    train_attribute_net(cfg)
+    ckpt = load_checkpoint(tmp_path / "out" / "attr" / "checkpoints" / "final")
+    assert ckpt.arch["backbone"] == "mobilenet_v2"
+    key = "features.14.conv.1.0.weight"  # a conv weight: lr 0 keeps the file's values
+    assert torch.equal(ckpt.weights[f"backbone.{key}"], state[key])

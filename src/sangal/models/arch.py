@@ -22,7 +22,7 @@ def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] |
     """The `arch` dict stored in checkpoints: everything needed to rebuild the model."""
     arch = {
         "kind": kind,
-        "backbone": cfg.model.backbone,
+        "backbone": cfg.model.attribute_backbone() if kind == "attribute" else cfg.model.backbone,
         "last_stride": cfg.model.last_stride,
         "attr_classes": list(attr_classes or []),
         "dataset": "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501",

@@ -21,6 +21,17 @@ by at most one (C >= K is required so none is empty). The paper writes the
 block size as c_activ/c_attr and assumes it divides evenly (it does not for
 Market's K = 27 attributes and C1 = 256/512/1024).
 
+Stages narrower than 2K (this toolkit's reading; the paper's ResNet-50 never has
+them): when C/2 < K, e.g. MobileNetV2's stride-8 stage (C = 32, C/2 = 16) with
+Market's K = 27, a block cannot hold a channel, so the rule is turned around:
+channel c of each half holds a *group* of attributes,
+``[floor(c*K/(C/2)), floor((c+1)*K/(C/2)))`` (floor or ceil of K/(C/2) attributes
+each, never none). ``beta_k`` is the sigmoid of the mean of the x1 channel that
+holds attribute k (eq. 3 with a one-channel block, shared by the group);
+``alpha_k`` is eq. 4 as before; channel c of x2 is multiplied by the mean of
+``alpha_k`` over its group. With C/2 = K both rules are the same; with
+C/2 >= K the module computes exactly what it always did.
+
 Reading of eq. 3: its printed form ``(1/hw) * sum_k sum_ij x`` sums over the
 block's channels; the text calls it "channel block average pooling", so we
 average over the block's channels as well (a sum would scale beta's logit by
@@ -91,7 +102,7 @@ def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False, gain: float = 1.0)
     """Apply ASAM (eqs. 3–4) to a Re-ID activation.
 
     Args:
-        x: Re-ID activation, (B, C, h, w) with C even and C/2 >= K.
+        x: Re-ID activation, (B, C, h, w) with C even (C/2 < K: grouped attributes, module docstring).
         aah: attribute attention heat maps, (B, K, h', w'); resized bilinearly
             (align_corners=False) to (h, w) when the sizes differ.
         extra_sigmoid: apply one more sigmoid to alpha (literal reading of the
@@ -113,29 +124,30 @@ def asam(x: Tensor, aah: Tensor, extra_sigmoid: bool = False, gain: float = 1.0)
     if c % 2:
         raise ValueError(f"ASAM needs an even number of channels to split in halves, got {c}")
     half = c // 2
-    if half < k:
-        raise ValueError(
-            f"ASAM needs at least one channel per attribute: half of {c} channels "
-            f"cannot be split into {k} attribute blocks"
-        )
     aah = aah.to(device=x.device, dtype=x.dtype)
     if aah.shape[-2:] != (h, w):
         aah = F.interpolate(aah, size=(h, w), mode="bilinear", align_corners=False)  # (B, K, h, w)
 
     x1, x2 = x[:, :half], x[:, half:]  # (B, C/2, h, w) each
-    index = block_index(half, k, x.device)  # (C/2,) block of each channel, same rule for x1 and x2
-
-    # Eq. 3: channel-block + global average pooling of x1, then sigmoid.
     channel_mean = x1.mean(dim=(2, 3))  # (B, C/2)
-    pool = _block_pool_matrix(half, k).to(device=x.device, dtype=x.dtype)  # (C/2, K)
-    beta = torch.sigmoid(channel_mean @ pool)  # (B, K)
+    if half >= k:  # eq. 3: block k of C/2 channels per attribute
+        pool = _block_pool_matrix(half, k).to(device=x.device, dtype=x.dtype)  # (C/2, K)
+        beta = torch.sigmoid(channel_mean @ pool)  # (B, K) channel-block + global average pooling
+    else:  # narrow stage: channel c holds a group of attributes (module docstring)
+        holder = block_index(k, half, x.device)  # (K,) channel holding each attribute
+        beta = torch.sigmoid(channel_mean.index_select(1, holder))  # (B, K)
 
     # Eq. 4: alpha_k = sigmoid(beta_k * AAH_k).
     alpha = torch.sigmoid((gain * beta)[:, :, None, None] * aah)  # (B, K, h, w)
     if extra_sigmoid:
         alpha = torch.sigmoid(alpha)
 
-    attended = x2 * alpha.index_select(1, index)  # (B, C/2, h, w): block k of x2 times alpha_k
+    if half >= k:
+        index = block_index(half, k, x.device)  # (C/2,) block of each channel, same rule as for x1
+        attended = x2 * alpha.index_select(1, index)  # (B, C/2, h, w): block k of x2 times alpha_k
+    else:
+        group_mean = _block_pool_matrix(k, half).to(device=x.device, dtype=x.dtype)  # (K, C/2)
+        attended = x2 * torch.einsum("bkhw,kc->bchw", alpha, group_mean)  # channel c times its group's mean alpha
     return torch.cat([x1, attended], dim=1)  # (B, C, h, w)
 
 

@@ -1,7 +1,8 @@
 """Pedestrian attribute classification network (paper §3.1, the AAH branch).
 
-The attribute branch of SAN-GAL: its own ResNet backbone (same structure as
-the Re-ID branch, no shared parameters — §3 special skill 2), global average
+The attribute branch of SAN-GAL: its own backbone (by default the Re-ID
+branch's structure, never its parameters — §3 special skill 2; any entry of
+:data:`~sangal.models.backbone.BACKBONES`, e.g. a light MobileNetV2), global average
 pooling, then one BN-FC head per attribute (the paper's "BN-FC-Softmax"; the
 softmax is applied where probabilities are needed: :meth:`AttributeNet.predict`,
 Grad-CAM's ``y^k`` of eq. (1) and the cross-entropy loss).
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from sangal.errors import ConfigError
-from sangal.models.backbone import ResNetBackbone, build_backbone
+from sangal.models.backbone import StagedBackbone, build_backbone
 
 __all__ = ["AttributeOutput", "AttributeNet", "BNFCHead"]
 
@@ -75,7 +76,7 @@ class AttributeNet(nn.Module):
     Args:
         num_classes: classes of each attribute head, e.g. Market-1501's binary
             schema ``[2] * 9 + [4] + [2] * 17`` (K = 27).
-        backbone: ResNet name accepted by :func:`~sangal.models.backbone.build_backbone`.
+        backbone: a name of :data:`~sangal.models.backbone.BACKBONES` (resnet50, mobilenet_v2, ...).
         pretrained: ImageNet weights (``True``), a local weights file, or ``False``.
         last_stride: stride of layer4 (1 keeps layer4 at H/16 x W/16).
     """
@@ -93,7 +94,7 @@ class AttributeNet(nn.Module):
                 f"num_classes must list at least one attribute with >= 2 classes each, got {num_classes!r}"
             )
         self.num_classes: list[int] = [int(c) for c in num_classes]
-        self.backbone: ResNetBackbone = build_backbone(backbone, pretrained, last_stride)
+        self.backbone: StagedBackbone = build_backbone(backbone, pretrained, last_stride)
         self.feature_dim: int = self.backbone.channels[3]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.heads = nn.ModuleList(BNFCHead(self.feature_dim, c) for c in self.num_classes)

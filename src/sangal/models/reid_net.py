@@ -10,7 +10,8 @@ Modes (the rows of Table 1):
 * ``"san-gal"`` — ``id+attr`` plus a parameter-free ASAM (eqs. 3–4) after
   layer2, layer3 and layer4, "all three residual blocks with feature map scale
   changes" (§3, special skill 2), each fed the attribute attention heat maps
-  (AAH, eq. 2) computed at the same stage of the attribute network.
+  (AAH, eq. 2) computed at the same stage of the attribute network. For a
+  non-ResNet backbone these are its stride-8/16/32 stages (models/backbone.py).
 
 Every mode returns the same :class:`ReIDOutput`, in training and evaluation.
 """
@@ -60,7 +61,7 @@ class ReIDNet(nn.Module):
         attr_classes: classes per attribute head (length K); required by
             ``"id+attr"`` and ``"san-gal"``; recorded but unused by ``"id"``.
         mode: one of :data:`MODES`.
-        backbone: ResNet name (see :func:`~sangal.models.backbone.build_backbone`).
+        backbone: a name of :data:`~sangal.models.backbone.BACKBONES` (resnet50, mobilenet_v2, ...).
         pretrained: ImageNet weights (True), a local weights file, or False.
         last_stride: stride of layer4 (1 or 2).
         extra_sigmoid: ASAM option (see :mod:`sangal.models.asam`).

@@ -59,8 +59,8 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     table = setup.load_attributes(cfg, dataset)
     records, targets = attribute_training_set(cfg, dataset, table)
     classes = table.schema.num_classes
-    model = AttributeNet(classes, backbone=cfg.model.backbone,
-                         pretrained=parse_pretrained(cfg.model.pretrained) if not resume else False,
+    model = AttributeNet(classes, backbone=cfg.model.attribute_backbone(),
+                         pretrained=parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False,
                          last_stride=cfg.model.last_stride).to(device)
     arch = arch_for(cfg, "attribute", attr_classes=classes)
     model = channels_last(model, cfg.train.channels_last)

@@ -100,10 +100,11 @@ class AAHSource:
                 from sangal.models.attribute_net import AttributeNet
 
                 log.warning("no attribute checkpoint at %s: the online attribute branch starts from %s",
-                            ckpt_dir, "ImageNet weights" if cfg.model.pretrained else "scratch")
+                            ckpt_dir, "ImageNet weights" if parse_pretrained(cfg.model.attribute_pretrained())
+                            else "scratch")
                 table_classes = targets_classes(cfg)
-                self.attr_net = AttributeNet(table_classes, backbone=cfg.model.backbone,
-                                             pretrained=parse_pretrained(cfg.model.pretrained),
+                self.attr_net = AttributeNet(table_classes, backbone=cfg.model.attribute_backbone(),
+                                             pretrained=parse_pretrained(cfg.model.attribute_pretrained()),
                                              last_stride=cfg.model.last_stride).to(device)
             self.attr_net.train()
 
