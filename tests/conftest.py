@@ -13,14 +13,19 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache_dir(tmp_path_factory):
-    """Image-check caches (sangal.data.verify) go to a temporary folder, never the user's ~/.cache."""
-    previous = os.environ.get("SANGAL_CACHE_DIR")
+    """Image-check caches (sangal.data.verify) go to a temporary folder, never the user's ~/.cache; the ImageNet
+    weights `make test` fetched (`sangal weights fetch`) stay where they are, read-only for the tests."""
+    from sangal.models.weights import weights_dir
+
+    previous = {key: os.environ.get(key) for key in ("SANGAL_CACHE_DIR", "SANGAL_WEIGHTS_DIR")}
+    os.environ["SANGAL_WEIGHTS_DIR"] = str(weights_dir())
     os.environ["SANGAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("sangal-cache"))
     yield
-    if previous is None:
-        os.environ.pop("SANGAL_CACHE_DIR", None)
-    else:
-        os.environ["SANGAL_CACHE_DIR"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

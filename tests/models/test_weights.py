@@ -53,6 +53,7 @@ def reference() -> dict[str, torch.Tensor]:
 @pytest.fixture()
 def cache(tmp_path, monkeypatch) -> Path:
     """An empty weights cache of this test's own."""
+    monkeypatch.delenv("SANGAL_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("TORCH_HOME", raising=False)
     monkeypatch.setenv("SANGAL_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache" / "weights"
@@ -168,7 +169,10 @@ def test_offline_without_a_cached_file_says_what_to_run(cache, monkeypatch) -> N
 
 
 def test_cache_location_follows_torch_home(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SANGAL_WEIGHTS_DIR", str(tmp_path / "wd"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert weights.weights_dir() == tmp_path / "wd"  # an explicit weights folder wins
+    monkeypatch.delenv("SANGAL_WEIGHTS_DIR")
     assert weights.cached_file("mobilenet_v2") == tmp_path / "th" / "sangal" / "mobilenet_v2.safetensors"
     monkeypatch.delenv("TORCH_HOME")
     monkeypatch.setenv("SANGAL_CACHE_DIR", str(tmp_path / "sc"))

@@ -110,10 +110,13 @@ SOURCES: dict[str, WheelSource] = {
 
 
 def weights_dir() -> Path:
-    """The weights cache: ``$TORCH_HOME/sangal`` if TORCH_HOME is set, else ``<sangal cache>/weights``.
+    """The weights cache: ``$SANGAL_WEIGHTS_DIR``; else ``$TORCH_HOME/sangal`` if TORCH_HOME is set; else
+    ``<sangal cache>/weights``.
 
     The sangal cache is ``$SANGAL_CACHE_DIR``, else ``$XDG_CACHE_HOME/sangal`` or ``~/.cache/sangal``.
     """
+    if os.environ.get("SANGAL_WEIGHTS_DIR"):
+        return Path(os.environ["SANGAL_WEIGHTS_DIR"]).expanduser()
     if os.environ.get("TORCH_HOME"):
         return Path(os.environ["TORCH_HOME"]).expanduser() / "sangal"
     from sangal.data.verify import cache_dir
