@@ -74,8 +74,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with the paper's schedule (§4.1.3): warmup 3e-5 -> 1e-3, steps at epochs 5/7/15."""
+    """SGD with the paper's schedule (§4.1.3): warmup 3e-5 -> 1e-3, steps at epochs 5/7/15; or Adam."""
 
+    optimizer: str = "sgd"  # sgd (the paper) | adam (Adam with L2 weight decay, as BoT/fast-reid fine-tune)
     lr: float = 1e-3
     warmup_start_lr: float = 3e-5
     warmup_epochs: float = 2.0
@@ -84,6 +85,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    head_lr_scale: float = 1.0  # lr of the layers an ImageNet backbone lacks (BN neck, ID classifier, attribute
+    # heads) relative to the backbone's: new layers start from scratch, so fine-tuning usually wants them faster
 
 
 @dataclass
@@ -124,6 +127,7 @@ class TrainConfig:
 class AttrTrainConfig:
     """Attribute-network pretraining (the paper's offline mode trains it first)."""
 
+    optimizer: str = "sgd"  # sgd (momentum 0.9) | adam
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-2
@@ -191,6 +195,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": BACKBONE_CHOICES,
     "model.attr_backbone": ("", *BACKBONE_CHOICES),
     "model.mode": ("id", "id+attr", "san-gal"),
+    "optim.optimizer": ("sgd", "adam"),
+    "attr_train.optimizer": ("sgd", "adam"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),
     "train.aah_targets": ("labels", "predicted", "agnostic"),

@@ -122,3 +122,16 @@ def test_san_gal_evaluates_with_fast_maps(run, tmp_path) -> None:
     fast = evaluate_checkpoint(_cfg(run, *base, *FAST), final)
     for metrics in (exact, fast):
         assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_valid_queries"] > 0
+
+
+def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch) -> None:
+    import sangal.aah.distill as distill_module
+
+    first = _distilled(run)
+    monkeypatch.setattr(distill_module, "distill", lambda cfg: pytest.fail("refitted a valid predictor"))
+    again = distill_module.ensure_distilled(run["cfg"])
+    assert again["reused"] is True and again["val"] == first["val"]
+    monkeypatch.setattr(distill_module, "distill", lambda cfg: {"path": "new"})
+    with open(run["ckpt"] / "map_predictor.safetensors", "r+b") as f:  # no longer a readable predictor
+        f.write(b"garbage!")
+    assert distill_module.ensure_distilled(run["cfg"]) == {"path": "new", "reused": False}

@@ -148,3 +148,20 @@ def test_study_on_mobilenet_v2_records_each_networks_backbone(tiny_synth, tiny_o
     assert load_checkpoint(tmp_path / "attr" / "checkpoints" / "final").arch["backbone"] == attr_backbone
     reid = sorted((tmp_path / "runs").glob("*/seed0/reid/*/checkpoints/final"))
     assert len(reid) == 2 and all(load_checkpoint(d).arch["backbone"] == reid_backbone for d in reid)
+    nets = doc["config"]["networks"]
+    assert nets == {"reid": {"backbone": reid_backbone, "pretrained": False, "weights": None},
+                    "attribute": {"backbone": attr_backbone, "pretrained": False, "weights": None}}
+
+
+def test_each_variant_records_its_own_re_id_network() -> None:
+    from sangal.config import with_overrides
+    from sangal.experiments.study import networks
+
+    cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.pretrained=true"])
+    scratch = networks(with_overrides(cfg, ["model.pretrained=false"]))
+    assert networks(cfg)["reid"] == {"backbone": "mobilenet_v2", "pretrained": True, "weights": "imagenet"}
+    assert scratch["reid"]["pretrained"] is False and scratch["reid"]["weights"] is None
+    assert networks(load_config(None, ["model.pretrained=/w/r50.safetensors"]))["attribute"]["weights"] == \
+        "/w/r50.safetensors"
+    names = [v.name for v in PRESETS["hypotheses"]]
+    assert names[-2:] == ["id, from scratch", "san-gal, from scratch"]

@@ -82,6 +82,45 @@ def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, 
         assert torch.equal(a[key], b[key]), key
 
 
+def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
+    """optim.optimizer=adam with optim.head_lr_scale: two parameter groups, heads at the scaled lr, exact resume."""
+    from sangal.train.reid import train_reid
+
+    extra = ("model.mode=id+attr", "optim.optimizer=adam", "optim.lr=1e-3", "optim.warmup_start_lr=1e-4",
+             "optim.head_lr_scale=4")
+    full = cfg_for(prepared, tmp_path / "full", *extra)
+    train_reid(full)
+    split = cfg_for(prepared, tmp_path / "split", *extra)
+    assert train_reid(split, stop_after_steps=1) == {}
+    state = json.loads((tmp_path / "split/reid/id+attr/checkpoints/last/state.json").read_text())
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and [g["lr_scale"] for g in groups] == [1.0, 4.0]
+    assert groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"]) and "betas" in groups[0]  # Adam's
+    train_reid(split, resume=True)
+    a = load_file(tmp_path / "full/reid/id+attr/checkpoints/final/model.safetensors")
+    b = load_file(tmp_path / "split/reid/id+attr/checkpoints/final/model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_parameter_groups_split_backbone_from_new_layers():
+    from sangal.models.reid_net import ReIDNet
+    from sangal.train.loop import make_optimizer, set_lr
+    from sangal.train.reid import param_groups
+
+    net = ReIDNet(5, [2, 3], mode="id+attr", backbone="resnet18", pretrained=False)
+    one = param_groups(net, None, 1.0)
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(net.parameters()))  # the layout of earlier versions
+    backbone, heads = param_groups(net, None, 10.0)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.backbone.parameters()}
+    assert len(heads["params"]) == len(list(net.parameters())) - len(backbone["params"]) > 0
+    sgd = make_optimizer([backbone, heads], "sgd", 0.1, 5e-4)
+    set_lr(sgd, 0.01)
+    assert [g["lr"] for g in sgd.param_groups] == [0.01, pytest.approx(0.1)]
+    with pytest.raises(ValueError, match="'sgd' or 'adam'"):
+        make_optimizer([backbone], "lamb", 0.1, 0.0)
+
+
 def test_resume_refuses_checkpoint_of_another_architecture(prepared, tmp_path):
     from sangal.train.reid import train_reid
 

@@ -31,7 +31,7 @@ from sangal.aah.fast import combine_logit_maps, layer4_logit_maps
 from sangal.aah.gradcam import normalize_heatmaps, target_classes
 from sangal.aah.job import aah_cache_dir, build_caches
 from sangal.aah.modes import aah_targets_for
-from sangal.aah.predictor import save_map_predictor
+from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor, save_map_predictor
 from sangal.config import with_overrides
 from sangal.data import ImageDataset, build_transforms, setup
 from sangal.errors import CheckpointError, ConfigError
@@ -41,7 +41,7 @@ from sangal.runtime.distributed import resolve_device
 from sangal.store.checkpoint import load_model
 from sangal.store.paths import default_paths
 
-__all__ = ["distill", "distill_loss", "fit_map_predictor", "map_agreement"]
+__all__ = ["distill", "distill_loss", "ensure_distilled", "fit_map_predictor", "map_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +233,15 @@ def distill(cfg) -> dict:
                                                 "cache": str(cache.path)})
     log.info("map predictor saved to %s", path)
     return {"path": str(path), **metrics}
+
+
+def ensure_distilled(cfg) -> dict:
+    """The map predictor of the config's attribute checkpoint: kept when one fitted to these weights exists
+    (its recorded figures are returned, ``reused``: true), else fitted with :func:`distill`."""
+    ckpt = Path(default_paths(cfg)["attr_checkpoint"])
+    try:
+        meta = load_map_predictor(ckpt).meta  # refuses a predictor fitted to other attribute weights
+    except CheckpointError as exc:
+        log.info("distilling: %s", exc)
+        return {**distill(cfg), "reused": False}
+    return {"path": str(ckpt / PREDICTOR_FILE), **meta["metrics"], "reused": True}

@@ -131,7 +131,10 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
     table = setup.load_attributes(cfg, dataset)
     total = sum(timings.values())
     summary = list(dataset.summary().splitlines())
-    summary += [f"backbone {cfg.model.backbone} (no pretraining) at {cfg.data.height}x{cfg.data.width}; per variant "
+    nets = doc.get("config", {}).get("networks") or {}
+    described = "; ".join(f"{name} net {n['backbone']} ({'ImageNet' if n['pretrained'] else 'from scratch'})"
+                          for name, n in nets.items())
+    summary += [f"{described} at {cfg.data.height}x{cfg.data.width}; per variant "
                 f"{plan.epochs} epochs of {plan.steps_per_epoch or 'all'} P×K = {plan.p}×{plan.k} batches; "
                 f"attribute net {plan.attr_epochs} epochs",
                 f"{len(doc['seeds'])} paired seeds per variant (same initial shared weights and batch order); "

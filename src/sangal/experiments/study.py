@@ -23,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.job import aah_cache_dir
-from sangal.config import Config, to_dict, with_overrides
+from sangal.config import Config, parse_pretrained, to_dict, with_overrides
 from sangal.data import setup
 from sangal.errors import ConfigError
+from sangal.experiments.localisation import localisation_rows
 from sangal.store.files import write_json_atomic
 from sangal.store.paths import default_paths
-from sangal.viz.localisation import REGION_KEYS
 
 log = logging.getLogger(__name__)
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
-STAGES = ("layer2", "layer3", "layer4")
 FORMAT_VERSION = 1
 
 
@@ -66,6 +64,9 @@ PRESETS: dict[str, tuple[Variant, ...]] = {
         Variant("san-gal (paper), gain 4", ("model.mode=san-gal", "train.aah_targets=labels", "model.asam_gain=4")),
         Variant("san-gal (paper), extra sigmoid", ("model.mode=san-gal", "train.aah_targets=labels",
                                                    "model.extra_sigmoid=true")),
+        # The regime: both Re-ID rows again from random weights (the study's attribute net stays as it is).
+        Variant("id, from scratch", ("model.mode=id", "model.pretrained=false")),
+        Variant("san-gal, from scratch", ("model.mode=san-gal", "model.pretrained=false")),
     ),
 }
 
@@ -104,7 +105,6 @@ def variant_config(cfg: Config, variant: Variant, seed: int) -> Config:
 def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds: list[int],
               reference: str = "id", localisation_images: int = 600) -> dict:
     """Run every (seed, variant) into ``cfg.out`` (resuming what is done) and write ``study.json``."""
-    from sangal.aah.job import build_caches
     from sangal.train.reid import train_reid
 
     names = [v.name for v in variants]
@@ -121,11 +121,7 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
         t = time.time()
         attributes = ensure_attribute_net(cfg)
         timings["attribute net"] = time.time() - t
-    t = time.time()
-    for c in configs.values():
-        if c.model.mode == "san-gal" and c.train.aah == "offline":
-            build_caches(c)  # one cache per (split, map mode); up-to-date ones are left alone
-    timings["heat-map caches"] = time.time() - t
+    distilled = _heat_maps(configs, timings)
 
     results: dict[str, list[dict]] = {v.name: [] for v in variants}
     doc = _document(cfg, variants, seeds, reference, results, attributes, None, timings, complete=False)
@@ -143,11 +139,37 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
         write_json_atomic(out / "localisation.json", rows)
         timings["localisation"] = time.time() - t
     doc = _document(cfg, variants, seeds, reference, results, attributes, loc, timings, complete=True)
+    if distilled is not None:
+        doc["distill"] = distilled
     write_json_atomic(out / "study.json", doc)
     from sangal.store.files import atomic_write_text
 
     atomic_write_text(out / "study.md", markdown_study(doc))
     return doc
+
+
+def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | None:
+    """Every cache the san-gal variants read; with eval.aah=fast, the map predictor is distilled from the exact
+    train maps before the (forward-only) query/gallery caches are built. Returns the predictor's figures."""
+    from sangal.aah.distill import ensure_distilled
+    from sangal.aah.job import build_caches
+
+    offline = [c for c in configs.values() if c.model.mode == "san-gal" and c.train.aah == "offline"]
+    t = time.time()
+    for c in offline:
+        build_caches(c, splits=["train"])  # one cache per (split, map mode); up-to-date ones are left alone
+    timings["heat-map caches"] = time.time() - t
+    fast = [c for c in offline if c.eval.aah == "fast"]
+    distilled = None
+    if fast:
+        t = time.time()
+        distilled = ensure_distilled(fast[0])
+        timings["distill"] = time.time() - t
+    t = time.time()
+    for c in offline:
+        build_caches(c, splits=["query", "gallery"])
+    timings["heat-map caches"] += time.time() - t
+    return distilled
 
 
 def _run_one(run_cfg: Config, train_reid) -> dict:
@@ -195,10 +217,12 @@ def _document(cfg, variants, seeds, reference, results, attributes, localisation
     doc: dict = {"format_version": FORMAT_VERSION, "complete": complete, "units": "percent",
                  "seeds": list(seeds), "reference": reference, "variants": {}, "paired": {}, "pairing": {},
                  "attributes": attributes, "localisation": localisation, "timings": timings,
-                 "config": to_dict(cfg)}
+                 "config": {**to_dict(cfg), "networks": networks(cfg)}}
     for v in variants:
         runs = results[v.name]
-        entry: dict = {"overrides": list(v.overrides), "seeds": runs}
+        # the Re-ID net follows the variant's overrides; the attribute net is the study's, trained once from cfg
+        entry: dict = {"overrides": list(v.overrides), "seeds": runs,
+                       "networks": {**networks(cfg), "reid": networks(with_overrides(cfg, list(v.overrides)))["reid"]}}
         if runs:
             for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else math.nan)):
                 entry[stat] = {k: _num(fn([r[k] for r in runs])) for k in METRICS}
@@ -223,90 +247,21 @@ def _document(cfg, variants, seeds, reference, results, attributes, localisation
     return doc
 
 
+def networks(cfg: Config) -> dict:
+    """Each network's backbone and whether it starts from ImageNet weights (``weights``: "imagenet", a file, or None)."""
+    def entry(backbone: str, pretrained: str) -> dict:
+        value = parse_pretrained(pretrained)
+        return {"backbone": backbone, "pretrained": value is not False,
+                "weights": "imagenet" if value is True else (value or None)}
+
+    return {"reid": entry(cfg.model.backbone, cfg.model.pretrained),
+            "attribute": entry(cfg.model.attribute_backbone(), cfg.model.attribute_pretrained())}
+
+
 def _num(x: float) -> float | None:
     """JSON-safe float (NaN -> None)."""
     x = float(x)
     return None if math.isnan(x) else x
-
-
-# ------------------------------------------------------------------ localisation
-def load_masks(data_root: Path, records) -> dict[str, np.ndarray]:
-    """Region masks (N, H, W) bool per region, from the synthetic generator's per-image .npz files."""
-    masks: dict[str, list[np.ndarray]] = {key: [] for key in REGION_KEYS}
-    for record in records:
-        path = Path(data_root) / "masks" / Path(record.path).parent.name / (Path(record.path).stem + ".npz")
-        with np.load(path) as npz:
-            for key in REGION_KEYS:
-                masks[key].append(npz[key].astype(bool))
-    return {key: np.stack(value) for key, value in masks.items()}
-
-
-def present_matrix(schema, targets: np.ndarray) -> np.ndarray:
-    """(N, K) bool: for yes/no attributes only images labelled "yes" count; others always."""
-    present = np.ones(targets.shape, dtype=bool)
-    for k, attribute in enumerate(schema.attributes):
-        if tuple(attribute.classes) == ("no", "yes"):
-            present[:, k] = targets[:, k] == 1
-    return present
-
-
-def _predicted_gallery_cache(cfg: Config, gallery):
-    """The valid exact predicted-class gallery cache of this study, or None."""
-    from sangal.aah.cache import AAHCache
-    from sangal.errors import CacheError
-
-    pcfg = with_overrides(cfg, ["train.aah_targets=predicted", "eval.aah=exact"])
-    try:
-        return AAHCache.open(aah_cache_dir(pcfg, "gallery"), records=gallery, targets="predicted",
-                             attr_ckpt_dir=default_paths(cfg)["attr_checkpoint"], height=cfg.data.height,
-                             width=cfg.data.width, normalize=cfg.model.aah_normalize, method="exact")
-    except CacheError:
-        return None
-
-
-def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], dict]:
-    """Per-attribute localisation rows at each stage of the attribute net's predicted-class maps on gallery
-    images, against the generator's masks; and the per-stage macro means (the study.json entry)."""
-    from sangal.aah.gradcam import attribute_heatmaps
-    from sangal.runtime.distributed import resolve_device
-    from sangal.runtime.precision import autocast, channels_last
-    from sangal.store.checkpoint import load_model
-    from sangal.viz.localisation import localisation_scores
-
-    device = resolve_device(cfg.train.device)
-    dataset = setup.load_reid_dataset(cfg)
-    table = setup.load_attributes(cfg, dataset)
-    records = [r for r in dataset.gallery if r.raw_pid > 0]
-    if len(records) > max_images:  # an even spread over the gallery, the same every time
-        records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
-    maps: list[list[np.ndarray]] = [[], [], []]
-    cached = _predicted_gallery_cache(cfg, dataset.gallery)
-    if cached is not None:  # the maps the study's caches already hold: no Grad-CAM pass
-        index = {str(r.path): i for i, r in enumerate(dataset.gallery)}
-        for store, m in zip(maps, cached.get([index[str(r.path)] for r in records])):
-            store.append(m.numpy())
-        records_to_compute: list = []
-    else:
-        records_to_compute = records
-    net, _ = load_model(default_paths(cfg)["attr_checkpoint"], expected_kind="attribute", device=str(device))
-    net = channels_last(net.eval(), cfg.train.channels_last)
-    for batch in (setup.test_loader(records_to_compute, cfg) if records_to_compute else []):
-        with autocast(device, cfg.train.amp):
-            stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), cfg.train.channels_last),
-                                            None, normalize=cfg.model.aah_normalize)
-        for store, m in zip(maps, stage_maps):
-            store.append(m.cpu().numpy())
-    masks = load_masks(Path(cfg.data.root), records)
-    present = present_matrix(table.schema, setup.attribute_targets(table, records, "test"))
-    rows, summary = [], {}
-    for stage, stage_maps in zip(STAGES, maps):
-        scores = localisation_scores(np.concatenate(stage_maps), masks, table.schema, present=present)
-        mean = scores[-1]
-        summary[stage] = {"energy": 100.0 * mean["energy"], "energy_uniform": 100.0 * mean["energy_uniform"],
-                          "pointing": 100.0 * mean["pointing"], "pointing_chance": 100.0 * mean["pointing_uniform"],
-                          "images": len(records), "attributes": len(scores) - 1}
-        rows += [{**r, "stage": stage} for r in scores]
-    return rows, summary
 
 
 def markdown_study(doc: dict) -> str:

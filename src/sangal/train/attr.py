@@ -13,7 +13,16 @@ from sangal.models.arch import arch_for
 from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import autocast, channels_last
 from sangal.store.paths import default_paths
-from sangal.train.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
+from sangal.train.loop import (
+    Position,
+    RunLogger,
+    StopSignal,
+    check_finite,
+    make_optimizer,
+    resume_from,
+    set_lr,
+    warmup_step_lr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +74,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     arch = arch_for(cfg, "attribute", attr_classes=classes)
     model = channels_last(model, cfg.train.channels_last)
     tc = cfg.attr_train
-    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(list(model.parameters()), tc.optimizer, tc.lr, tc.weight_decay)
     last_dir = run_dir / "checkpoints" / "last"
     pos = resume_from(last_dir, model, optimizer, arch, "attribute")[1] if resume else Position()
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history

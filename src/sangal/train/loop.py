@@ -67,6 +67,19 @@ def resume_from(last_dir: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return ckpt, Position(state["epoch"], state["step"], state["global_step"], state.get("history"), dict(state))
 
 
+def make_optimizer(groups: list[dict] | list[torch.nn.Parameter], name: str, lr: float, weight_decay: float,
+                   momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or Adam, both with L2 weight decay; the schedule sets the lr per step.
+
+    Adam is what BoT/fast-reid fine-tune ImageNet backbones with; SGD is the paper's (§4.1.3).
+    """
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name != "sgd":
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -22,7 +22,16 @@ from sangal.models.arch import arch_for
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
-from sangal.train.loop import Position, RunLogger, StopSignal, check_finite, resume_from, set_lr, warmup_step_lr
+from sangal.train.loop import (
+    Position,
+    RunLogger,
+    StopSignal,
+    check_finite,
+    make_optimizer,
+    resume_from,
+    set_lr,
+    warmup_step_lr,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +151,17 @@ def targets_classes(cfg: Config) -> list[int]:
     return get_schema("dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501", cfg.data.colour_mode).num_classes
 
 
+def param_groups(model: nn.Module, aah_source: AAHSource | None, head_lr_scale: float) -> list[dict]:
+    """Backbone (+ online attribute branch) parameters at the schedule's lr; the Re-ID net's new layers (BN neck,
+    ID classifier, attribute heads) at ``head_lr_scale`` times it (``loop.set_lr`` honours ``lr_scale``)."""
+    extra = aah_source.parameters() if aah_source else []
+    if head_lr_scale == 1.0:  # one group, in the order checkpoints of earlier versions recorded
+        return [{"params": list(model.parameters()) + extra}]
+    backbone = [p for name, p in model.named_parameters() if name.startswith("backbone.")]
+    heads = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    return [{"params": backbone + extra, "lr_scale": 1.0}, {"params": heads, "lr_scale": float(head_lr_scale)}]
+
+
 def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
     """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics."""
     from sangal.data import IdentitySampler, ImageDataset, build_transforms
@@ -170,9 +190,9 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     model = channels_last(model, cfg.train.channels_last)
     arch = arch_for(cfg, "reid", dataset.num_train_pids, attr_classes)
     aah_source = AAHSource(cfg, dataset.train, train_attrs, info.device, paths) if mode == "san-gal" else None
-    params = list(model.parameters()) + (aah_source.parameters() if aah_source else [])
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.warmup_start_lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    oc = cfg.optim
+    optimizer = make_optimizer(param_groups(model, aah_source, oc.head_lr_scale), oc.optimizer, oc.warmup_start_lr,
+                               oc.weight_decay, oc.momentum, oc.nesterov)
 
     last_dir = run_dir / "checkpoints" / "last"
     pos = resume_from(last_dir, model, optimizer, arch, "reid")[1] if resume else Position()
