@@ -46,3 +46,11 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
         "model.mode=san-gal", f"train.attr_checkpoint={tmp_path / 'a' / 'attr' / 'checkpoints' / 'final'}",
         f"train.aah_cache={tmp_path / 'a' / 'aah'}"]))
     assert 0.0 <= metrics["rank1"] <= 1.0 and np.isfinite(metrics["mAP"])
+
+
+def test_gradcam_uses_channels_last_only_with_bf16() -> None:
+    from sangal.runtime.precision import gradcam_channels_last
+
+    assert gradcam_channels_last(amp=True, channels_last_enabled=True) is True
+    assert gradcam_channels_last(amp=False, channels_last_enabled=True) is False  # slower in float32 (measured)
+    assert gradcam_channels_last(amp=True, channels_last_enabled=False) is False

@@ -32,7 +32,7 @@ from sangal.store.files import file_sha256, save_safetensors
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
-STUDY = Path(__file__).resolve().parents[2] / "docs" / "experiments" / "hypotheses" / "study.json"
+STUDY = LEGACY / "study.json"  # the hypothesis study of 2026-12-02, written by 42326b3
 
 
 def _fill_deterministic():

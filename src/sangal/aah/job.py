@@ -9,6 +9,7 @@ from sangal.aah.modes import aah_mode, aah_targets_for
 from sangal.config import Config
 from sangal.data import setup
 from sangal.errors import CheckpointError, ConfigError
+from sangal.runtime.precision import gradcam_channels_last
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
             AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
                            batch_size=cfg.data.test_batch_size, device=str(device),
                            num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize, method=method,
-                           amp=cfg.train.amp, channels_last=cfg.train.channels_last)
+                           amp=cfg.train.amp,
+                           channels_last=gradcam_channels_last(cfg.train.amp, cfg.train.channels_last))
         out[split] = cache_dir
     return out
 

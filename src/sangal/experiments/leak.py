@@ -19,6 +19,7 @@ import torch
 
 from sangal.config import Config
 from sangal.data import setup
+from sangal.runtime.precision import gradcam_channels_last
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def oracle_evaluation(run_cfg: Config) -> dict:
                     cache = AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height,
                                            run_cfg.data.width, targets=targets, batch_size=run_cfg.data.test_batch_size,
                                            normalize=run_cfg.model.aah_normalize, amp=run_cfg.train.amp,
-                                           channels_last=run_cfg.train.channels_last)
+                                           channels_last=gradcam_channels_last(run_cfg.train.amp,
+                                                                                run_cfg.train.channels_last))
                 aah_fn = aah_from_cache(cache)
             sets[split] = extract_features(model, setup.test_loader(records, run_cfg), flip=run_cfg.eval.flip,
                                            aah_fn=aah_fn, progress=False)

@@ -58,7 +58,7 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
     images, against the generator's masks; and the per-stage macro means (the study.json entry)."""
     from sangal.aah.gradcam import attribute_heatmaps
     from sangal.runtime.distributed import resolve_device
-    from sangal.runtime.precision import autocast, channels_last
+    from sangal.runtime.precision import autocast, channels_last, gradcam_channels_last
     from sangal.store.checkpoint import load_model
     from sangal.viz.localisation import localisation_scores
 
@@ -78,10 +78,11 @@ def localisation_rows(cfg: Config, max_images: int = 600) -> tuple[list[dict], d
     else:
         records_to_compute = records
     net, _ = load_model(default_paths(cfg)["attr_checkpoint"], expected_kind="attribute", device=str(device))
-    net = channels_last(net.eval(), cfg.train.channels_last)
+    layout = gradcam_channels_last(cfg.train.amp, cfg.train.channels_last)
+    net = channels_last(net.eval(), layout)
     for batch in (setup.test_loader(records_to_compute, cfg) if records_to_compute else []):
         with autocast(device, cfg.train.amp):
-            stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), cfg.train.channels_last),
+            stage_maps = attribute_heatmaps(net, channels_last(batch["image"].to(device), layout),
                                             None, normalize=cfg.model.aah_normalize)
         for store, m in zip(maps, stage_maps):
             store.append(m.cpu().numpy())
