@@ -106,8 +106,9 @@ class TrainConfig:
 
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
-    aah_targets: str = "predicted"  # Grad-CAM class of the training maps: predicted (default, as at test time;
-    # README "What the study says") | labels (the paper's literal choice) | agnostic (|S|; sangal.aah.modes)
+    aah_targets: str = "labels"  # Grad-CAM class of the training maps: labels (the paper; default, the better one
+    # from ImageNet) | predicted (as at test time; better with a weak attribute net) | agnostic (|S|; sangal.aah.modes).
+    # README "What the study says"
     aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
     aah_cache: str | None = None  # default: <out>/aah

@@ -1,4 +1,5 @@
-"""Hypothesis study on the demo's data (same plan as `sangal demo`), primary rows first."""
+"""Hypothesis study on the demo's data and config (same plan as `sangal demo`): ROWS of the `hypotheses` preset,
+or all of them when ROWS is omitted.  Usage: run_study.py OUT SEEDS [ROWS separated by |]"""
 import logging
 import sys
 from pathlib import Path
@@ -6,9 +7,10 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 from sangal.data.synthetic import generate_synthetic
 from sangal.experiments.demo import PLANS, demo_config
-from sangal.experiments.study import PRESETS, Variant, format_study, run_study
+from sangal.experiments.study import PRESETS, format_study, run_study
 
-out = Path(sys.argv[1]); seeds = int(sys.argv[2]); rows = sys.argv[3].split("|")
+out = Path(sys.argv[1]); seeds = int(sys.argv[2])
+rows = sys.argv[3].split("|") if len(sys.argv) > 3 else [v.name for v in PRESETS["hypotheses"]]
 plan = PLANS["standard"]
 root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,
                           width=plan.width, images_per_cam=plan.images_per_cam, progress=False)

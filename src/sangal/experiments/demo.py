@@ -19,7 +19,7 @@ from sangal.experiments.study import PRESETS, Variant
 
 log = logging.getLogger(__name__)
 
-#: The demo's rows: the paper's Table 1, SAN-GAL with the toolkit's default maps (train.aah_targets=predicted).
+#: The demo's rows: the paper's Table 1, SAN-GAL with the default, label-guided training maps (train.aah_targets).
 #: The paper's literal label-guided maps and the other hypotheses: `sangal study --variants hypotheses`.
 VARIANTS: tuple[Variant, ...] = PRESETS["table1"]
 

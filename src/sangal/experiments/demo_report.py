@@ -163,9 +163,10 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
             "generator's part masks, at each stage; the uniform baseline is what a flat map scores.",
             "Paired differences: per seed, variant minus id, then mean and 95 % t interval over seeds; the "
             "seeds share initial weights and batch order across variants, so seed-to-seed spread cancels.",
-            "san-gal uses the toolkit's default training maps (train.aah_targets=predicted): they follow the "
-            "attribute net's predictions, as test maps must. The paper's label-guided training maps are "
-            "train.aah_targets=labels; README 'What the study says' compares them.",
+            "san-gal trains on the paper's label-guided heat maps (train.aah_targets=labels, the default); test "
+            "maps follow the attribute net's predictions, computed forward-only (eval.aah=fast, as export and "
+            "search use them). README 'What the study says' compares them with predicted-class and "
+            "class-agnostic training maps.",
         ],
         config=to_dict(cfg),
     )
