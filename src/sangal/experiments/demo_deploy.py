@@ -3,7 +3,7 @@ and a query image, so that the README's "What next" commands (export, index, sea
 
 * the distilled map predictor (``sangal distill``; the study fits it first when its test maps are fast): it lives in
   the attribute checkpoint, so SAN-GAL models export to ONNX and index with ``--aah fast``; its held-out agreement
-  goes to the report and ``<out>/distill.json``.
+  (in study.json and in the predictor file's metadata) goes to the report.
 * ``<out>/best-san-gal``: a relative symlink to the final checkpoint of the SAN-GAL seed with the highest mAP.
 * ``<out>/query.jpg``: the first query image (by name) of an identity labelled with a backpack, so that
   ``--where backpack=yes`` keeps its true matches.
@@ -24,21 +24,12 @@ from sangal.config import Config
 from sangal.data import setup
 from sangal.errors import CheckpointError
 from sangal.experiments.study import run_dir
-from sangal.store.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 BEST_LINK = "best-san-gal"
 QUERY_FILE = "query.jpg"
-DISTILL_FILE = "distill.json"
 SAN_GAL = "san-gal"
-
-
-def distilled_predictor(cfg: Config, doc: dict) -> dict:
-    """The map predictor's figures: the study distilled it when its san-gal maps are fast; else fit it now."""
-    result = doc.get("distill") or ensure_distilled(cfg)
-    write_json_atomic(Path(cfg.out) / DISTILL_FILE, result)
-    return result
 
 
 def best_seed(doc: dict, variant: str = SAN_GAL) -> int:
@@ -47,9 +38,8 @@ def best_seed(doc: dict, variant: str = SAN_GAL) -> int:
     return int(max(seeds, key=lambda r: (r["mAP"], -r["seed"]))["seed"])
 
 
-def link_best(out: Path, doc: dict, variant: str = SAN_GAL) -> Path:
-    """``<out>/best-san-gal`` -> the final checkpoint of the best seed (relative symlink, replaced atomically)."""
-    seed = best_seed(doc, variant)
+def link_best(out: Path, seed: int, variant: str = SAN_GAL) -> Path:
+    """``<out>/best-san-gal`` -> the final checkpoint of ``seed``'s run (relative symlink, replaced atomically)."""
     target = run_dir(out, variant, seed) / "reid" / "san-gal" / "checkpoints" / "final"
     if not target.is_dir():
         raise CheckpointError(f"the best {variant} run (seed {seed}) has no final checkpoint at {target}")
@@ -79,12 +69,13 @@ def pick_query(cfg: Config, out: Path, attribute: str = "backpack", value: str =
 def prepare_deployment(cfg: Config, doc: dict) -> dict:
     """All three artefacts for a finished demo study; returns what the report and the summary show."""
     out = Path(cfg.out)
-    result = distilled_predictor(cfg, doc)
-    link = link_best(out, doc)
+    result = doc.get("distill") or ensure_distilled(cfg)  # the study distilled it when its san-gal maps are fast
+    seed = best_seed(doc)
+    link = link_best(out, seed)
     query = pick_query(cfg, out)
-    log.info("deployment: %s -> %s; query %s", link, os.readlink(link), query)
-    return {"distill": result, "best": {"link": str(link), "seed": best_seed(doc), "target": os.readlink(link)},
-            "query": str(query)}
+    target = os.readlink(link)
+    log.info("deployment: %s -> %s; query %s", link, target, query)
+    return {"distill": result, "best": {"link": str(link), "seed": seed, "target": target}, "query": str(query)}
 
 
 def agreement_rows(result: dict) -> list[dict]:
