@@ -82,6 +82,7 @@ def cuda_tests(a: argparse.Namespace) -> tuple[str, str]:
 def prepare_data(a: argparse.Namespace, tmp: Path):
     """Synthetic dataset, attribute labels, a random attribute checkpoint and its train AAH cache."""
     from sangal.aah.cache import AAHCache
+    from sangal.aah.spec import Targets
     from sangal.data import load_dataset, read_attribute_mat
     from sangal.data.synthetic import generate_synthetic
     from sangal.models.attribute_net import AttributeNet
@@ -97,8 +98,9 @@ def prepare_data(a: argparse.Namespace, tmp: Path):
             "width": a.width}
     ckpt = save_checkpoint(tmp / "attr", attr, arch, {})
     t0 = time.perf_counter()
-    cache = AAHCache.build(tmp / "aah_train", ckpt, ds.train, a.height, a.width, targets=attrs,
-                           batch_size=64 if not a.dry_run else 8, device=a.device, progress=False)
+    cache = AAHCache.build(tmp / "aah_train", ckpt, ds.train, a.height, a.width,
+                           targets=Targets("labels", attrs), batch_size=64 if not a.dry_run else 8, device=a.device,
+                           progress=False)
     sync(a.device)
     return ds, attrs, cache, len(ds.train) / (time.perf_counter() - t0)
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sangal.aah import build as aah_build
+from sangal.aah import modes as aah_modes
 from sangal.aah.build import BuildInterrupted
 from sangal.aah.cache import AAHCache, align_aah
 from sangal.aah.gradcam import attribute_heatmaps
+from sangal.aah.spec import Targets
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.data.dataset import ImageDataset
 from sangal.data.records import ImageRecord
@@ -64,12 +65,12 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(images.shape[0])
         return attribute_heatmaps(net, images, targets, **kw)
 
-    monkeypatch.setattr(aah_build, "attribute_heatmaps", counting)
+    monkeypatch.setattr(aah_modes, "attribute_heatmaps", counting)
     return calls
 
 
 def _build(s: dict, out: Path, **kw) -> AAHCache:
-    kw.setdefault("targets", s["labels"])
+    kw.setdefault("targets", Targets("labels", s["labels"]))
     return AAHCache.build(out, s["ckpt"], kw.pop("records", s["records"]), H, W, batch_size=3, chunk_size=3,
                           progress=False, **kw)
 
@@ -99,7 +100,7 @@ def test_cache_equals_direct_gradcam(setup: dict) -> None:
 
 
 def test_predicted_classes_without_targets(setup: dict, tmp_path: Path) -> None:
-    cache = _build(setup, tmp_path / "query", targets=None)
+    cache = _build(setup, tmp_path / "query", targets=Targets("predicted"))
     tf = build_transforms(H, W, train=False)
     images = torch.stack([ImageDataset(setup["records"], tf)[i]["image"] for i in range(N)])
     torch.testing.assert_close(cache.get(range(N))[2], attribute_heatmaps(setup["net"], images)[2],
@@ -131,7 +132,7 @@ def test_resume_with_other_inputs_starts_over(setup: dict, tmp_path: Path, count
     with caplog.at_level(logging.INFO, logger="sangal.aah"):
         # a resumed build would finish the last chunk; starting over stops after chunk 0 again
         with pytest.raises(BuildInterrupted):
-            _build(setup, out, targets=None, stop_after_chunks=1)
+            _build(setup, out, targets=Targets("predicted"), stop_after_chunks=1)
     assert sum(counter) == 3
     assert "over" in caplog.text and "targets" in caplog.text
 
@@ -164,7 +165,7 @@ def test_open_refuses_other_images_and_inputs(setup: dict, tmp_path: Path) -> No
     out = setup["built"].path
     recs = setup["records"]
     extra = _records(setup["root"] / "images", ["0099_c2s1_000001_01.jpg"], seed=9)
-    AAHCache.open(out, records=recs, height=H, width=W, targets=setup["labels"], schema_names=["attr0", "attr1"])
+    AAHCache.open(out, records=recs, height=H, width=W, targets=Targets("labels", setup["labels"]), schema_names=["attr0", "attr1"])
     with pytest.raises(CacheError, match="1 images added and 2 removed"):
         AAHCache.open(out, records=recs[2:] + extra)
     with pytest.raises(CacheError, match="another order"):
@@ -174,7 +175,7 @@ def test_open_refuses_other_images_and_inputs(setup: dict, tmp_path: Path) -> No
     with pytest.raises(CacheError, match="attributes"):
         AAHCache.open(out, schema_names=["hat", "bag"])
     with pytest.raises(CacheError, match="other attribute labels"):
-        AAHCache.open(out, targets=1 - setup["labels"].clip(0))
+        AAHCache.open(out, targets=Targets("labels", 1 - setup["labels"].clip(0)))
     with pytest.raises(CacheError, match="does not exist"):
         AAHCache.open(tmp_path / "missing")
 

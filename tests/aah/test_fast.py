@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from sangal.aah.distill import distill_loss, map_agreement
+from sangal.train.distill import distill_loss, map_agreement
 from sangal.aah.fast import (
     combine_logit_maps,
     fast_attribute_heatmaps,
@@ -177,7 +177,7 @@ def test_fast_class_agnostic_maps_with_perfect_predictor_equal_exact_ones() -> N
     from sangal.aah.modes import class_agnostic_heatmaps
 
     net, images = _net(MARKET_CLASSES), _images()
-    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, agnostic=True)
+    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, mode="agnostic")
     exact = class_agnostic_heatmaps(
         lambda t: attribute_heatmaps(net, images, t, normalize="none"), MARKET_CLASSES, images.shape[0], "cpu",
         signed_fn=lambda t: attribute_heatmaps(net, images, t, normalize="none", signed=True))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from sangal.aah.gradcam import attribute_heatmaps, normalize_heatmaps
-from sangal.aah.modes import class_agnostic_heatmaps, eval_mode
+from sangal.aah.modes import class_agnostic_heatmaps
+from sangal.aah.spec import MapSpec
 from sangal.models.attribute_net import AttributeNet
 
 
@@ -47,9 +48,11 @@ def test_multiclass_heads_sum_over_their_own_classes_only(one_torch_thread) -> N
 
 
 def test_test_time_maps_never_follow_labels() -> None:
-    assert eval_mode("labels") == "predicted"
-    assert eval_mode("predicted") == "predicted"
-    assert eval_mode("agnostic") == "agnostic"
+    for split in ("query", "gallery"):
+        assert MapSpec("labels").mode(split) == "predicted"
+        assert MapSpec("predicted").mode(split) == "predicted"
+        assert MapSpec("agnostic").mode(split) == "agnostic"
+    assert MapSpec("labels").mode("train") == "labels"
 
 
 def test_one_signed_pass_equals_the_two_class_sum(one_torch_thread) -> None:

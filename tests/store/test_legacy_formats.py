@@ -21,6 +21,7 @@ import torch
 
 from sangal.aah.cache import AAHCache
 from sangal.aah.gradcam import attribute_heatmaps
+from sangal.aah.spec import Targets
 from sangal.data import ImageDataset, build_transforms
 from sangal.data.records import ImageRecord
 from sangal.errors import CacheError
@@ -85,7 +86,7 @@ def test_legacy_aah_cache_opens_with_every_check_and_todays_gradcam_reproduces_i
     labels = np.load(legacy / "aah_labels.npy")
     records = _records(legacy)
     cache = AAHCache.open(legacy / "aah" / "train", attr_ckpt_dir=attr_dir, records=records, height=64, width=32,
-                          targets=labels, normalize="max", method="exact")
+                          targets=Targets("labels", labels), normalize="max", method="exact")
     assert len(cache) == 6 and cache.schema_names[0] == "gender"
     net, _ = load_model(attr_dir, expected_kind="attribute")
     images = torch.stack([ImageDataset(records, build_transforms(64, 32, train=False))[i]["image"]

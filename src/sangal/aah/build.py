@@ -18,10 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sangal.aah.fast import fast_attribute_heatmaps
-from sangal.aah.gradcam import attribute_heatmaps
 from sangal.aah.manifest import IDENTITY, MANIFEST, METHOD_KEYS, PROGRESS, STAGE_FILES, changed_keys, read_progress
-from sangal.aah.modes import exact_agnostic_heatmaps
+from sangal.aah.modes import attribute_maps
 from sangal.aah.predictor import load_map_predictor, predictor_sha256
 from sangal.data.dataset import ImageDataset
 from sangal.data.transforms import build_transforms
@@ -93,13 +91,8 @@ def fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, ar
             if manifest.get("precision", {}).get("channels_last"):
                 images = images.contiguous(memory_format=torch.channels_last)
             t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
-            if predictor is not None:  # eval.aah=fast: forward only, layer4 exact (sangal.aah.fast)
-                maps = fast_attribute_heatmaps(net, predictor, images, t, normalize=manifest["normalize"],
-                                               agnostic=manifest["targets"]["mode"] == "agnostic")
-            elif manifest["targets"]["mode"] == "agnostic":
-                maps = exact_agnostic_heatmaps(net, images, manifest["normalize"])
-            else:
-                maps = attribute_heatmaps(net, images, t, normalize=manifest["normalize"])  # 3 x (B, K, h, w)
+            # predictor given (method "fast"): forward only, layer4 exact (sangal.aah.fast)
+            maps = attribute_maps(net, images, manifest["targets"]["mode"], t, manifest["normalize"], predictor)
             for arr, m in zip(arrays, maps):
                 if list(m.shape[1:]) != list(arr.shape[1:]):
                     raise RuntimeError(f"heat maps {tuple(m.shape)} do not fit cache array {arr.shape}")

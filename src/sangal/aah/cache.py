@@ -62,6 +62,7 @@ from sangal.aah.manifest import (
     read_progress,
     targets_entry,
 )
+from sangal.aah.spec import Targets
 from sangal.errors import CacheError
 from sangal.runtime.precision import autocast
 from sangal.runtime.precision import channels_last as to_channels_last
@@ -122,7 +123,7 @@ class AAHCache:
         schema_names: Sequence[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        targets: np.ndarray | Tensor | None = None,
+        targets: Targets | None = None,
         schema: Any | None = None,
         normalize: str | None = None,
         method: str | None = None,
@@ -132,8 +133,8 @@ class AAHCache:
         ``method`` ("exact"/"fast"): how the maps must have been computed; with
         "fast" and ``attr_ckpt_dir``, also that the distilled predictor is unchanged.
 
-        ``schema`` (an AttributeSchema) is an alternative to ``schema_names``;
-        ``targets=None`` skips the targets check (it does not mean "predicted").
+        ``schema`` (an AttributeSchema) is an alternative to ``schema_names``; an argument left at None is
+        not checked (``targets=None`` included).
 
         Raises:
             CacheError: missing, incomplete, corrupt, or built from other inputs
@@ -175,8 +176,7 @@ class AAHCache:
             if value is not None and value != m[key]:
                 raise CacheError(f"AAH cache {out} was built with {key} {m[key]}, not {value}; {REBUILD}")
         if targets is not None:
-            given = targets_entry(targets if isinstance(targets, str)
-                                   else np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets))
+            given = targets_entry(targets)
             if given != m["targets"]:
                 built = (f"{m['targets']['mode']} classes" if m["targets"]["mode"] != "labels"
                          else f"other attribute labels (sha256 {m['targets']['sha256'][:12]}…)")
@@ -202,7 +202,7 @@ class AAHCache:
         records: Sequence[Any],
         height: int,
         width: int,
-        targets: np.ndarray | Tensor | str | None = None,
+        targets: Targets,
         batch_size: int = 32,
         device: str | torch.device = "cpu",
         num_workers: int = 0,
@@ -217,9 +217,9 @@ class AAHCache:
         """Compute the heat maps of ``records`` with the attribute checkpoint and store them.
 
         Args:
-            targets: (N, K) attribute labels (``IGNORE_INDEX`` allowed) for
-                label-guided maps (train split), None (or ``"predicted"``) for predicted
-                classes, or ``"agnostic"`` for class-agnostic maps (:mod:`sangal.aah.modes`).
+            targets: what the maps follow (:class:`~sangal.aah.spec.Targets`): label-guided maps with
+                their (N, K) labels (``IGNORE_INDEX`` allowed; train split), predicted classes, or
+                class-agnostic maps (:mod:`sangal.aah.modes`).
             chunk_size: images per resumable chunk.
             normalize: heat-map normalisation passed to ``attribute_heatmaps``.
             method: ``"exact"`` Grad-CAM (backward pass) or ``"fast"`` (forward only,
@@ -232,15 +232,12 @@ class AAHCache:
         if not records:
             raise ValueError(f"no images to cache in {out}")
         net, ckpt = load_model(attr_ckpt_dir, expected_kind="attribute", device=device)
-        labels = None
-        if targets is not None and not isinstance(targets, str):
-            labels = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets, dtype=np.int64)
-            if labels.shape != (len(records), len(ckpt.arch["attr_classes"])):
-                raise ValueError(f"targets must be (N, K) = ({len(records)}, {len(ckpt.arch['attr_classes'])}), "
-                                 f"got {labels.shape}")
-        manifest = new_manifest(ckpt.path, ckpt.arch, records, height, width,
-                                 targets if isinstance(targets, str) else labels, normalize, chunk_size,
-                                 stage_shapes(net, height, width, device))
+        labels = None if targets.labels is None else np.asarray(targets.labels, dtype=np.int64)
+        if labels is not None and labels.shape != (len(records), len(ckpt.arch["attr_classes"])):
+            raise ValueError(f"targets must be (N, K) = ({len(records)}, {len(ckpt.arch['attr_classes'])}), "
+                             f"got {labels.shape}")
+        manifest = new_manifest(ckpt.path, ckpt.arch, records, height, width, targets, normalize, chunk_size,
+                                stage_shapes(net, height, width, device))
         predictor = method_setup(manifest, method, attr_ckpt_dir, device)
         if out.is_dir():
             changed = changed_keys(out / MANIFEST, manifest, (*IDENTITY, *METHOD_KEYS))

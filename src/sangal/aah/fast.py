@@ -138,7 +138,7 @@ def _membership(sizes: list[int], device: torch.device, dtype: torch.dtype) -> T
 
 @torch.no_grad()
 def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Tensor,
-                            targets: Tensor | None = None, normalize: str = "max", agnostic: bool = False) -> Heatmaps:
+                            targets: Tensor | None = None, normalize: str = "max", mode: str = "predicted") -> Heatmaps:
     """AAH at layer2, layer3, layer4 from one forward pass of ``net`` (no backward).
 
     Layer4 is exact (:func:`layer4_heatmaps`); layer2 and layer3 combine the
@@ -147,8 +147,9 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
     BatchNorm); ``normalize`` must be scale-free (``"max"``/``"minmax"``) since
     the predictor's maps have no calibrated scale.
 
-    ``agnostic``: the class-agnostic maps of :mod:`sangal.aah.modes` (|S| of class 1 for
-    two-class heads, of the predicted class otherwise; ``targets`` ignored).
+    ``mode``: the class choice of :mod:`sangal.aah.modes`; ``labels`` and ``predicted`` follow ``targets``
+    (None: predicted), ``agnostic`` gives |S| (of class 1 for two-class heads, of the predicted class
+    otherwise; ``targets`` ignored).
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s), like ``attribute_heatmaps``.
@@ -159,17 +160,18 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
         raise ValueError("fast heat maps are only defined up to scale: use normalize='max' or 'minmax'")
     a2, a3, a4 = net.forward_stages(images)  # (B, C2, h2, w2), (B, C3, h3, w3), (B, D, h4, w4)
     logits = net.head_from_stage4(a4)  # K x (B, C_k)
-    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, targets, normalize, agnostic)
+    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, targets, normalize, mode)
 
 
 def heatmaps_from_stages(net: AttributeNet, predictor: nn.Module, stages: tuple[Tensor, Tensor, Tensor],
                          logits: list[Tensor], targets: Tensor | None, normalize: str,
-                         agnostic: bool = False) -> Heatmaps:
+                         mode: str = "predicted") -> Heatmaps:
     """:func:`fast_attribute_heatmaps` on an existing forward pass (distillation reuses it with grad)."""
     a2, a3, a4 = stages
     with torch.autocast(device_type=a4.device.type, enabled=False):
         probs = torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)  # (B, sum C)
         sizes = net.num_classes
+        agnostic = mode == "agnostic"
         if agnostic:  # class 1 of two-class heads (|S| is the same for either class), else the prediction
             binary = torch.tensor([c == 2 for c in sizes], device=a4.device)
             targets = torch.where(binary, 1, IGNORE_INDEX)[None, :].expand(a4.shape[0], -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sangal.aah.modes import aah_mode, aah_targets_for
+from sangal.aah.spec import MapSpec, Targets
 from sangal.config import Config
 from sangal.data import setup
 from sangal.errors import CheckpointError, ConfigError
@@ -15,6 +15,12 @@ from sangal.store.paths import default_paths
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "gallery")
+
+
+def split_targets(spec: MapSpec, split: str, table, records) -> Targets:
+    """What a split's maps follow under ``spec``: the attribute labels (training maps of the paper) or a mode."""
+    mode = spec.mode(split)
+    return Targets(mode, setup.attribute_targets(table, records, "train") if mode == "labels" else None)
 
 
 def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> dict[str, Path]:
@@ -31,42 +37,26 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
     if not Path(ckpt).exists():
         raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` first "
                               "or set train.attr_checkpoint=DIR")
+    spec = MapSpec.from_config(cfg)
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)
     device = resolve_device(cfg.train.device)
     out: dict[str, Path] = {}
     for split in splits:
         records = getattr(dataset, split)
-        # Training maps follow train.aah_targets (labels: the paper's "GAL"); test maps never see labels.
-        targets = aah_targets_for(cfg, table, records, split)
-        cache_dir = aah_cache_dir(cfg, split)
-        method = "exact" if split == "train" else cfg.eval.aah  # training keeps exact maps
+        targets = split_targets(spec, split, table, records)  # test maps never see the labels
+        cache_dir, method = spec.cache_dir(paths["aah"], split), spec.split_method(split)
         try:
             AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
-                          width=cfg.data.width, targets="predicted" if targets is None else targets,
-                          normalize=cfg.model.aah_normalize, method=method)
+                          width=cfg.data.width, targets=targets, normalize=spec.normalize, method=method)
             log.info("%s heat maps are up to date in %s", split, cache_dir)
         except CacheError as exc:
             if cache_dir.exists():
                 log.info("rebuilding %s: %s", cache_dir, exc)
             AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
                            batch_size=cfg.data.test_batch_size, device=str(device),
-                           num_workers=cfg.data.num_workers, normalize=cfg.model.aah_normalize, method=method,
+                           num_workers=cfg.data.num_workers, normalize=spec.normalize, method=method,
                            amp=cfg.train.amp,
                            channels_last=gradcam_channels_last(cfg.train.amp, cfg.train.channels_last))
         out[split] = cache_dir
     return out
-
-
-def aah_cache_dir(cfg: Config, split: str) -> Path:
-    """Cache folder of a split: one per (split, map mode, normalisation), so study variants never rebuild
-    each other's caches. Label-guided train maps and predicted test maps keep the plain split name."""
-    root = default_paths(cfg)["aah"]
-    mode = aah_mode(cfg, split)
-    name = split if mode in ("labels", "predicted") and not (split == "train" and mode == "predicted") \
-        else f"{split}_{mode}"
-    if cfg.model.aah_normalize != "max":
-        name += f"_{cfg.model.aah_normalize}"
-    if split != "train" and cfg.eval.aah == "fast":  # forward-only test maps (`sangal distill`) live apart
-        name += "_fast"
-    return root / name

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sangal.aah.predictor import predictor_sha256
+from sangal.aah.spec import Targets
 from sangal.data.attributes import get_schema
 from sangal.data.transforms import build_transforms
 from sangal.errors import CacheError
@@ -58,14 +59,13 @@ def image_list(records: Sequence[Any]) -> dict[str, Any]:
     return {"root": str(root), "paths": rel, "sizes": sizes, "sha256": digest.hexdigest()}
 
 
-def targets_entry(targets: np.ndarray | str | None) -> dict[str, Any]:
-    if targets is None or (isinstance(targets, str) and targets == "predicted"):
+def targets_entry(targets: Targets) -> dict[str, Any]:
+    """The manifest's record of what the maps follow: the mode, and the labels' sha256 for label-guided maps."""
+    if targets.mode == "predicted":
         return {"mode": "predicted", "sha256": None}
-    if isinstance(targets, str):
-        if targets != "agnostic":
-            raise ValueError(f"targets must be labels (N, K), 'predicted', 'agnostic' or None; got {targets!r}")
+    if targets.mode == "agnostic":
         return {"mode": "agnostic", "sha256": None, "multiclass": "abs-predicted"}  # |S| (sangal.aah.modes)
-    arr = np.ascontiguousarray(targets, dtype=np.int64)
+    arr = np.ascontiguousarray(targets.labels, dtype=np.int64)
     digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
     return {"mode": "labels", "sha256": digest}
 
@@ -84,7 +84,7 @@ def schema_entry(arch: dict[str, Any]) -> dict[str, Any]:
 
 
 def new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], height: int, width: int,
-                  labels: np.ndarray | str | None, normalize: str, chunk_size: int,
+                  targets: Targets, normalize: str, chunk_size: int,
                   stages: list[list[int]]) -> dict[str, Any]:
     images = image_list(records)
     return {
@@ -93,7 +93,7 @@ def new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], heig
         "checkpoint_sha256": file_sha256(Path(ckpt_path) / MODEL_FILE),
         "images_sha256": images["sha256"], "images": {"count": len(records), **images},
         "schema": schema_entry(arch), "height": height, "width": width,
-        "targets": targets_entry(labels), "normalize": normalize,
+        "targets": targets_entry(targets), "normalize": normalize,
         "transform": repr(build_transforms(height, width, train=False)),
         "chunk_size": chunk_size, "num_chunks": math.ceil(len(records) / chunk_size),
         "stages": stages, "dtype": "float16",

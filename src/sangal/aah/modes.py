@@ -1,4 +1,4 @@
-"""Which class an attribute heat map follows: the label, the prediction, or none (class-agnostic).
+"""Which class an attribute heat map follows, and the one function that makes a batch of maps.
 
 Eq. (1) differentiates ``y^k``, the probability of ONE class of head k. For a
 two-class head the two choices are exact negatives (dp_0/dA = -dp_1/dA), so the
@@ -9,43 +9,68 @@ predictions instead. ``agnostic`` removes the choice: the sum over classes of th
 ReLU'd Grad-CAM maps, which for a two-class head is |S| = ReLU(S) + ReLU(-S), the
 same whatever the label or prediction.
 
-Modes (``train.aah_targets``):
+Modes (``train.aah_targets``, :class:`~sangal.aah.spec.MapSpec`):
 
 * ``labels``    -- the paper: training maps follow the attribute labels, test maps the predictions.
 * ``predicted`` -- training and test maps both follow the predictions.
 * ``agnostic``  -- |S| at training and test time: for a two-class head the sum over its classes,
   independent of label and prediction; for a multi-class head |S| of the predicted class. One
   backward pass (``signed_fn``); without it, the sum over classes (C_max passes).
+
+:func:`attribute_maps` is where a mode and a method (exact / fast) become maps: cache builds, test-time
+prediction and export all call it; the online (dual-trace) training branch calls :func:`online_maps`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from sangal.aah.gradcam import attribute_heatmaps, normalize_heatmaps
-from sangal.config import Config
+from sangal.aah.gradcam import attribute_heatmaps, attribute_heatmaps_from_output, normalize_heatmaps
 from sangal.data.attributes import IGNORE_INDEX
-from sangal.data.setup import attribute_targets
 
-__all__ = ["AAH_TARGETS", "aah_mode", "aah_targets_for", "class_agnostic_heatmaps", "eval_mode",
-           "exact_agnostic_heatmaps"]
-
-AAH_TARGETS = ("labels", "predicted", "agnostic")
+__all__ = ["attribute_maps", "class_agnostic_heatmaps", "exact_agnostic_heatmaps", "online_maps"]
 
 MapFn = Callable[[Tensor | None], Sequence[Tensor]]
+Heatmaps = tuple[Tensor, Tensor, Tensor]
 
 
-def eval_mode(targets_mode: str) -> str:
-    """Cache mode of query/gallery maps for a training mode: never the labels."""
-    return "agnostic" if targets_mode == "agnostic" else "predicted"
+def attribute_maps(net: nn.Module, images: Tensor, mode: str, labels: Tensor | None = None, normalize: str = "max",
+                   predictor: nn.Module | None = None) -> Heatmaps:
+    """AAH of a batch at layer2, layer3, layer4 (eqs. 1-2): 3 x (B, K, h, w) float32.
+
+    Args:
+        net: the attribute network (eval mode for per-sample maps).
+        mode: ``labels`` (with ``labels`` (B, K); ``IGNORE_INDEX`` -> predicted), ``predicted`` or ``agnostic``.
+        predictor: the distilled map predictor: forward-only maps (:mod:`sangal.aah.fast`); None: exact Grad-CAM.
+    """
+    if (mode == "labels") != (labels is not None):
+        raise ValueError(f"maps of mode {mode!r} {'need' if mode == 'labels' else 'take no'} attribute labels")
+    if predictor is not None:
+        from sangal.aah.fast import fast_attribute_heatmaps
+
+        return fast_attribute_heatmaps(net, predictor, images, labels, normalize=normalize, mode=mode)
+    with torch.enable_grad():  # Grad-CAM needs autograd, also under a caller's no_grad
+        if mode == "agnostic":
+            return exact_agnostic_heatmaps(net, images, normalize)
+        return attribute_heatmaps(net, images, labels, normalize=normalize)
+
+
+def online_maps(out, mode: str, labels: Tensor | None, num_classes: Sequence[int], normalize: str) -> Heatmaps:
+    """Maps from the online attribute branch's own forward pass ``out`` (the first of the dual trace's backward
+    passes; the graph is kept for the attribute loss). ``labels``: the batch's, used by mode "labels" only."""
+    if mode == "agnostic":
+        return class_agnostic_heatmaps(
+            lambda t: attribute_heatmaps_from_output(out, targets=t, normalize="none", retain_graph=True),
+            num_classes, out.features.shape[0], out.features.device, normalize)
+    return attribute_heatmaps_from_output(out, targets=labels if mode == "labels" else None, normalize=normalize,
+                                          retain_graph=True)
 
 
 def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: int, device: torch.device | str,
-                            normalize: str = "max", signed_fn: MapFn | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                            normalize: str = "max", signed_fn: MapFn | None = None) -> Heatmaps:
     """Sum over each head's classes of its ReLU'd Grad-CAM maps (eq. 2), then normalised.
 
     Args:
@@ -81,21 +106,8 @@ def class_agnostic_heatmaps(map_fn: MapFn, num_classes: Sequence[int], batch: in
     return a2, a3, a4
 
 
-def exact_agnostic_heatmaps(net, images: Tensor, normalize: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+def exact_agnostic_heatmaps(net, images: Tensor, normalize: str = "max") -> Heatmaps:
     """Class-agnostic maps of an attribute net by exact Grad-CAM, in one signed backward pass."""
     return class_agnostic_heatmaps(
         lambda t: attribute_heatmaps(net, images, t, normalize="none"), net.num_classes, images.shape[0],
         images.device, normalize, signed_fn=lambda t: attribute_heatmaps(net, images, t, normalize="none", signed=True))
-
-
-def aah_mode(cfg: Config, split: str) -> str:
-    """Grad-CAM class of a split's maps: labels (train only), predicted or agnostic (sangal.aah.modes)."""
-    return cfg.train.aah_targets if split == "train" else eval_mode(cfg.train.aah_targets)
-
-
-def aah_targets_for(cfg: Config, table, records, split: str) -> np.ndarray | str | None:
-    """Grad-CAM targets for AAHCache: labels (N, K) for label-guided maps, "agnostic", or None (predicted)."""
-    mode = aah_mode(cfg, split)
-    if mode == "labels":
-        return attribute_targets(table, records, "train")
-    return "agnostic" if mode == "agnostic" else None
