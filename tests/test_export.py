@@ -11,7 +11,7 @@ import torch
 from sangal.aah.predictor import PREDICTOR_FILE, save_map_predictor
 from sangal.cli import main
 from sangal.errors import CheckpointError
-from sangal.export import export_onnx, load_embedding_graph
+from sangal.export import export_onnx, load_predictor
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.map_predictor import MapPredictor
 from sangal.models.reid_net import ReIDNet
@@ -84,7 +84,7 @@ def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
     assert info["max_abs_diff"] is not None and info["max_abs_diff"] <= 1e-4
     assert info["outputs"] == (["embedding"] if mode == "id" else ["embedding", "attr_probs"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    graph, _ = load_embedding_graph(checkpoints[mode])
+    graph, _ = load_predictor(checkpoints[mode])
     for batch in (1, 5):  # dynamic batch: neither is the traced size (2)
         images = torch.randn(batch, 3, H, W, generator=torch.Generator().manual_seed(batch))
         got = session.run(None, {"images": images.numpy()})
@@ -100,23 +100,24 @@ def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
     assert metadata["mode"] == f'"{mode}"' and metadata["opset"] == "17"
 
 
-def test_san_gal_graph_is_the_fast_feature_pipeline(checkpoints) -> None:
-    """The graph's embedding equals extract_features with fast heat maps (no flip) of the same images."""
+def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
+    """The graph's embedding, written out by hand: fast maps of the image, the Re-ID net on it and on its mirror
+    (maps mirrored), averaged, L2-normalised."""
+    from sangal.aah.fast import fast_attribute_heatmaps
     from sangal.aah.predictor import load_map_predictor
-    from sangal.evaluate.features import aah_from_net, extract_features
     from sangal.store.checkpoint import load_model
 
-    graph, _ = load_embedding_graph(checkpoints["san-gal"], flip=True)
+    graph, meta = load_predictor(checkpoints["san-gal"], flip=True)
+    assert meta["map_spec"]["method"] == "fast"
     reid, _ = load_model(checkpoints["san-gal"], expected_kind="reid")
     attr, _ = load_model(checkpoints["attr"], expected_kind="attribute")
     images = torch.randn(4, 3, H, W, generator=torch.Generator().manual_seed(3))
-    batch = {"image": images, "pid": torch.zeros(4), "camid": torch.zeros(4), "index": torch.arange(4),
-             "path": [f"{i}.jpg" for i in range(4)]}
-    fs = extract_features(reid, [batch], flip=True, progress=False,
-                          aah_fn=aah_from_net(attr, predictor=load_map_predictor(checkpoints["attr"])))
     with torch.no_grad():
+        maps = fast_attribute_heatmaps(attr, load_map_predictor(checkpoints["attr"]), images)
+        a = reid(images, maps).features
+        b = reid(images.flip(-1), tuple(m.flip(-1) for m in maps)).features
         embedding = graph(images)[0]
-    np.testing.assert_allclose(embedding.numpy(), fs.feats, atol=1e-5)
+    np.testing.assert_allclose(embedding.numpy(), torch.nn.functional.normalize((a + b) / 2).numpy(), atol=1e-6)
 
 
 def test_san_gal_export_needs_the_distilled_predictor(checkpoints, tmp_path, capsys) -> None:
@@ -147,19 +148,19 @@ def _gallery(folder: Path) -> Path:
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
 def test_fast_index_records_its_maps_and_queries_use_them(request, tmp_path, backbone) -> None:
+    from sangal.evaluate.predictor import Predictor
     from sangal.search import Searcher, build_index
-    from sangal.search.embed import Embedder
 
     checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
     gallery = _gallery(tmp_path / "gallery")
     index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
     assert index.meta["aah"] == "fast"
     searcher = Searcher(tmp_path / "index")
-    assert searcher.embedder.aah == "fast" and searcher.embedder.map_predictor is not None
+    assert searcher.predictor.spec.method == "fast" and searcher.predictor.map_predictor is not None
     top = searcher.search(gallery / "3.jpg", k=1)[0]
     assert Path(top.path).name == "3.jpg" and top.distance == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(CheckpointError, match="no distilled map predictor"):
-        Embedder(checkpoints["san-gal"], checkpoints["attr_bare"], aah="fast")
+        Predictor.from_checkpoint(checkpoints["san-gal"], checkpoints["attr_bare"], method="fast")
 
 
 def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints, tmp_path) -> None:
@@ -177,3 +178,46 @@ def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints
     assert Path(filtered[0].path).name == "2.jpg"
     assert all(m.attributes["backpack"] == backpack for m in filtered)
     assert [m.path for m in filtered] == [m.path for m in top if m.attributes["backpack"] == backpack]
+
+
+def test_evaluate_index_and_export_embed_alike(checkpoints, tiny_synth, tmp_path, monkeypatch) -> None:
+    """One path: `sangal evaluate`, `sangal index` and the exported graph give the same features (1e-5) for
+    the same checkpoint and gallery images."""
+    from sangal.data.transforms import build_transforms
+    from sangal.evaluate import reid as evaluate_module
+    from sangal.data.dataset import read_image
+    from sangal.search import build_index
+
+    seen = {}
+    score = evaluate_module.evaluate_features
+
+    def capture(qf, gf, *args):
+        seen["gallery"] = gf
+        return score(qf, gf, *args)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_features", capture)
+    code = main(["evaluate", "--checkpoint", str(checkpoints["san-gal"]), "data.dataset=synthetic",
+                 f"data.root={tiny_synth}", "data.num_workers=0", "train.device=cpu", "eval.flip=true",
+                 "eval.aah=fast", f"out={tmp_path / 'run'}"])
+    assert code == 0
+    gallery = tiny_synth / "bounding_box_test"
+    index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
+    from sangal.data import load_dataset
+
+    order = [str(r.path.relative_to(gallery)) for r in load_dataset("synthetic", tiny_synth).gallery]
+    rows = [index.paths.index(p) for p in order]
+    np.testing.assert_allclose(np.asarray(index.features)[rows], seen["gallery"], atol=1e-5)
+
+    export_onnx(checkpoints["san-gal"], tmp_path / "m.onnx", flip=True)
+    transform = build_transforms(H, W, train=False)
+    images = torch.stack([transform(read_image(gallery / p)) for p in order[:6]]).numpy()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images})[0], seen["gallery"][:6], atol=1e-5)
+
+
+def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, tiny_synth, tmp_path, capsys) -> None:
+    code = main(["evaluate", "--checkpoint", str(checkpoints["san-gal"]), "data.dataset=synthetic",
+                 f"data.root={tiny_synth}", "data.height=128", "train.aah_targets=agnostic", f"out={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "data.height=128 (the checkpoint has 64)" in err[0] and "train.aah_targets=agnostic" in err[0]

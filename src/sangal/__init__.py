@@ -11,6 +11,8 @@ import importlib
 from sangal.version import __version__
 
 _EXPORTS = {
+    "Predictor": "sangal.evaluate.predictor",
+    "MapSpec": "sangal.aah.spec",
     "Searcher": "sangal.search",
     "build_index": "sangal.search",
     "evaluate_rank": "sangal.metrics.rank",

@@ -17,7 +17,7 @@ from sangal.data import build_transforms, read_image
 from sangal.experiments.demo import VARIANTS, DemoPlan, run_demo
 from sangal.experiments.demo_deploy import BEST_LINK, QUERY_FILE
 from sangal.experiments.demo_report import paired_rows, table_rows
-from sangal.search.embed import Embedder
+from sangal.evaluate.predictor import Predictor
 from sangal.store.checkpoint import load_checkpoint
 from sangal.store.reid_info import find_attribute_checkpoint
 
@@ -93,9 +93,9 @@ def test_what_next_commands_run_as_written(tiny_demo, monkeypatch, capsys):
     # The exported graph embeds the query exactly as the index does (flip-averaged, forward-only maps).
     import onnxruntime as ort
 
-    embedder = Embedder(out / BEST_LINK, aah="fast")
-    expected = embedder.embed([out / QUERY_FILE]).feats  # (1, D)
-    image = build_transforms(embedder.height, embedder.width, train=False)(read_image(out / QUERY_FILE))
+    predictor = Predictor.from_checkpoint(out / BEST_LINK, method="fast")
+    expected = predictor.embed_paths([out / QUERY_FILE]).feats  # (1, D)
+    image = build_transforms(*predictor.size, train=False)(read_image(out / QUERY_FILE))
     session = ort.InferenceSession(str(out / "san-gal.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["embedding"], {"images": image[None].numpy()})[0]
     assert got.shape == expected.shape

@@ -1,2 +1,2 @@
-"""Evaluation of a trained Re-ID model: flip-averaged features (with heat maps in san-gal mode), then CMC/mAP.
-Reads checkpoints (``store``) and test-time maps (``aah``); gives metrics to ``train``, ``experiments`` and the CLI."""
+"""Test time on one path: a checkpoint's ``Predictor`` (features, attribute probabilities, the maps it used), then
+CMC / mAP / mINP. Reads checkpoints (``store``) and maps (``aah``); serves training, experiments, search, export."""

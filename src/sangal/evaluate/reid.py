@@ -3,52 +3,39 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from sangal.aah.job import aah_cache_dir
-from sangal.aah.modes import aah_mode
-from sangal.config import Config
+from sangal.aah.spec import MapSpec, Targets
+from sangal.config import Config, with_overrides
 from sangal.data import setup
-from sangal.errors import CacheError, CheckpointError, ConfigError
+from sangal.errors import CacheError, ConfigError
+from sangal.evaluate.predictor import MapsFn, Predictor
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
 
 
-def heatmap_source(cfg: Config, records, split: str, paths: dict, device: torch.device):
-    """Test-time AAH (predicted classes): the offline cache when it is valid, else the attribute net."""
+def cached_test_maps(predictor: Predictor, records, split: str, cache_root: str | Path | None) -> MapsFn | None:
+    """A split's maps from its offline cache when one exists and fits this predictor; None: compute them."""
     from sangal.aah.cache import AAHCache
-    from sangal.evaluate.features import aah_from_cache, aah_from_net
 
-    mode = aah_mode(cfg, split)  # predicted or agnostic: test time never sees the labels
-    cache_dir = Path(paths["aah"]) / aah_cache_dir(cfg, split).name
-    if cache_dir.exists():
-        try:
-            cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                  height=cfg.data.height, width=cfg.data.width, normalize=cfg.model.aah_normalize,
-                                  method=cfg.eval.aah)
-            if cache.manifest["targets"]["mode"] != mode:
-                raise CacheError(f"AAH cache {cache_dir} holds {cache.manifest['targets']['mode']} maps, "
-                                 f"not the {mode} maps this model was trained for")
-            return aah_from_cache(cache)
-        except CacheError as exc:
-            log.warning("%s; computing %s heat maps on the fly instead", exc, split)
-    ckpt = Path(paths["attr_checkpoint"])
-    if not ckpt.exists():
-        raise CheckpointError(f"san-gal evaluation needs heat maps: no cache at {cache_dir} and no attribute "
-                              f"checkpoint at {ckpt} (run `sangal train-attr` and `sangal aah`)")
-    from sangal.store.checkpoint import load_model
-
-    attr_net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
-    predictor = None
-    if cfg.eval.aah == "fast":  # forward-only maps: the predictor `sangal distill` saved with the checkpoint
-        from sangal.aah.predictor import load_map_predictor
-
-        predictor = load_map_predictor(ckpt, device=device)
-    return aah_from_net(attr_net, normalize=cfg.model.aah_normalize, predictor=predictor, agnostic=mode == "agnostic")
+    if predictor.mode != "san-gal" or cache_root is None:
+        return None
+    spec = predictor.spec
+    cache_dir = spec.cache_dir(cache_root, split)
+    if not cache_dir.exists():
+        return None
+    try:
+        cache = AAHCache.open(cache_dir, attr_ckpt_dir=predictor.attr_checkpoint, records=records,
+                              height=predictor.size[0], width=predictor.size[1], targets=Targets(spec.mode(split)),
+                              normalize=spec.normalize, method=spec.split_method(split))
+    except CacheError as exc:
+        log.warning("%s; computing %s heat maps on the fly instead", exc, split)
+        return None
+    return lambda batch: cache.get(batch["index"])  # 3 x (B, K, h, w) float32
 
 
 def same_camera_camids(q_camids, g_camids, policy: str):
@@ -85,23 +72,38 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -
     }
 
 
-def evaluate_reid(model, dataset, cfg: Config, paths: dict, device: torch.device) -> dict:
-    """Extract query and gallery features with `model` and score them."""
-    from sangal.evaluate.features import extract_features
-
-    model.eval()
+def evaluate_predictor(predictor: Predictor, dataset, cfg: Config, cache_root: str | Path | None = None) -> dict:
+    """Embed the query and gallery splits (maps from the caches under ``cache_root`` when valid) and score them."""
     sets = {}
     for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-        aah_fn = heatmap_source(cfg, records, split, paths, device) if cfg.model.mode == "san-gal" else None
-        sets[split] = extract_features(model, setup.test_loader(records, cfg), device=device, flip=cfg.eval.flip,
-                                       aah_fn=aah_fn)
+        maps = cached_test_maps(predictor, records, split, cache_root)
+        sets[split] = predictor.embed_loader(setup.test_loader(records, cfg), maps)
     q, g = sets["query"], sets["gallery"]
     metrics = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, cfg)
-    if q.attr_probs is not None and cfg.model.mode != "id":
+    if q.attr_probs is not None and predictor.attr_source == "reid":
         metrics.update(attribute_metrics_from_probs(cfg, dataset, q, g))
-    log.info("%s: Rank-1 %.1f%%  Rank-5 %.1f%%  mAP %.1f%%  mINP %.1f%%", cfg.model.mode,
+    log.info("%s: Rank-1 %.1f%%  Rank-5 %.1f%%  mAP %.1f%%  mINP %.1f%%", predictor.mode,
              100 * metrics["rank1"], 100 * metrics["rank5"], 100 * metrics["mAP"], 100 * metrics["mINP"])
     return metrics
+
+
+def training_predictor(model, cfg: Config, attr_checkpoint: str | Path | None) -> Predictor:
+    """The predictor of a model being trained: its map spec from the config, its attribute net from disk."""
+    from sangal.store.checkpoint import load_model
+
+    spec = MapSpec.from_config(cfg)
+    attr_net = map_predictor = None
+    source = {}
+    if cfg.model.mode == "san-gal":
+        device = next(model.parameters()).device
+        attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
+        source["attr_checkpoint"] = str(attr_checkpoint)
+        if spec.method == "fast":
+            from sangal.aah.predictor import load_map_predictor
+
+            map_predictor = load_map_predictor(attr_checkpoint, device=device)
+    return Predictor(model, attr_net, map_predictor, spec, cfg.eval.flip, (cfg.data.height, cfg.data.width),
+                     source=source)
 
 
 def attribute_metrics_from_probs(cfg: Config, dataset, q, g) -> dict:
@@ -116,19 +118,33 @@ def attribute_metrics_from_probs(cfg: Config, dataset, q, g) -> dict:
     return {"reid_attr_mA": float(res["mA"])}
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: str | Path) -> dict:
-    """`sangal evaluate`: load a Re-ID checkpoint and evaluate it on the configured dataset."""
+def checkpoint_config(cfg: Config, predictor: Predictor, given: Collection[str], checkpoint: str | Path) -> Config:
+    """``cfg`` with what the checkpoint decides (mode, backbone, input size, map spec); a key the user gave
+    (``given``: set in the config file or an override) that contradicts the checkpoint is refused in one line."""
+    arch, spec = predictor.reid.arch_dict(), predictor.spec
+    decided = {"model.mode": arch["mode"], "model.backbone": arch["backbone"], "model.last_stride": arch["last_stride"],
+               "model.extra_sigmoid": arch["extra_sigmoid"], "model.asam_stages": list(arch["asam_stages"]),
+               "model.asam_gain": arch["asam_gain"], "data.height": predictor.size[0],
+               "data.width": predictor.size[1], "train.aah_targets": spec.targets,
+               "model.aah_normalize": spec.normalize, "eval.aah": spec.method}
+    current = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in decided}
+    clash = [f"{key}={current[key]} (the checkpoint has {value})" for key, value in decided.items()
+             if key in given and current[key] != value]
+    if clash:
+        raise ConfigError(f"checkpoint {checkpoint} was trained with other settings than the config gives: "
+                          f"{'; '.join(clash)}; drop those keys, the checkpoint decides them")
+    return with_overrides(cfg, [f"{key}={value}" for key, value in decided.items()])
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, given: Collection[str] = ()) -> dict:
+    """`sangal evaluate`: the checkpoint's predictor on the configured dataset (``given``: the config keys the
+    user set; ``eval.aah`` among them computes the test maps that way instead of the recorded one)."""
     from sangal.runtime.distributed import resolve_device
-    from sangal.store.checkpoint import load_model
-    from sangal.store.reid_info import find_attribute_checkpoint
 
     device = resolve_device(cfg.train.device)
-    model, ckpt = load_model(checkpoint, expected_kind="reid", device=str(device))
-    arch = ckpt.arch
-    cfg.model.mode, cfg.model.backbone = arch["mode"], arch["backbone"]
-    cfg.data.height, cfg.data.width = arch["height"], arch["width"]
-    paths = default_paths(cfg)
-    if arch["mode"] == "san-gal" and not cfg.train.attr_checkpoint and ckpt.state.get("attr_checkpoint"):
-        paths["attr_checkpoint"] = find_attribute_checkpoint(ckpt)
+    method = cfg.eval.aah if "eval.aah" in given else None
+    attr = cfg.train.attr_checkpoint if "train.attr_checkpoint" in given else None
+    predictor = Predictor.from_checkpoint(checkpoint, attr, device, flip=cfg.eval.flip, method=method)
+    cfg = checkpoint_config(cfg, predictor, set(given) - {"eval.aah"}, checkpoint)
     dataset = setup.load_reid_dataset(cfg)
-    return evaluate_reid(model, dataset, cfg, paths, device)
+    return evaluate_predictor(predictor, dataset, cfg, cache_root=default_paths(cfg)["aah"])

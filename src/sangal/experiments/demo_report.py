@@ -53,23 +53,19 @@ def heatmap_samples(paths: dict, dataset, table, cfg: Config, n: int = 3) -> lis
 
 def ranked_samples(cfg: Config, paths: dict, dataset, variants, n: int = 4, k: int = 10) -> list[dict]:
     """Top-k gallery lists for the same queries under `id` and `san-gal` (seed 0 models)."""
-    from sangal.evaluate.features import extract_features
-    from sangal.evaluate.reid import heatmap_source
+    from sangal.evaluate.predictor import Predictor
+    from sangal.evaluate.reid import cached_test_maps
     from sangal.experiments.study import variant_config
     from sangal.metrics import compute_distance
-    from sangal.store.checkpoint import load_model
 
     feats = {}
     for variant in [v for v in variants if v.name in ("id", "san-gal")]:
         run_cfg = variant_config(cfg, variant, 0)
-        model, _ = load_model(default_paths(run_cfg)["reid_run"] / "checkpoints" / "final",
-                              expected_kind="reid")
-        sets = []
-        for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-            aah_fn = (heatmap_source(run_cfg, records, split, default_paths(run_cfg), torch.device("cpu"))
-                      if run_cfg.model.mode == "san-gal" else None)
-            sets.append(extract_features(model, setup.test_loader(records, run_cfg), flip=True, aah_fn=aah_fn))
-        feats[variant.name] = sets
+        run = default_paths(run_cfg)
+        predictor = Predictor.from_checkpoint(run["reid_run"] / "checkpoints" / "final", flip=True)
+        feats[variant.name] = [predictor.embed_loader(setup.test_loader(records, run_cfg),
+                                                      cached_test_maps(predictor, records, split, run["aah"]))
+                               for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]
     q_pids = np.array([r.pid for r in dataset.query])
     q_cams = np.array([r.camid for r in dataset.query])
     g_pids = np.array([r.pid for r in dataset.gallery])

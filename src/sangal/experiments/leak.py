@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sangal.config import Config
 from sangal.data import setup
@@ -28,13 +27,14 @@ log = logging.getLogger(__name__)
 def oracle_evaluation(run_cfg: Config) -> dict:
     """Rank-1/mAP/mINP (percent) of one finished san-gal run with predicted-class and true-label test maps."""
     from sangal.aah.cache import AAHCache
+    from sangal.aah.spec import Targets
     from sangal.errors import CacheError
-    from sangal.evaluate.features import aah_from_cache, extract_features
-    from sangal.evaluate.reid import evaluate_features, heatmap_source
-    from sangal.store.checkpoint import load_model
+    from sangal.evaluate.predictor import Predictor
+    from sangal.evaluate.reid import cached_test_maps, evaluate_features
 
     paths = default_paths(run_cfg)
-    model, _ = load_model(paths["reid_run"] / "checkpoints" / "final", expected_kind="reid")
+    predictor = Predictor.from_checkpoint(paths["reid_run"] / "checkpoints" / "final", paths["attr_checkpoint"],
+                                          flip=run_cfg.eval.flip)
     dataset = setup.load_reid_dataset(run_cfg)
     table = setup.load_attributes(run_cfg, dataset)
     out: dict = {}
@@ -42,10 +42,10 @@ def oracle_evaluation(run_cfg: Config) -> dict:
         sets = {}
         for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
             if kind == "predicted":
-                aah_fn = heatmap_source(run_cfg, records, split, paths, torch.device("cpu"))
+                maps = cached_test_maps(predictor, records, split, paths["aah"])
             else:
                 cache_dir = Path(paths["aah"]) / f"{split}_oracle_labels"
-                targets = setup.attribute_targets(table, records, "test")  # distractors: IGNORE -> predicted
+                targets = Targets("labels", setup.attribute_targets(table, records, "test"))  # distractors: predicted
                 try:
                     cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
                                           targets=targets, normalize=run_cfg.model.aah_normalize)
@@ -55,9 +55,8 @@ def oracle_evaluation(run_cfg: Config) -> dict:
                                            normalize=run_cfg.model.aah_normalize, amp=run_cfg.train.amp,
                                            channels_last=gradcam_channels_last(run_cfg.train.amp,
                                                                                 run_cfg.train.channels_last))
-                aah_fn = aah_from_cache(cache)
-            sets[split] = extract_features(model, setup.test_loader(records, run_cfg), flip=run_cfg.eval.flip,
-                                           aah_fn=aah_fn, progress=False)
+                maps = lambda batch, cache=cache: cache.get(batch["index"])  # noqa: E731
+            sets[split] = predictor.embed_loader(setup.test_loader(records, run_cfg), maps, progress=False)
         q, g = sets["query"], sets["gallery"]
         m = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, run_cfg)
         out[kind] = {k: 100.0 * float(m[k]) for k in ("rank1", "mAP", "mINP")}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.job import aah_cache_dir
-from sangal.config import Config, with_overrides
+from sangal.aah.spec import MapSpec, Targets
+from sangal.config import Config
 from sangal.data import setup
 from sangal.store.paths import default_paths
 from sangal.viz.localisation import REGION_KEYS
@@ -44,9 +44,10 @@ def _predicted_gallery_cache(cfg: Config, gallery):
     from sangal.aah.cache import AAHCache
     from sangal.errors import CacheError
 
-    pcfg = with_overrides(cfg, ["train.aah_targets=predicted", "eval.aah=exact"])
+    spec = MapSpec("predicted", "exact", cfg.model.aah_normalize)
     try:
-        return AAHCache.open(aah_cache_dir(pcfg, "gallery"), records=gallery, targets="predicted",
+        return AAHCache.open(spec.cache_dir(default_paths(cfg)["aah"], "gallery"), records=gallery,
+                             targets=Targets("predicted"),
                              attr_ckpt_dir=default_paths(cfg)["attr_checkpoint"], height=cfg.data.height,
                              width=cfg.data.width, normalize=cfg.model.aah_normalize, method="exact")
     except CacheError:

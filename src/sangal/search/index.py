@@ -213,7 +213,7 @@ def build_index(
     device: str = "cpu",
     faiss_threshold: int = 50000,
     num_workers: int = 0,
-    aah: str = "exact",
+    aah: str | None = None,
 ) -> GalleryIndex:
     """Index every image under ``gallery_dir`` with the Re-ID model of ``checkpoint``.
 
@@ -233,10 +233,11 @@ def build_index(
         faiss_threshold: build a FAISS HNSW index when the gallery has at least this
             many images (see the module docstring).
         num_workers: DataLoader workers for decoding images.
-        aah: heat maps of san-gal models, ``"exact"`` or ``"fast"`` (forward only; see
-            :mod:`sangal.aah.fast`); recorded in meta.json so queries use the same.
+        aah: how san-gal heat maps are computed, ``"exact"`` or ``"fast"`` (forward only; see
+            :mod:`sangal.aah.fast`); None: as the checkpoint records. In meta.json, so queries use the same.
     """
-    from sangal.search.embed import Embedder, probe_images
+    from sangal.evaluate.predictor import Predictor
+    from sangal.search.probe import probe_images
 
     gallery = Path(gallery_dir).resolve()
     out = Path(out)
@@ -244,7 +245,7 @@ def build_index(
     files = list_gallery(gallery)
     if not files:
         raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
-    embedder = Embedder(checkpoint, attr_checkpoint, device, aah=aah)
+    predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=True, method=aah)
     reasons = probe_images(files, num_workers)
     skipped = []
     for path, reason in zip(files, reasons):
@@ -255,7 +256,7 @@ def build_index(
     if not good:
         raise DatasetError(f"{gallery}: none of the {len(files)} images can be read (first: {skipped[0]['reason']})")
     logger.info("indexing %d images of %s (%d unreadable skipped)", len(good), gallery, len(skipped))
-    emb = embedder.embed(good, batch_size=batch_size, num_workers=num_workers)
+    emb = predictor.embed_paths(good, batch_size=batch_size, num_workers=num_workers)
     backend = "exact"
     if len(good) >= faiss_threshold:
         if load_faiss() is None:
@@ -272,14 +273,15 @@ def build_index(
         "num_images": len(good),
         "feature_dim": int(emb.feats.shape[1]),
         "skipped": skipped,
-        "checkpoint": {"path": str(embedder.checkpoint), "sha256": embedder.sha256},
+        "checkpoint": {"path": predictor.source["checkpoint"], "sha256": predictor.source["sha256"]},
         "attr_checkpoint": (
-            {"path": str(embedder.attr_checkpoint), "sha256": embedder.attr_sha256}
-            if embedder.attr_checkpoint is not None else None
+            {"path": predictor.source["attr_checkpoint"], "sha256": predictor.source["attr_sha256"]}
+            if predictor.attr_checkpoint is not None else None
         ),
-        "arch": embedder.arch(),
+        "arch": predictor.source["arch"],
         "features": {"flip": True, "normalized": True, "metric": "cosine"},
-        "aah": embedder.aah,
+        "aah": predictor.spec.method,
+        "map_spec": predictor.spec.to_dict(),
         "attributes": None,
         "backend": backend,
         "faiss": (
@@ -291,11 +293,11 @@ def build_index(
     }
     with staged_dir(out) as tmp:
         np.save(tmp / FEATURES_FILE, emb.feats)
-        if emb.attr_probs is not None and embedder.schema is not None:
+        if emb.attr_probs is not None and predictor.schema is not None:
             labels = np.stack([p.argmax(axis=1) for p in emb.attr_probs], axis=1).astype(np.int64)
             arrays = {f"probs_{k}": p for k, p in enumerate(emb.attr_probs)}
             np.savez(tmp / ATTRIBUTES_FILE, labels=labels, **arrays)
-            meta["attributes"] = _schema_json(embedder.schema, str(embedder.attr_source))
+            meta["attributes"] = _schema_json(predictor.schema, str(predictor.attr_source))
         if backend == "faiss-hnsw":
             _write_faiss(tmp / FAISS_FILE, emb.feats)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")

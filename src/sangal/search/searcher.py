@@ -20,7 +20,7 @@ import torch
 
 from sangal.data.dataset import read_image
 from sangal.errors import CheckpointError, ConfigError
-from sangal.search.embed import Embedder
+from sangal.evaluate.predictor import Embedded, Predictor
 from sangal.search.html import render_page
 from sangal.search.index import HNSW_EF_SEARCH, GalleryIndex
 from sangal.search.match import Match
@@ -108,31 +108,37 @@ class Searcher:
             logger.warning("attribute checkpoint %s of the index is gone: no heat maps", recorded_attr["path"])
             recorded_attr = None
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
-        self.embedder = Embedder(ckpt, attr, device, aah=meta.get("aah", "exact"))  # queries' maps as the gallery's
-        self._last_query: tuple[tuple[str, int, int], np.ndarray, list[np.ndarray] | None] | None = None
-        if recorded_attr and self.embedder.attr_sha256 != recorded_attr["sha256"]:
-            if self.embedder.mode == "san-gal":  # its heat maps shape the features
-                assert self.embedder.attr_checkpoint is not None
-                _check_sha(self.embedder.attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
+        # queries embedded exactly as the gallery was: flip-averaged, with the index's test-time maps
+        self.predictor = Predictor.from_checkpoint(ckpt, attr, device, flip=True, method=meta.get("aah", "exact"))
+        self._last_query: tuple[tuple[str, int, int], Embedded] | None = None
+        if recorded_attr and self.predictor.source.get("attr_sha256") != recorded_attr["sha256"]:
+            if self.predictor.mode == "san-gal":  # its heat maps shape the features
+                assert self.predictor.attr_checkpoint is not None
+                _check_sha(self.predictor.attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
             logger.warning("attribute checkpoint differs from the index's %s", recorded_attr["path"])
         logger.info("searcher over %d images of %s (%s)", len(self.index), self.index.gallery_dir, self.index.backend)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def embed_query(self, image_path: str | Path) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """(D,) normalised feature and the K attribute probability rows (1, C_k) of one image.
+    def query(self, image_path: str | Path) -> Embedded:
+        """The query through the index's predictor: (1, D) feature, attribute probabilities, the maps it used.
 
-        The last query is remembered (keyed by path, size and modification time), so
-        searching and then writing the HTML page embeds it once.
+        The last query is remembered (keyed by path, size and modification time), so searching and then
+        drawing its page embeds it once.
         """
-        read_image(image_path)  # DatasetError naming the file if it cannot be used
+        image = read_image(image_path)  # DatasetError naming the file if it cannot be used
         stat = Path(image_path).stat()
         key = (str(Path(image_path).resolve()), stat.st_size, stat.st_mtime_ns)
         if self._last_query is None or self._last_query[0] != key:
-            emb = self.embedder.embed([image_path], batch_size=1)
-            self._last_query = (key, emb.feats[0], emb.attr_probs)
-        return self._last_query[1], self._last_query[2]
+            self._last_query = (key, self.predictor.embed_image(image))
+        return self._last_query[1]
+
+    def embed_query(self, image_path: str | Path) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """(D,) normalised feature and the K attribute probability rows (1, C_k) of one image."""
+        e = self.query(image_path)
+        probs = None if e.attr_probs is None else [p.float().cpu().numpy() for p in e.attr_probs]
+        return e.features[0].cpu().numpy(), probs
 
     def query_attributes(self, image_path: str | Path) -> dict[str, str]:
         """Predicted attributes of a query image ({} when the model predicts none)."""
@@ -156,7 +162,7 @@ class Searcher:
             if index.attr_probs is None or index.schema is None:
                 raise ConfigError(
                     f"index {index.directory} holds no predicted attributes (model mode "
-                    f"{self.embedder.mode!r}, no attribute network): attribute filters are unavailable"
+                    f"{self.predictor.mode!r}, no attribute network): attribute filters are unavailable"
                 )
             mask = where_mask(where, index.schema, index.attr_probs)  # checks names before embedding
         q, _ = self.embed_query(image_path)
@@ -192,28 +198,27 @@ class Searcher:
         return search_html(self, query_path, matches, out_html, heatmaps)
 
     def heatmap_image(self, query_path: str | Path):
-        """AAH grid (PIL image) of the query: every attribute at layer2/3/4 for its predicted class.
+        """AAH grid (PIL image) of the query: every attribute at layer2/3/4, the maps the model used.
 
         Raises ConfigError when no attribute network is loaded.
         """
-        from sangal.aah.gradcam import attribute_heatmaps
         from sangal.viz.heatmap import heatmap_grid
 
-        emb = self.embedder
-        net = emb.attr_net
+        predictor = self.predictor
+        net = predictor.attr_net
         if net is None:
             raise ConfigError("no attribute network: pass attr_checkpoint to Searcher for heat maps")
-        img = read_image(query_path)
-        x = emb.transform(img)[None].to(emb.device)
-        net.eval()
-        aah = attribute_heatmaps(net, x)  # predicted classes (test time)
-        probs, labels = net.predict(x)
-        schema = emb.schema if emb.schema is not None and len(emb.schema) == net.num_attributes else None
+        maps = self.query(query_path).maps
+        image = read_image(query_path)
+        with torch.no_grad():
+            probs, labels = net.predict(predictor.transform(image)[None].to(predictor.device))
+        schema = predictor.schema if predictor.schema is not None and len(predictor.schema) == net.num_attributes \
+            else None
         names = schema.names if schema else [f"attribute {k}" for k in range(net.num_attributes)]
         classes = [schema.attributes[k].classes[int(c)] if schema else str(int(c)) for k, c in enumerate(labels[0])]
         text = [f"{c} {float(p[0].max()):.2f}" for c, p in zip(classes, probs)]
-        picture = np.asarray(img.resize((emb.width, emb.height)))
-        return heatmap_grid(picture, [a[0].detach().cpu().numpy() for a in aah], names, text)
+        picture = np.asarray(image.resize((predictor.size[1], predictor.size[0])))
+        return heatmap_grid(picture, [m[0].detach().cpu().numpy() for m in maps], names, text)
 
 
 def search_html(
@@ -232,8 +237,7 @@ def search_html(
     grid, note = None, None
     if heatmaps:
         try:
-            with torch.enable_grad():
-                grid = searcher.heatmap_image(query_path)
+            grid = searcher.heatmap_image(query_path)
         except ConfigError as exc:
             note = str(exc)
             logger.warning("%s", exc)

@@ -1,7 +1,7 @@
-"""What a Re-ID checkpoint records about how it was trained: input size, the heat maps it expects, its attribute net.
+"""What a Re-ID checkpoint records about how it was trained: its input size and its attribute net.
 
-Embedding (:mod:`sangal.search.embed`), evaluation and ONNX export read these so that test-time maps match
-training, and find the attribute checkpoint of a san-gal model even when its run folder was moved or copied.
+The test-time predictor (:mod:`sangal.evaluate.predictor`) reads these (the map spec: :mod:`sangal.aah.spec`)
+and finds the attribute checkpoint of a san-gal model even when its run folder was moved or copied.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sangal.errors import CheckpointError
 from sangal.store.checkpoint import MODEL_FILE, Checkpoint
 from sangal.store.files import file_sha256
 
-__all__ = ["aah_agnostic", "aah_normalize", "find_attribute_checkpoint", "input_size", "run_folder"]
+__all__ = ["find_attribute_checkpoint", "input_size", "run_folder"]
 
 
 def input_size(ckpt: Checkpoint) -> tuple[int, int]:
@@ -24,20 +24,6 @@ def input_size(ckpt: Checkpoint) -> tuple[int, int]:
     if not height or not width:
         raise CheckpointError(f"checkpoint {ckpt.path}: arch records no input height/width")
     return int(height), int(width)
-
-
-def aah_normalize(ckpt: Checkpoint) -> str:
-    """Heat-map normalisation the Re-ID model was trained with (config model.aah_normalize; "max")."""
-    config = ckpt.state.get("config") or {}
-    model = config.get("model", {}) if isinstance(config, dict) else {}
-    return str(model.get("aah_normalize", "max")) if isinstance(model, dict) else "max"
-
-
-def aah_agnostic(ckpt: Checkpoint) -> bool:
-    """Was the Re-ID model trained on class-agnostic maps (config train.aah_targets=agnostic)?"""
-    config = ckpt.state.get("config") or {}
-    train = config.get("train", {}) if isinstance(config, dict) else {}
-    return isinstance(train, dict) and train.get("aah_targets") == "agnostic"
 
 
 def run_folder(ckpt: Checkpoint) -> Path | None:
