@@ -45,7 +45,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the training step
 
 import torch  # noqa: E402
 
-from sangal.aah.distill import map_agreement  # noqa: E402
+from sangal.train.distill import map_agreement  # noqa: E402
 from sangal.aah.fast import fast_attribute_heatmaps  # noqa: E402
 from sangal.aah.gradcam import attribute_heatmaps  # noqa: E402
 from sangal.aah.predictor import save_map_predictor  # noqa: E402
@@ -171,7 +171,7 @@ def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[
 def quality(args: argparse.Namespace, tmp: Path) -> None:
     """Section 2: one SAN-GAL model evaluated with exact and fast test maps; per-stage map agreement."""
     from sangal.aah.cache import AAHCache
-    from sangal.aah.distill import distill
+    from sangal.train.distill import distill
     from sangal.aah.job import build_caches
     from sangal.config import load_config
     from sangal.data.synthetic import generate_synthetic

@@ -133,6 +133,7 @@ class AttrTrainConfig:
     batch_size: int = 64
     lr: float = 1e-2
     warmup_epochs: float = 1.0
+    warmup_start_factor: float = 0.1  # the warmup starts at this fraction of lr
     milestones: list[int] = field(default_factory=lambda: [6, 9])
     gamma: float = 0.1
     weight_decay: float = 5e-4
@@ -167,6 +168,8 @@ class DistillConfig:
     batch_size: int = 64
     hidden: int = 64  # width of each stage head's 3x3 context branch
     val_fraction: float = 0.1  # training images held out to report map agreement
+    patience: int = 0  # stop once held-out agreement has not improved for this many epochs (0: run every epoch)
+    min_delta: float = 1e-3  # the least rise of held-out Pearson r that counts as an improvement
 
 
 @dataclass
@@ -313,6 +316,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             _apply(cfg, layer, "", str(layer_path))
     _apply_overrides(cfg, overrides)
     return validate(cfg)
+
+
+def given_keys(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
+    """The dotted keys the config file chain or the overrides set: what the user decided, not the defaults."""
+    layers = [layer for _, layer in _read_yaml_chain(Path(path))] if path is not None else []
+    for text in overrides:
+        keys, value = parse_override(text)
+        for key in reversed(keys):
+            value = {key: value}
+        layers.append(value)
+    found: set[str] = set()
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict):
+                found.update(f"{key}.{inner}" for inner in value)
+            else:
+                found.add(str(key))
+    return frozenset(found)
 
 
 def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -60,3 +60,24 @@ def test_the_attribute_net_has_its_own_backbone_and_weights(tiny_synth, tiny_ove
     assert ckpt.arch["backbone"] == "mobilenet_v2"
     key = "features.14.conv.1.0.weight"  # a conv weight: lr 0 keeps the file's values
     assert torch.equal(ckpt.weights[f"backbone.{key}"], state[key])
+
+
+def test_a_stopped_attribute_net_resumes_to_the_bit(tiny_synth, tiny_overrides, tmp_path) -> None:
+    """On the one loop: stopped mid-epoch, resumed, the attribute net ends with the uninterrupted run's weights."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sangal.train.attr import train_attribute_net
+
+    extra = ["attr_train.epochs=2", "attr_train.batch_size=6", "attr_train.optimizer=adam", "attr_train.lr=1e-3"]
+    train_attribute_net(load_config(None, tiny_overrides(tiny_synth, tmp_path / "full") + extra))
+    split = load_config(None, tiny_overrides(tiny_synth, tmp_path / "split") + extra)
+    assert train_attribute_net(split, stop_after_steps=3) == {}
+    state = json.loads((tmp_path / "split/attr/checkpoints/last/state.json").read_text())
+    assert state["global_step"] == 3 and not (tmp_path / "split/attr/checkpoints/final").exists()
+    train_attribute_net(split, resume=True)
+    a = load_file(tmp_path / "full/attr/checkpoints/final/model.safetensors")
+    b = load_file(tmp_path / "split/attr/checkpoints/final/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -36,7 +36,7 @@ def _cfg(run, *extra):
 
 
 def _distilled(run) -> dict:
-    from sangal.aah.distill import distill
+    from sangal.train.distill import distill
 
     if "distilled" not in run:
         run["distilled"] = distill(run["cfg"])
@@ -45,17 +45,16 @@ def _distilled(run) -> dict:
 
 def test_fast_maps_before_distill_are_a_clear_error(run) -> None:
     from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
-    from sangal.data import load_dataset
-    from sangal.evaluate.reid import heatmap_source
+    from sangal.evaluate.reid import training_predictor
 
     if (run["ckpt"] / PREDICTOR_FILE).exists():
         pytest.skip("distilled already (test order)")
     with pytest.raises(CheckpointError, match="no distilled map predictor.*sangal distill"):
         load_map_predictor(run["ckpt"])
     cfg = _cfg(run, *FAST)
-    dataset = load_dataset("synthetic", cfg.data.root)
-    with pytest.raises(CheckpointError, match="sangal distill"):
-        heatmap_source(cfg, dataset.query, "query", default_paths(cfg), torch.device("cpu"))
+    assert cfg.model.mode == "san-gal"
+    with pytest.raises(CheckpointError, match="sangal distill"):  # the san-gal net's test-time maps
+        training_predictor(torch.nn.Linear(1, 1), cfg, default_paths(cfg)["attr_checkpoint"])
 
 
 def test_distill_saves_a_predictor_that_learns(run) -> None:
@@ -119,13 +118,14 @@ def test_san_gal_evaluates_with_fast_maps(run, tmp_path) -> None:
     train_reid(_cfg(run, *base))
     final = out / "reid" / "san-gal" / "checkpoints" / "final"
     exact = evaluate_checkpoint(_cfg(run, *base), final)
-    fast = evaluate_checkpoint(_cfg(run, *base, *FAST), final)
+    assert evaluate_checkpoint(_cfg(run, *base, *FAST), final) == exact  # the checkpoint records exact maps
+    fast = evaluate_checkpoint(_cfg(run, *base, *FAST), final, given={"eval.aah"})  # unless the user asks
     for metrics in (exact, fast):
         assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["num_valid_queries"] > 0
 
 
 def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch) -> None:
-    import sangal.aah.distill as distill_module
+    import sangal.train.distill as distill_module
 
     first = _distilled(run)
     monkeypatch.setattr(distill_module, "distill", lambda cfg: pytest.fail("refitted a valid predictor"))
@@ -135,3 +135,35 @@ def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch)
     with open(run["ckpt"] / "map_predictor.safetensors", "r+b") as f:  # no longer a readable predictor
         f.write(b"garbage!")
     assert distill_module.ensure_distilled(run["cfg"]) == {"path": "new", "reused": False}
+
+
+def test_a_stopped_fit_resumes_to_the_bit(run, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from sangal.aah.predictor import PREDICTOR_FILE
+    from sangal.train.distill import distill
+    from sangal.train.engine import Stopped
+
+    attr = tmp_path / "attr"
+    shutil.copytree(run["ckpt"], attr)
+    (attr / PREDICTOR_FILE).unlink(missing_ok=True)
+    base = [f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}"]
+    whole = distill(_cfg(run, *base, f"out={tmp_path / 'whole'}"))
+    fitted = load_file(attr / PREDICTOR_FILE)
+    with pytest.raises(Stopped):
+        distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), stop_after_steps=4)  # in the second epoch
+    again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))  # finds its checkpoint and resumes
+    assert again["train_loss"] == whole["train_loss"] and again["epochs"] == 4
+    resumed = load_file(attr / PREDICTOR_FILE)
+    assert all(torch.equal(fitted[k], resumed[k]) for k in fitted)
+
+
+def test_early_stopping_keeps_the_best_epoch(run, tmp_path) -> None:
+    from sangal.train.distill import distill
+
+    attr = tmp_path / "attr"
+    shutil.copytree(run["ckpt"], attr)
+    base = [f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}", f"out={tmp_path}",
+            "distill.epochs=12", "distill.patience=1", "distill.min_delta=0.5"]  # no epoch gains 0.5: stops after 2
+    result = distill(_cfg(run, *base))
+    assert result["epochs"] == 2 and result["best_epoch"] == 1 and len(result["train_loss"]) == 2

@@ -113,10 +113,27 @@ def test_reid_losses_named_terms_sum_to_total():
     weights = {"id": 1.0, "triplet": 2.0, "attr": 0.5}
     terms = reid_losses(out, pids, attrs, weights, epsilon=0.1, margin=0.3)
     assert set(terms) == {"id", "triplet", "attr", "total"}
-    torch.testing.assert_close(terms["total"], terms["id"] + terms["triplet"] + terms["attr"])
+    torch.testing.assert_close(terms["total"], terms["id"] + 2.0 * terms["triplet"] + 0.5 * terms["attr"])
     torch.testing.assert_close(terms["id"], cross_entropy_ls(out.logits, pids, 0.1))
-    torch.testing.assert_close(terms["triplet"], 2.0 * batch_hard_triplet(out.global_features, pids, 0.3))
-    torch.testing.assert_close(terms["attr"], 0.5 * attribute_ce(out.attr_logits, attrs))
+    torch.testing.assert_close(terms["triplet"], batch_hard_triplet(out.global_features, pids, 0.3))
+    torch.testing.assert_close(terms["attr"], attribute_ce(out.attr_logits, attrs))
+
+
+def test_the_triplet_mines_over_the_batch_it_is_given():
+    """Under DDP the triplet sees the global batch gathered from every rank, the other terms this rank's."""
+    out = _output(with_attrs=False)
+    pids = torch.tensor([0, 0, 3, 3])
+    wider = torch.cat([out.global_features, torch.randn(4, 8)])
+    wider_pids = torch.cat([pids, torch.tensor([0, 3, 5, 5])])
+    terms = reid_losses(out, pids, None, {}, margin=0.3, triplet_features=wider, triplet_pids=wider_pids)
+    torch.testing.assert_close(terms["triplet"], batch_hard_triplet(wider, wider_pids, 0.3))
+    assert not torch.allclose(terms["triplet"], batch_hard_triplet(out.global_features, pids, 0.3))
+
+
+def test_a_weight_of_zero_drops_the_term():
+    terms = reid_losses(_output(with_attrs=False), torch.tensor([0, 0, 3, 3]), None, {"triplet": 0.0})
+    assert set(terms) == {"id", "total"}
+    torch.testing.assert_close(terms["total"], terms["id"])
 
 
 def test_reid_losses_attr_only_when_available():

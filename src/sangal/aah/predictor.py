@@ -1,6 +1,6 @@
 """The distilled map predictor on disk: ``map_predictor.safetensors`` inside an attribute checkpoint.
 
-Fitted by :mod:`sangal.aah.distill`, read by fast heat maps (cache build, evaluation, search, export).
+Fitted by :mod:`sangal.train.distill`, read by fast heat maps (cache build, evaluation, search, export).
 The file binds itself to the attribute weights it was fitted to (their sha256 in its metadata), and
 fast AAH caches bind themselves to the file's own sha256 (:func:`predictor_sha256`).
 """

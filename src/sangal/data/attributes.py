@@ -130,6 +130,12 @@ def _canonical(dataset: str) -> str:
     return _DATASET_ALIASES[dataset]
 
 
+def schema_name(dataset: str) -> str:
+    """The attribute schema a dataset's labels follow (``data.dataset``): Duke's for DukeMTMC-reID, Market's for
+    every other set (Market-1501, the synthetic set, and sets labelled with Market's schema: CSV, pseudo-labels)."""
+    return "dukemtmc" if dataset == "dukemtmc" else "market1501"
+
+
 @lru_cache(maxsize=None)
 def get_schema(dataset: str, colour_mode: str = "binary") -> AttributeSchema:
     """Schema of ``dataset`` ("market1501", "dukemtmc"; "synthetic" = market1501)."""

@@ -46,7 +46,7 @@ def attribute_file(cfg: Config, dataset_root: Path) -> Path:
 
 def load_attributes(cfg: Config, dataset):
     """Attribute table for the dataset, checked against every identity it holds."""
-    from sangal.data.attributes import read_attribute_mat
+    from sangal.data.attributes import read_attribute_mat, schema_name
 
     if not cfg.data.attributes and getattr(dataset, "attributes", None) is not None:  # a CSV's attribute columns
         table = dataset.attributes
@@ -54,8 +54,7 @@ def load_attributes(cfg: Config, dataset):
             raise ConfigError(f"{table.path}: attribute columns are in the {table.schema.colour_mode} schema; "
                               f"set data.colour_mode={table.schema.colour_mode}")
         return table
-    schema_dataset = "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501"
-    table = read_attribute_mat(attribute_file(cfg, Path(dataset.root)), dataset=schema_dataset,
+    table = read_attribute_mat(attribute_file(cfg, Path(dataset.root)), dataset=schema_name(cfg.data.dataset),
                                colour_mode=cfg.data.colour_mode)
     return table
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.distill import ensure_distilled
+from sangal.train.distill import ensure_distilled
 from sangal.config import Config
 from sangal.data import setup
 from sangal.errors import CheckpointError

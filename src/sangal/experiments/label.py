@@ -29,6 +29,7 @@ import torch
 
 from sangal.config import Config
 from sangal.data import setup
+from sangal.data.attributes import schema_name
 from sangal.errors import ConfigError
 from sangal.store.files import atomic_write_text
 
@@ -91,7 +92,7 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
     model, ckpt = load_model(checkpoint, expected_kind="attribute", device=str(device))
     cfg.data.height, cfg.data.width = ckpt.arch["height"], ckpt.arch["width"]
     schema = get_schema(ckpt.arch["dataset"], ckpt.arch["colour_mode"])
-    wanted = "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501"  # the schema training will read
+    wanted = schema_name(cfg.data.dataset)  # the schema training will read
     if schema.dataset != wanted:
         raise ConfigError(f"{checkpoint}: attribute net predicts the {schema.dataset} attributes, but "
                           f"data.dataset={cfg.data.dataset} trains with the {wanted} schema; label with a "

@@ -151,7 +151,7 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
 def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | None:
     """Every cache the san-gal variants read; with eval.aah=fast, the map predictor is distilled from the exact
     train maps before the (forward-only) query/gallery caches are built. Returns the predictor's figures."""
-    from sangal.aah.distill import ensure_distilled
+    from sangal.train.distill import ensure_distilled
     from sangal.aah.job import build_caches
 
     offline = [c for c in configs.values() if c.model.mode == "san-gal" and c.train.aah == "offline"]

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from sangal.config import Config
+from sangal.data.attributes import schema_name
 from sangal.errors import ConfigError
 
 __all__ = ["arch_for", "build_model"]
@@ -25,7 +26,7 @@ def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] |
         "backbone": cfg.model.attribute_backbone() if kind == "attribute" else cfg.model.backbone,
         "last_stride": cfg.model.last_stride,
         "attr_classes": list(attr_classes or []),
-        "dataset": "dukemtmc" if cfg.data.dataset == "dukemtmc" else "market1501",
+        "dataset": schema_name(cfg.data.dataset),
         "colour_mode": cfg.data.colour_mode,
         "height": cfg.data.height,
         "width": cfg.data.width,
@@ -37,7 +38,7 @@ def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] |
 
 
 def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) -> nn.Module:
-    """Build the ReIDNet or AttributeNet that ``arch`` describes (random or pretrained backbone)."""
+    """Build the ReIDNet, AttributeNet or MapPredictor that ``arch`` describes (random or pretrained backbone)."""
     kind = arch.get("kind")
     try:
         if kind == "attribute":
@@ -55,6 +56,10 @@ def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) 
                            extra_sigmoid=bool(arch.get("extra_sigmoid", False)),
                            asam_stages=arch.get("asam_stages") or (2, 3, 4),
                            asam_gain=float(arch.get("asam_gain", 1.0)))
+        if kind == "map_predictor":
+            from sangal.models.map_predictor import MapPredictor
+
+            return MapPredictor(tuple(arch["stage_channels"]), int(arch["num_logits"]), int(arch["hidden"]))
     except KeyError as exc:
         raise ConfigError(f"arch {dict(arch)} lacks {exc.args[0]!r}") from exc
-    raise ConfigError(f"arch kind must be 'reid' or 'attribute', got {kind!r}")
+    raise ConfigError(f"arch kind must be 'reid', 'attribute' or 'map_predictor', got {kind!r}")

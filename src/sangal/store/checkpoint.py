@@ -56,6 +56,8 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
+#: what a checkpoint can hold: a Re-ID net, an attribute net, or a map predictor being distilled
+KINDS = ("reid", "attribute", "map_predictor")
 #: arch entries that change the network; a mismatch is refused.
 ARCH_KEYS = ("kind", "backbone", "last_stride", "num_ids", "attr_classes", "mode", "extra_sigmoid")
 _REID_ONLY = ("num_ids", "mode", "extra_sigmoid")
@@ -169,9 +171,9 @@ def load_checkpoint(directory: str | Path, expected_kind: str | None = None) -> 
         raise CheckpointError(f"checkpoint {directory} does not exist{hint}")
     state = _read_state(directory / STATE_FILE)
     arch = state.get("arch")
-    if not isinstance(arch, dict) or arch.get("kind") not in ("reid", "attribute"):
+    if not isinstance(arch, dict) or arch.get("kind") not in KINDS:
         raise CheckpointError(
-            f"{directory / STATE_FILE} has no valid 'arch' (need kind 'reid' or 'attribute')"
+            f"{directory / STATE_FILE} has no valid 'arch' (need kind {', '.join(map(repr, KINDS))})"
         )
     if expected_kind is not None and arch["kind"] != expected_kind:
         raise CheckpointError(

@@ -1,2 +1,2 @@
-"""Training: the attribute network's pretraining and the Re-ID loops (ID, triplet and attribute losses, §4.1.2).
-Reads datasets (``data``) and heat maps (``aah``); writes resumable checkpoints (``store``) and run logs."""
+"""Training on one loop (``engine``): the attribute net, the Re-ID net (ID, triplet, attribute losses, §4.1.2) and
+the distilled map predictor. Reads datasets (``data``) and heat maps (``aah``); writes checkpoints that resume."""

@@ -1,4 +1,4 @@
-"""Attribute-network pretraining (the paper's offline mode: trained before the Re-ID net)."""
+"""Attribute-network pretraining (the paper's offline mode: trained before the Re-ID net), on the one loop."""
 
 from __future__ import annotations
 
@@ -9,20 +9,12 @@ import torch
 
 from sangal.config import Config, dump_yaml, parse_pretrained, to_dict
 from sangal.data import setup
-from sangal.models.arch import arch_for
+from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import resolve_device
-from sangal.runtime.precision import autocast, channels_last
+from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
-from sangal.train.loop import (
-    Position,
-    RunLogger,
-    StopSignal,
-    check_finite,
-    make_optimizer,
-    resume_from,
-    set_lr,
-    warmup_step_lr,
-)
+from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
+from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 
 log = logging.getLogger(__name__)
 
@@ -51,88 +43,90 @@ class ShuffleBatchSampler:
             yield [(i, seeds[i]) for i in idx]
 
 
-def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
-    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`."""
-    from tqdm import tqdm
+class AttrTask(Task):
+    """Attribute-network pretraining into ``<out>/attr/``: shuffled batches, one cross-entropy per attribute."""
 
-    from sangal.data import ImageDataset, build_transforms
-    from sangal.models.attribute_net import AttributeNet
-    from sangal.store.checkpoint import capture_rng_state, save_checkpoint
-    from sangal.train.losses import attribute_ce
+    name = "attributes"
 
+    def __init__(self, cfg: Config, device: torch.device, resume: bool) -> None:
+        from sangal.data import ImageDataset, build_transforms
+
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.train.seed)
+        self.run_dir = default_paths(cfg)["attr_run"]
+        self.dataset = setup.load_reid_dataset(cfg)
+        self.table = setup.load_attributes(cfg, self.dataset)
+        records, targets = attribute_training_set(cfg, self.dataset, self.table)
+        self.arch = arch_for(cfg, "attribute", attr_classes=self.table.schema.num_classes)
+        model = build_model(self.arch, parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False)
+        self.model = channels_last(model.to(device), cfg.train.channels_last)
+        tc = cfg.attr_train
+        self.optimizer = make_optimizer(list(self.model.parameters()), tc.optimizer, tc.lr, tc.weight_decay)
+        last = self.run_dir / "checkpoints" / "last"
+        self.position = resume_from(last, self.model, self.optimizer, self.arch, "attribute")[1] if resume \
+            else Position()
+        batch_size = min(tc.batch_size, len(records))
+        if batch_size < tc.batch_size:
+            log.warning("only %d training images: attribute batches of %d instead of %d", len(records),
+                        batch_size, tc.batch_size)
+        self.sampler = ShuffleBatchSampler(len(records), batch_size, seed=cfg.train.seed)
+        transform = build_transforms(cfg.data.height, cfg.data.width, train=True, flip_p=cfg.data.flip,
+                                     pad=cfg.data.pad, erasing_p=0.0)  # erasing can delete the attribute's evidence
+        self.loader = torch.utils.data.DataLoader(ImageDataset(records, transform, targets),
+                                                  batch_sampler=self.sampler, num_workers=cfg.data.num_workers)
+        cap = tc.max_steps_per_epoch
+        self.steps = len(self.sampler) if cap <= 0 else min(len(self.sampler), cap)
+        self.logger: RunLogger | None = None
+
+    def schedule(self) -> Schedule:
+        """Warmup from ``warmup_start_factor`` x lr, then lr x gamma^i from the i-th milestone."""
+        tc = self.cfg.attr_train
+        milestone_lrs = [tc.lr * tc.gamma ** (i + 1) for i in range(len(tc.milestones))]
+        return step_schedule(tc.epochs, self.steps, tc.lr, tc.lr * tc.warmup_start_factor, tc.warmup_epochs,
+                             tc.milestones, milestone_lrs)
+
+    def batches(self, epoch: int, start: int):
+        self.sampler.set_epoch(epoch, start_batch=start)
+        self.model.train()
+        return self.loader
+
+    def step(self, batch, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        from sangal.train.losses import attribute_ce
+
+        out = self.model(channels_last(batch["image"].to(self.device), self.cfg.train.channels_last))
+        loss = attribute_ce(out.logits, batch["attrs"].to(self.device))
+        return {"attr": loss, "total": loss}
+
+    def save(self, position: Position, name: str = "last") -> None:
+        from sangal.store.checkpoint import capture_rng_state, save_checkpoint
+
+        state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
+                 "rng": capture_rng_state(), "config": to_dict(self.cfg),
+                 "history": self.logger.history if self.logger else None}
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=self.optimizer)
+
+
+def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`.
+
+    ``stop_after_steps`` stops (checkpoint written, {} returned) after that many steps, as a kill would.
+    """
     device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-    paths = default_paths(cfg)
-    run_dir = paths["attr_run"]
-    dataset = setup.load_reid_dataset(cfg)
-    table = setup.load_attributes(cfg, dataset)
-    records, targets = attribute_training_set(cfg, dataset, table)
-    classes = table.schema.num_classes
-    model = AttributeNet(classes, backbone=cfg.model.attribute_backbone(),
-                         pretrained=parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False,
-                         last_stride=cfg.model.last_stride).to(device)
-    arch = arch_for(cfg, "attribute", attr_classes=classes)
-    model = channels_last(model, cfg.train.channels_last)
-    tc = cfg.attr_train
-    optimizer = make_optimizer(list(model.parameters()), tc.optimizer, tc.lr, tc.weight_decay)
-    last_dir = run_dir / "checkpoints" / "last"
-    pos = resume_from(last_dir, model, optimizer, arch, "attribute")[1] if resume else Position()
-    start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
-    batch_size = min(tc.batch_size, len(records))
-    if batch_size < tc.batch_size:
-        log.warning("only %d training images: attribute batches of %d instead of %d", len(records),
-                    batch_size, tc.batch_size)
-    sampler = ShuffleBatchSampler(len(records), batch_size, seed=cfg.train.seed)
-    transform = build_transforms(cfg.data.height, cfg.data.width, train=True, flip_p=cfg.data.flip,
-                                 pad=cfg.data.pad, erasing_p=0.0)  # erasing can delete the attribute's evidence
-    loader = torch.utils.data.DataLoader(ImageDataset(records, transform, targets), batch_sampler=sampler,
-                                         num_workers=cfg.data.num_workers)
-    cap = tc.max_steps_per_epoch
-    steps = len(sampler) if cap <= 0 else min(len(sampler), cap)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    logger = RunLogger(run_dir, history=history)
-    milestone_lrs = [tc.lr * tc.gamma ** (i + 1) for i in range(len(tc.milestones))]
-
-    def save(epoch: int, step: int, name: str = "last") -> None:
-        state = {"epoch": epoch, "step": step, "global_step": global_step, "rng": capture_rng_state(),
-                 "config": to_dict(cfg), "history": logger.history}
-        save_checkpoint(run_dir / "checkpoints" / name, model, arch, state, optimizer=optimizer)
-
-    with StopSignal() as stop:
-        for epoch in range(start_epoch, tc.epochs):
-            sampler.set_epoch(epoch, start_batch=start_step)
-            model.train()
-            bar = tqdm(total=steps, initial=start_step, desc=f"attributes epoch {epoch + 1}/{tc.epochs}",
-                       leave=False, dynamic_ncols=True)
-            for step, batch in zip(range(start_step, steps), loader):
-                set_lr(optimizer, warmup_step_lr(epoch + step / steps, tc.lr, tc.lr * 0.1, tc.warmup_epochs,
-                                                 tc.milestones, milestone_lrs))
-                with autocast(device, cfg.train.amp):
-                    out = model(channels_last(batch["image"].to(device), cfg.train.channels_last))
-                    loss = attribute_ce(out.logits, batch["attrs"].to(device))
-                check_finite({"attr": loss}, epoch, step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                global_step += 1
-                bar.update(1)
-                bar.set_postfix(attr=f"{loss.item():.3f}")
-                if global_step % max(cfg.train.log_every, 1) == 0 or step == steps - 1:
-                    logger.scalars("train", {"attr": loss.item()}, global_step)
-                    logger.record("train", {"epoch": epoch, "step": step, "attr": loss.item()})
-                if stop.stop:
-                    save(epoch, step + 1)
-                    bar.close()
-                    logger.close()
-                    raise KeyboardInterrupt(f"stopped by signal; resume with --resume ({last_dir})")
-                if cfg.train.checkpoint_every > 0 and global_step % cfg.train.checkpoint_every == 0:
-                    save(epoch, step + 1)
-            bar.close()
-            start_step = 0
-            save(epoch + 1, 0)
-    save(tc.epochs, 0, name="final")
-    metrics = evaluate_attribute_net(model, dataset, table, cfg, device)
+    task = AttrTask(cfg, device, resume)
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    (task.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    task.logger = logger = RunLogger(task.run_dir, history=task.position.history)
+    settings = LoopSettings(device, cfg.train.amp, cfg.train.checkpoint_every, cfg.train.log_every)
+    try:
+        end = run_task(task, task.schedule(), settings, logger, task.position, stop_after_steps)
+    except Stopped as stopped:
+        logger.close()
+        if stopped.signal is None:
+            return {}
+        last = task.run_dir / "checkpoints" / "last"
+        raise KeyboardInterrupt(f"stopped by signal; resume with --resume ({last})")
+    task.save(end, name="final")
+    metrics = evaluate_attribute_net(task.model, task.dataset, task.table, cfg, device)
     logger.record("eval", metrics)
     logger.close()
     return metrics

@@ -138,13 +138,15 @@ def reid_losses(
     *,
     epsilon: float = 0.1,
     margin: float | None = 0.3,
+    triplet_features: Tensor | None = None,
+    triplet_pids: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Named, weighted Re-ID training losses.
+    """Named Re-ID training losses (§4.1.2) and their weighted sum ``"total"``: the one loss API of training.
 
-    Terms (each already multiplied by its weight, so they sum to ``total``):
+    Terms (unweighted, as logged; ``total`` = sum of weight x term, a term of weight 0 is dropped):
 
     * ``"id"``: :func:`cross_entropy_ls` on ``out.logits`` (when present);
-    * ``"triplet"``: :func:`batch_hard_triplet` on ``out.global_features``;
+    * ``"triplet"``: :func:`batch_hard_triplet` on ``out.global_features`` (or ``triplet_features``);
     * ``"attr"``: :func:`attribute_ce` on ``out.attr_logits`` — only when the model
       has attribute heads and ``attrs`` is given.
 
@@ -152,24 +154,24 @@ def reid_losses(
         out: the model's :class:`~sangal.models.reid_net.ReIDOutput`.
         pids: (B,) identity labels.
         attrs: (B, K) attribute labels with ``IGNORE_INDEX``, or None.
-        weights: e.g. ``{"id": 1.0, "triplet": 1.0, "attr": 1.0}``; a missing
-            key means weight 1.0, weight 0 drops the term.
+        weights: e.g. ``{"id": 1.0, "triplet": 1.0, "attr": 1.0}``; a missing key means weight 1.0.
         epsilon: label smoothing of the ID loss (0 = the paper's plain CE).
         margin: triplet margin (None = soft margin).
+        triplet_features, triplet_pids: the batch the triplet mines over, (N, D) and (N,); under DDP the
+            global batch gathered from every rank (default: this batch).
     """
     unknown = sorted(set(weights) - set(LOSS_TERMS))
     if unknown:
         raise ValueError(f"unknown loss weights {unknown}; valid: {', '.join(LOSS_TERMS)}")
     terms: dict[str, Tensor] = {}
     if out.logits is not None and weights.get("id", 1.0) != 0:
-        terms["id"] = weights.get("id", 1.0) * cross_entropy_ls(out.logits, pids, epsilon)
+        terms["id"] = cross_entropy_ls(out.logits, pids, epsilon)
     if weights.get("triplet", 1.0) != 0:
-        terms["triplet"] = weights.get("triplet", 1.0) * batch_hard_triplet(
-            out.global_features, pids, margin
-        )
+        features = out.global_features if triplet_features is None else triplet_features
+        terms["triplet"] = batch_hard_triplet(features, pids if triplet_pids is None else triplet_pids, margin)
     if out.attr_logits is not None and attrs is not None and weights.get("attr", 1.0) != 0:
-        terms["attr"] = weights.get("attr", 1.0) * attribute_ce(out.attr_logits, attrs)
+        terms["attr"] = attribute_ce(out.attr_logits, attrs)
     if not terms:
         raise ValueError("reid_losses: every loss term is disabled or unavailable")
-    terms["total"] = torch.stack(list(terms.values())).sum()
+    terms["total"] = sum(weights.get(name, 1.0) * value for name, value in terms.items())
     return terms

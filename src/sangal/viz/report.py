@@ -53,7 +53,7 @@ class ReportData:
         each variant minus the reference over paired seeds (``sangal.experiments.study``).
     localisation: rows from ``sangal.viz.localisation.localisation_scores`` (+ optional "stage").
     map_agreement: rows {"stage", "pearson", "argmax", "maps"}: held-out agreement of the forward-only
-        (distilled) heat maps with exact Grad-CAM (``sangal.aah.distill.map_agreement``).
+        (distilled) heat maps with exact Grad-CAM (``sangal.train.distill.map_agreement``).
     config: resolved config, shown in a collapsed block as YAML (JSON without PyYAML).
     """
 

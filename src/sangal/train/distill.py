@@ -1,0 +1,359 @@
+"""`sangal distill`: fit the layer2/layer3 map predictor of ``eval.aah=fast`` to the exact AAH cache.
+
+The predictor (:class:`~sangal.models.map_predictor.MapPredictor`) learns the per-class logit Grad-CAM
+maps of layer2 and layer3 from the frozen attribute net's activations; :mod:`sangal.aah.fast` turns them
+into AAH with the exact probabilities and target classes. Targets are the exact maps of the train split's
+AAH cache (``sangal aah``), with the classes that cache was built for. A held-out ``distill.val_fraction``
+of the training images measures agreement with the exact maps (Pearson r, same-argmax-cell rate).
+
+:class:`DistillTask` runs on the one training loop (:mod:`sangal.train.engine`): checkpoints in
+``<out>/distill/`` resume a killed fit, and with ``distill.patience`` > 0 the fit stops once the held-out
+agreement has not improved for that many epochs, keeping the best epoch's weights. The predictor is saved
+INTO the attribute checkpoint directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sangal.aah.fast import combine_logit_maps, layer4_logit_maps
+from sangal.aah.gradcam import normalize_heatmaps, target_classes
+from sangal.config import DistillConfig
+from sangal.errors import ConfigError
+from sangal.models.attribute_net import AttributeNet
+from sangal.models.map_predictor import MapPredictor
+from sangal.train.engine import LoopSettings, Schedule, Task, run_task
+from sangal.train.loop import Position, RunLogger, make_optimizer
+
+__all__ = ["DistillTask", "distill_loss", "fit_map_predictor", "map_agreement"]
+
+log = logging.getLogger(__name__)
+
+#: Stage activations of the training images are kept in memory below this size; else recomputed per epoch.
+ACTIVATION_BUDGET_BYTES = 1 << 30
+
+
+def map_agreement(pred: Tensor, exact: Tensor) -> dict[str, float]:
+    """Agreement of (N, K, h, w) maps with exact ones, per (image, attribute) map.
+
+    ``pearson``: mean Pearson r over maps where both vary; ``argmax``: share of
+    non-zero exact maps whose peak cell is also the predicted map's peak cell.
+    """
+    p = pred.flatten(2).double()
+    e = exact.flatten(2).double()  # (N, K, hw)
+    pc, ec = p - p.mean(-1, keepdim=True), e - e.mean(-1, keepdim=True)
+    denom = pc.norm(dim=-1) * ec.norm(dim=-1)
+    valid = denom > 1e-12
+    r = (pc * ec).sum(-1)[valid] / denom[valid]
+    nonzero = e.amax(-1) > 0
+    same = p.argmax(-1) == e.argmax(-1)
+    return {"pearson": float(r.mean()) if r.numel() else float("nan"),
+            "argmax": float(same[nonzero].double().mean()) if bool(nonzero.any()) else float("nan"),
+            "maps": int(valid.sum())}
+
+
+def distill_loss(signed: Tensor, exact: Tensor) -> Tensor:
+    """Scale-free distillation loss of one stage: signed (B, K, h, w) prediction, exact normalised maps.
+
+    MSE between the max-normalised ReLU of the prediction and the exact map,
+    plus a hinge that raises the prediction wherever the exact map is positive
+    (it keeps a map whose ReLU is all zero from losing its gradient).
+    """
+    mse = (normalize_heatmaps(torch.relu(signed), "max") - exact).pow(2).mean()
+    scale = signed.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)  # (B, K, 1, 1)
+    hinge = (torch.relu(-signed / scale) * exact).mean()
+    return mse + hinge
+
+
+def _signed_maps(net: AttributeNet, predictor: MapPredictor, stages: Sequence[Tensor], logits: list[Tensor],
+                 classes: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre-ReLU layer2/layer3 maps ``y_c (P_c - sum_j y_j P_j)`` of the predictor, (B, K, h_s, w_s) each."""
+    a2, a3, a4 = stages
+    probs = torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)  # (B, sum C)
+    p2, p3 = predictor(a2, a3, layer4_logit_maps(net, a4))
+    signed2, signed3 = (combine_logit_maps(p, probs, classes, net.num_classes, relu=False) for p in (p2, p3))
+    return signed2, signed3
+
+
+@torch.no_grad()
+def _forward(net: AttributeNet, images: Tensor, targets: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Frozen attribute net: stages (a2, a3, a4), logits, target classes (B, K)."""
+    stages = list(net.forward_stages(images))
+    logits = net.head_from_stage4(stages[2])
+    return stages, logits, target_classes(logits, targets)
+
+
+class _Examples:
+    """Per batch of record indices: the frozen net's stages, logits and target classes, and the exact layer2/layer3
+    maps of the cache. The net runs once per image for the whole fit when its activations fit in memory."""
+
+    def __init__(self, net: AttributeNet, loader_factory, cache, targets: np.ndarray | None, batch_size: int,
+                 device: str | torch.device, probe: Sequence[Tensor]) -> None:
+        self.net, self.loader_factory, self.cache, self.batch_size, self.device = \
+            net, loader_factory, cache, batch_size, device
+        self.targets = None if targets is None else torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.memo: dict[str, Tensor] = {}
+        n = len(cache)
+        if sum(a[0].numel() for a in probe) * 4 * n <= ACTIVATION_BUDGET_BYTES:
+            parts: dict[str, list[Tensor]] = {}
+            for batch in loader_factory(list(range(n))):
+                stages, logits, _ = _forward(net, batch["image"].to(device), None)
+                for key, value in zip(("a2", "a3", "a4", "logits"), (*stages, torch.cat(logits, dim=1))):
+                    parts.setdefault(key, []).append(value)
+            self.memo = {k: torch.cat(v) for k, v in parts.items()}
+
+    def batches(self, order: list[int], skip: int = 0):
+        """(stages, logits, classes, exact maps) per ``batch_size`` group of ``order``, from group ``skip`` on."""
+        net, device = self.net, self.device
+        if not self.memo:
+            for batch in self.loader_factory(order[skip * self.batch_size:]):
+                idx = [int(i) for i in batch["index"]]
+                t = None if self.targets is None else self.targets[idx].to(device)
+                stages, logits, classes = _forward(net, batch["image"].to(device), t)
+                yield stages, logits, classes, [m.to(device) for m in self.cache.get(idx)[:2]]
+            return
+        for start in range(skip * self.batch_size, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            rows = torch.tensor(idx, device=device)
+            logits = list(self.memo["logits"][rows].split(net.num_classes, dim=1))
+            t = None if self.targets is None else self.targets[idx].to(device)
+            stages = [self.memo[k][rows] for k in ("a2", "a3", "a4")]
+            yield stages, logits, target_classes(logits, t), [m.to(device) for m in self.cache.get(idx)[:2]]
+
+    def agreement(self, predictor: MapPredictor, indices: list[int], normalize: str) -> dict[str, dict]:
+        """Held-out agreement of the predictor's layer2/layer3 maps with the exact ones (:func:`map_agreement`)."""
+        preds: list[list[Tensor]] = [[], []]
+        exacts: list[list[Tensor]] = [[], []]
+        with torch.no_grad():
+            for stages, logits, classes, exact in self.batches(indices):
+                for s, (sig, e) in enumerate(zip(_signed_maps(self.net, predictor, stages, logits, classes), exact)):
+                    preds[s].append(normalize_heatmaps(torch.relu(sig), normalize).cpu())
+                    exacts[s].append(e.cpu())
+        return {name: map_agreement(torch.cat(p), torch.cat(e))
+                for name, p, e in zip(("layer2", "layer3"), preds, exacts)}
+
+
+class DistillTask(Task):
+    """Fit a :class:`MapPredictor` to exact maps on the one loop; checkpoints in ``run_dir`` (None: none)."""
+
+    name = "distill"
+
+    def __init__(self, examples: _Examples, predictor: MapPredictor, train: list[int], val: list[int],
+                 dc: DistillConfig, normalize: str, seed: int, run_dir: Path | None) -> None:
+        self.examples, self.predictor, self.train, self.val = examples, predictor, train, val
+        self.dc, self.normalize, self.run_dir = dc, normalize, run_dir
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch_gen_state = self.gen.get_state()
+        self.optimizer = make_optimizer(list(predictor.parameters()), "adam", dc.lr, 0.0)
+        self.sums = [0.0, 0]
+        self.history: list[float] = []
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "weights": None}
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.train) / self.dc.batch_size)
+
+    def batches(self, epoch: int, start: int):
+        self.epoch_gen_state = self.gen.get_state()  # a fit resumed mid-epoch redraws the same order
+        self.predictor.train()
+        order = [self.train[i] for i in torch.randperm(len(self.train), generator=self.gen).tolist()]
+        return self.examples.batches(order, skip=start)
+
+    def step(self, batch, epoch: int, step: int) -> dict[str, Tensor]:
+        stages, logits, classes, exact = batch
+        signed = _signed_maps(self.examples.net, self.predictor, stages, logits, classes)
+        loss = sum(distill_loss(s, e) for s, e in zip(signed, exact))
+        self.sums = [self.sums[0] + float(loss.detach()) * len(classes), self.sums[1] + len(classes)]
+        return {"distill": loss, "total": loss}
+
+    def end_epoch(self, position: Position) -> bool:
+        """Record the epoch's mean loss; with ``patience``, stop once held-out agreement stops improving."""
+        self.history.append(self.sums[0] / max(self.sums[1], 1))
+        self.sums = [0.0, 0]
+        log.info("distill epoch %d/%d: loss %.4f", position.epoch, self.dc.epochs, self.history[-1])
+        if self.dc.patience <= 0 or not self.val:
+            return False
+        val = self.examples.agreement(self.predictor.eval(), self.val, self.normalize)
+        score = float(np.mean([v["pearson"] for v in val.values()]))
+        if score > self.best["score"] + self.dc.min_delta:
+            weights = {k: v.detach().clone() for k, v in self.predictor.state_dict().items()}
+            self.best = {"score": score, "epoch": position.epoch, "weights": weights}
+        log.info("distill epoch %d: held-out Pearson r %.4f (best %.4f, epoch %d)", position.epoch, score,
+                 self.best["score"], self.best["epoch"])
+        return position.epoch - self.best["epoch"] >= self.dc.patience
+
+    def save(self, position: Position, name: str = "last") -> None:
+        from sangal.store.checkpoint import capture_rng_state, save_checkpoint
+
+        if self.run_dir is None:
+            return
+        checkpoints, arch = self.run_dir / "checkpoints", {"kind": "map_predictor", **self.predictor.config()}
+        if self.best["weights"] is not None and (position.epoch, position.step) == (self.best["epoch"], 0):
+            best = copy.deepcopy(self.predictor)
+            best.load_state_dict(self.best["weights"])
+            save_checkpoint(checkpoints / "best", best, arch, {k: self.best[k] for k in ("epoch", "score")})
+        gen = self.gen.get_state() if position.step == 0 else self.epoch_gen_state
+        state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
+                 "rng": capture_rng_state(), "generator": gen, "history": self.history, "sums": self.sums,
+                 "best_score": self.best["score"] if math.isfinite(self.best["score"]) else None,
+                 "best_epoch": self.best["epoch"]}
+        save_checkpoint(checkpoints / name, self.predictor, arch, state, optimizer=self.optimizer)
+
+    def restore(self) -> Position:
+        """Continue a fit from ``run_dir/checkpoints/last``: weights, optimizer, RNGs, shuffles and history."""
+        from sangal.store.checkpoint import load_checkpoint
+        from sangal.train.loop import resume_from
+
+        arch = {"kind": "map_predictor", **self.predictor.config()}
+        ckpt, position = resume_from(self.run_dir / "checkpoints" / "last", self.predictor, self.optimizer, arch,
+                                     "map_predictor")
+        self.gen.set_state(ckpt.state["generator"])
+        self.history, self.sums = list(ckpt.state["history"]), list(ckpt.state["sums"])
+        score = ckpt.state["best_score"]
+        self.best.update(score=-math.inf if score is None else score, epoch=ckpt.state["best_epoch"])
+        if self.best["epoch"] > 0:
+            self.best["weights"] = load_checkpoint(self.run_dir / "checkpoints" / "best").weights
+        return position
+
+
+def fit_map_predictor(net: AttributeNet, loader_factory, cache, targets: np.ndarray | None, dc: DistillConfig,
+                      val_indices: Sequence[int] = (), device: str | torch.device = "cpu", normalize: str = "max",
+                      seed: int = 0, run_dir: Path | None = None, resume: bool = False,
+                      stop_after_steps: int | None = None) -> tuple[MapPredictor, dict]:
+    """Train a :class:`MapPredictor` on the exact maps of ``cache`` (an AAHCache of the same records).
+
+    Args:
+        net: the attribute network (frozen, eval mode).
+        loader_factory: ``fn(indices) -> DataLoader`` yielding test-transform batches (``image``, ``index``)
+            of those record indices in that order; the records are the cache's, in its order.
+        targets: (N, K) classes the cache was built for (None: predicted classes).
+        dc: epochs, lr, batch size, width, early stopping (``patience``, ``min_delta``).
+        val_indices: records held out of training; agreement is measured on them.
+        run_dir: where the loop's checkpoints go (None: no checkpoints); ``resume`` continues from them.
+        stop_after_steps: raise :class:`~sangal.train.engine.Stopped` after that many steps, as a kill would.
+
+    Returns:
+        The predictor (eval mode; with early stopping, the best epoch's) and ``{"epochs", "train_loss",
+        "train_images", "val_images", "val": {"layer2": {...}, "layer3": {...}}}``.
+    """
+    if normalize == "none":
+        raise ConfigError("fast heat maps are defined up to scale only: distill needs model.aah_normalize=max|minmax")
+    torch.manual_seed(seed)  # the predictor's initial weights
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    held = set(int(i) for i in val_indices)
+    train, val = [i for i in range(len(cache)) if i not in held], sorted(held)
+    height, width = int(cache.manifest["height"]), int(cache.manifest["width"])
+    with torch.no_grad():
+        probe = net.forward_stages(torch.zeros(1, 3, height, width, device=device))
+    predictor = MapPredictor((probe[0].shape[1], probe[1].shape[1]), sum(net.num_classes), dc.hidden).to(device)
+    examples = _Examples(net, loader_factory, cache, targets, dc.batch_size, device, probe)
+    task = DistillTask(examples, predictor, train, val, dc, normalize, seed, run_dir)
+    position = task.restore() if resume else Position()
+    logger = RunLogger(run_dir or Path("."), enabled=run_dir is not None)
+    try:
+        run_task(task, Schedule(dc.epochs, task.steps, lambda progress: dc.lr), LoopSettings(torch.device(device)),
+                 logger, position, stop_after_steps)
+    finally:
+        logger.close()
+    if task.best["weights"] is not None:
+        predictor.load_state_dict(task.best["weights"])
+    predictor.eval()
+    metrics: dict[str, Any] = {"epochs": len(task.history), "best_epoch": task.best["epoch"] or len(task.history),
+                               "train_loss": task.history, "train_images": len(train), "val_images": len(val)}
+    if val:
+        metrics["val"] = task.examples.agreement(predictor, val, normalize)
+        log.info("held-out map agreement: %s", metrics["val"])
+    return predictor, metrics
+
+
+def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None) -> dict:
+    """`sangal distill`: fit the predictor to the train split's AAH cache and save it with the attribute checkpoint.
+
+    ``resume`` (None: when a checkpoint of the same fit exists) continues a killed fit; ``stop_after_steps``
+    stops after that many steps as a kill would (:class:`~sangal.train.engine.Stopped`).
+    """
+    from sangal.aah.cache import AAHCache
+    from sangal.aah.job import build_caches, split_targets
+    from sangal.aah.predictor import save_map_predictor
+    from sangal.aah.spec import MapSpec
+    from sangal.config import with_overrides
+    from sangal.data import ImageDataset, build_transforms, setup
+    from sangal.errors import CheckpointError
+    from sangal.runtime.distributed import resolve_device
+    from sangal.store.checkpoint import load_model
+    from sangal.store.files import file_sha256
+    from sangal.store.paths import default_paths
+
+    paths = default_paths(cfg)
+    ckpt = Path(paths["attr_checkpoint"])
+    if not ckpt.exists():
+        raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` and `sangal aah` first")
+    if cfg.train.aah_targets == "agnostic":
+        # The predictor learns every class's map, so any one-class cache teaches it; class-agnostic maps
+        # are |S| of those (sangal.aah.modes). Fit it to the label-guided train maps, built here if missing.
+        cfg = with_overrides(cfg, ["train.aah_targets=labels"])
+        build_caches(cfg, splits=["train"])
+    device = resolve_device(cfg.train.device)
+    dataset = setup.load_reid_dataset(cfg)
+    records = dataset.train
+    spec = MapSpec.from_config(cfg)
+    targets = split_targets(spec, "train", setup.load_attributes(cfg, dataset), records)
+    cache = AAHCache.open(spec.cache_dir(paths["aah"], "train"), attr_ckpt_dir=ckpt, records=records,
+                          height=cfg.data.height, width=cfg.data.width, normalize=spec.normalize, targets=targets)
+    net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
+    dset = ImageDataset(records, build_transforms(cfg.data.height, cfg.data.width, train=False))
+    dc = cfg.distill
+
+    def loader_factory(indices: list[int]):
+        batches = [indices[i:i + dc.batch_size] for i in range(0, len(indices), dc.batch_size)]
+        return torch.utils.data.DataLoader(dset, batch_sampler=batches, num_workers=cfg.data.num_workers)
+
+    n_val = int(round(len(records) * dc.val_fraction))
+    val = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.train.seed))[:n_val].tolist()
+    run_dir = paths["out"] / "distill" / _fit_key(file_sha256(ckpt / "model.safetensors"), cache, dc, cfg.train.seed)
+    if resume is None:
+        resume = (run_dir / "checkpoints" / "last").is_dir()
+    predictor, metrics = fit_map_predictor(net, loader_factory, cache, targets.labels, dc, val, device,
+                                           spec.normalize, cfg.train.seed, run_dir, resume, stop_after_steps)
+    path = save_map_predictor(ckpt, predictor, {"normalize": spec.normalize, "metrics": metrics,
+                                                "cache": str(cache.path)})
+    log.info("map predictor saved to %s", path)
+    return {"path": str(path), **metrics}
+
+
+def ensure_distilled(cfg) -> dict:
+    """The map predictor of the config's attribute checkpoint: kept when one fitted to these weights exists
+    (its recorded figures are returned, ``reused``: true), else fitted with :func:`distill`."""
+    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.errors import CheckpointError
+    from sangal.store.paths import default_paths
+
+    ckpt = Path(default_paths(cfg)["attr_checkpoint"])
+    try:
+        meta = load_map_predictor(ckpt).meta  # refuses a predictor fitted to other attribute weights
+    except CheckpointError as exc:
+        log.info("distilling: %s", exc)
+        return {**distill(cfg), "reused": False}
+    return {"path": str(ckpt / PREDICTOR_FILE), **meta["metrics"], "reused": True}
+
+
+def _fit_key(attr_sha256: str, cache, dc: DistillConfig, seed: int) -> str:
+    """Folder name of one fit's checkpoints: a resumed fit has the same weights, cache, settings and seed."""
+    import dataclasses
+    import hashlib
+    import json
+
+    what = {"attr": attr_sha256, "cache": cache.path.name, "images": cache.manifest["images_sha256"],
+            "targets": cache.manifest["targets"], "distill": dataclasses.asdict(dc), "seed": seed}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]

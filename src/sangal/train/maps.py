@@ -1,0 +1,78 @@
+"""The heat maps a Re-ID training batch gets: read from the offline cache, or computed online (dual trace)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from sangal.aah.spec import MapSpec, Targets
+from sangal.config import Config, parse_pretrained
+from sangal.data.attributes import get_schema, schema_name
+
+log = logging.getLogger(__name__)
+
+
+class AAHSource:
+    """Heat maps for a training batch: read from the offline cache or computed online (dual trace)."""
+
+    def __init__(self, cfg: Config, records, targets, device: torch.device, paths: dict):
+        self.mode = cfg.train.aah
+        self.device = device
+        self.attr_net = None
+        self.cache = None
+        self.spec = MapSpec.from_config(cfg)
+        self.align = cfg.train.aah_align
+        self.image_size = (cfg.data.height, cfg.data.width)
+        if self.mode == "offline":
+            from sangal.aah.cache import AAHCache
+
+            mode = self.spec.mode("train")
+            self.cache = AAHCache.open(self.spec.cache_dir(paths["aah"], "train"),
+                                       attr_ckpt_dir=paths["attr_checkpoint"], records=records,
+                                       height=cfg.data.height, width=cfg.data.width,
+                                       targets=Targets(mode, targets if mode == "labels" else None),
+                                       normalize=self.spec.normalize)
+        else:
+            self.attr_net = _online_attribute_net(cfg, paths["attr_checkpoint"], device)
+            self.attr_net.train()
+
+    def parameters(self):
+        return list(self.attr_net.parameters()) if self.attr_net is not None else []
+
+    def __call__(self, batch: dict, images: torch.Tensor, attrs: torch.Tensor):
+        """Return (aah, extra loss terms). Online: the attribute loss is the second backward pass."""
+        if self.cache is not None:
+            maps = self.cache.get(batch["index"].tolist())  # computed on the un-augmented image
+            if self.align and "shift" in batch:
+                from sangal.aah.align import align_heatmaps
+
+                maps = align_heatmaps(maps, batch["shift"], self.image_size)  # follow the pad-and-crop
+            return tuple(m.to(self.device) for m in maps), {}
+        from sangal.aah.modes import online_maps
+        from sangal.train.losses import attribute_ce
+
+        out = self.attr_net(images)  # on the augmented image itself: no alignment needed
+        maps = online_maps(out, self.spec.mode("train"), attrs, self.attr_net.num_classes, self.spec.normalize)
+        return maps, {"attr_branch": attribute_ce(out.logits, attrs)}  # second backward: the loss
+
+
+def _online_attribute_net(cfg: Config, ckpt_dir: Path, device: torch.device):
+    """The online branch starts from the pretrained attribute checkpoint, else from the configured weights."""
+    from sangal.store.checkpoint import load_model
+
+    if Path(ckpt_dir).exists():
+        return load_model(ckpt_dir, expected_kind="attribute", device=str(device))[0]
+    from sangal.models.attribute_net import AttributeNet
+
+    log.warning("no attribute checkpoint at %s: the online attribute branch starts from %s", ckpt_dir,
+                "ImageNet weights" if parse_pretrained(cfg.model.attribute_pretrained()) else "scratch")
+    return AttributeNet(targets_classes(cfg), backbone=cfg.model.attribute_backbone(),
+                        pretrained=parse_pretrained(cfg.model.attribute_pretrained()),
+                        last_stride=cfg.model.last_stride).to(device)
+
+
+def targets_classes(cfg: Config) -> list[int]:
+    """Classes per head of the attribute schema the config's dataset reads."""
+    return get_schema(schema_name(cfg.data.dataset), cfg.data.colour_mode).num_classes
