@@ -1,0 +1,50 @@
+"""What every command shares: argument types, the config arguments and their resolution, metric printing."""
+
+from __future__ import annotations
+
+import argparse
+
+OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-1501 train.epochs=20"
+
+
+def at_least(minimum: int):
+    """argparse type: an int >= ``minimum``, so a bad count is a one-line usage error, not a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and the dotted overrides, for every command that reads a config."""
+    p.add_argument("--config", "-c", help="YAML config (e.g. configs/market1501/san_gal.yaml); defaults otherwise")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+
+
+def overrides(args) -> list[str]:
+    """The dotted overrides of a command line, its shorthand flags (--mode, --aah, --rerank) included."""
+    found = list(args.overrides)
+    if getattr(args, "mode", None):
+        found.append(f"model.mode={args.mode}")
+    if getattr(args, "aah", None):
+        found.append(f"train.aah={args.aah}")
+    if getattr(args, "rerank", False):
+        found.append("eval.rerank=true")
+    return found
+
+
+def load_cfg(args):
+    """The command's resolved Config: defaults, the YAML file, then the overrides."""
+    from sangal.config import load_config
+
+    return load_config(args.config, overrides(args))
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    keys = [k for k in ("rank1", "rank5", "rank10", "mAP", "mINP", "mA", "reid_attr_mA") if k in metrics]
+    print(title + ": " + "  ".join(f"{k} {100 * metrics[k]:.2f}%" for k in keys))
