@@ -74,7 +74,7 @@ weights and the weighted sums are computed in float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +101,8 @@ MINMAX_EPS = 1e-7
 CPU_VECTOR_BATCH = 24
 
 Heatmaps = tuple[Tensor, Tensor, Tensor]
+#: probabilities (B, sum C_k) -> (B, J) class columns whose Grad-CAM maps are wanted (sangal.aah.classes)
+Columns = Callable[[Tensor], Tensor]
 
 
 def attribute_heatmaps(
@@ -111,6 +113,7 @@ def attribute_heatmaps(
     create_graph: bool = False,
     chunk: int | None = None,
     signed: bool = False,
+    columns: Columns | None = None,
 ) -> Heatmaps:
     """AAH of all K attributes at layer2, layer3 and layer4 (eqs. 1-2).
 
@@ -129,6 +132,8 @@ def attribute_heatmaps(
         chunk: attributes per vectorised backward; ``None``: :func:`default_chunk`.
         signed: skip eq. 2's ReLU (the weighted channel sum S itself; for
             :mod:`sangal.aah.modes`, where |S| is the class-agnostic map); use ``normalize="none"``.
+        columns: maps per class column instead of per attribute (:mod:`sangal.aah.classes`):
+            ``columns(probs (B, sum C_k)) -> (B, J)`` column indices; then 3 x (B, J, h, w); ``targets`` unused.
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s) at the layer2, layer3
@@ -141,7 +146,7 @@ def attribute_heatmaps(
     if create_graph:
         with torch.enable_grad():
             out = net(images)
-        return _graph_grad_cam(out.logits, out.stages, targets, normalize, True, True, chunk, signed)
+        return _graph_grad_cam(out.logits, out.stages, targets, normalize, True, True, chunk, signed, columns)
     if _has_training_batchnorm(net) or torch.is_autocast_enabled(images.device.type):
         with torch.no_grad():
             a2 = net.forward_to_stage2(images)  # (B, C2, H/8, W/8), no graph upstream
@@ -150,8 +155,8 @@ def attribute_heatmaps(
             a3 = net.stage2_to_3(a2)
             a4 = net.stage3_to_4(a3)
             logits = net.head_from_stage4(a4)
-        return _graph_grad_cam(logits, (a2, a3, a4), targets, normalize, False, False, chunk, signed)
-    return _functional_grad_cam(net, images, targets, normalize, chunk, signed)
+        return _graph_grad_cam(logits, (a2, a3, a4), targets, normalize, False, False, chunk, signed, columns)
+    return _functional_grad_cam(net, images, targets, normalize, chunk, signed, columns)
 
 
 def attribute_heatmaps_from_output(
@@ -244,7 +249,8 @@ def normalize_heatmaps(maps: Tensor, mode: str = "max") -> Tensor:
 
 # ------------------------------------------------------------------ engines
 def _functional_grad_cam(
-    net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int, signed: bool = False
+    net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int, signed: bool = False,
+    columns_of: Columns | None = None,
 ) -> Heatmaps:
     """torch.func path (eval-mode BatchNorm, no autocast): vjp stage by stage,
     backward vmapped over the K cotangents."""
@@ -257,10 +263,13 @@ def _functional_grad_cam(
         a3, vjp3 = vjp(net.stage2_to_3, a2)  # (B, C3, H/16, W/16)
         a4, vjp4 = vjp(net.stage3_to_4, a3)  # (B, C4, h4, w4)
         probs, vjp_head = vjp(lambda a: _concat_probs(net.head_from_stage4(a)), a4)  # (B, sum C_k)
-        logits = list(probs.split(sizes, dim=1))  # argmax of probs == argmax of logits
-        classes = target_classes(logits, targets)  # (B, K)
-        offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)  # (K,)
-        columns = offsets + classes  # (B, K): column of y^k in the concatenated probs
+        if columns_of is None:
+            logits = list(probs.split(sizes, dim=1))  # argmax of probs == argmax of logits
+            classes = target_classes(logits, targets)  # (B, K)
+            offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)  # (K,)
+            columns = offsets + classes  # (B, K): column of y^k in the concatenated probs
+        else:
+            columns = columns_of(probs)  # (B, J)
 
         def backward(cotangent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             """One attribute's cotangent (B, sum C) -> its channel weights (B, C_s) per stage."""
@@ -272,8 +281,8 @@ def _functional_grad_cam(
             return _channel_weights(g2), _channel_weights(g3), _channel_weights(g4)
 
         parts: list[list[Tensor]] = []
-        for start in range(0, len(sizes), chunk):
-            stop = min(start + chunk, len(sizes))
+        for start in range(0, columns.shape[1], chunk):
+            stop = min(start + chunk, columns.shape[1])
             cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)  # (k, B, sum C)
             weights = vmap(backward)(cotangents)  # per stage (k, B, C)
             parts.append([_cam(a, w, signed) for a, w in zip((a2, a3, a4), weights)])
@@ -289,21 +298,23 @@ def _graph_grad_cam(
     create_graph: bool,
     chunk: int,
     signed: bool = False,
+    columns_of: Columns | None = None,
 ) -> Heatmaps:
     """Autograd-graph path: torch.autograd.grad(is_grads_batched=True) per chunk."""
-    num_attrs = len(logits)
     device = logits[0].device
-    classes = target_classes(logits, targets)  # (B, K)
+    classes = target_classes(logits, targets) if columns_of is None else None  # (B, K)
     with torch.autocast(device_type=device.type, enabled=False), torch.enable_grad():
         # y^k of eq. (1), in float32. Cotangent k is e_k for every sample;
         # summing over the batch is exact when y[b] depends on sample b only.
         probs = _concat_probs(logits)  # (B, sum C_k)
         offsets = torch.tensor([0, *[z.shape[1] for z in logits[:-1]]], device=device).cumsum(0)
+        columns = offsets + classes if columns_of is None else columns_of(probs.detach())  # (B, K) or (B, J)
         acts = [a if create_graph else a.detach() for a in stages]
         parts: list[list[Tensor]] = []
+        num_attrs = columns.shape[1]
         for start in range(0, num_attrs, chunk):
             stop = min(start + chunk, num_attrs)
-            cotangents = _one_hots((offsets + classes)[:, start:stop], probs.shape[1], probs.dtype)
+            cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)
             grads = torch.autograd.grad(
                 probs,
                 list(stages),
