@@ -221,3 +221,20 @@ def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "data.height=128 (the checkpoint has 64)" in err[0] and "train.aah_targets=agnostic" in err[0]
+
+
+def test_a_soft_map_model_exports_with_its_soft_maps(checkpoints, tmp_path) -> None:
+    """Soft test-time maps (sum_c p_c ReLU(S_c), forward only) trace to ONNX and match PyTorch."""
+    from sangal.evaluate.predictor import Predictor
+    from sangal.store.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoints["san-gal"])
+    reid, _ = load_predictor(checkpoints["san-gal"])
+    soft = save_checkpoint(tmp_path / "soft", reid.reid, ckpt.arch, {
+        "attr_checkpoint": str(checkpoints["attr"]), "map_spec": {"targets": "soft", "method": "fast",
+                                                                    "normalize": "max"}})
+    meta = export_onnx(soft, tmp_path / "soft.onnx", flip=True)
+    assert meta["map_spec"]["targets"] == "soft" and meta["max_abs_diff"] < 1e-5
+    predictor = Predictor.from_checkpoint(soft)
+    images = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(predictor.maps(images)[1], load_predictor(checkpoints["san-gal"])[0].maps(images)[1])

@@ -106,9 +106,9 @@ class TrainConfig:
 
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
-    aah_targets: str = "labels"  # Grad-CAM class of the training maps: labels (the paper; default, the better one
-    # from ImageNet) | predicted (as at test time; better with a weak attribute net) | agnostic (|S|; sangal.aah.modes).
-    # README "What the study says"
+    aah_targets: str = "labels"  # Grad-CAM class of the training maps: labels (the paper) | predicted (as at test
+    # time) | agnostic (|S|) | soft (every class weighted by its probability, as at test time) | noisy (labels with
+    # classes drawn from the attribute net's held-out confusion; needs attr_train.holdout > 0). sangal.aah.modes
     aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
     aah_cache: str | None = None  # default: <out>/aah
@@ -138,6 +138,7 @@ class AttrTrainConfig:
     gamma: float = 0.1
     weight_decay: float = 5e-4
     max_steps_per_epoch: int = 0  # 0 = full epochs (independent of train.max_steps_per_epoch)
+    holdout: float = 0.0  # identities kept out of training; their confusion is what train.aah_targets=noisy draws from
     extra_roots: list[str] = field(default_factory=list)  # more labelled sets of data.dataset's format: all their
     # identities join the attribute net's training images (never the Re-ID net's); e.g. a larger synthetic set
 
@@ -203,7 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "attr_train.optimizer": ("sgd", "adam"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),
-    "train.aah_targets": ("labels", "predicted", "agnostic"),
+    "train.aah_targets": ("labels", "predicted", "agnostic", "soft", "noisy"),
     "eval.metric": ("cosine", "euclidean"),
     "eval.aah": ("exact", "fast"),
     "eval.same_camera": ("auto", "exclude", "keep"),

@@ -18,12 +18,15 @@ def test_extra_roots_add_every_labelled_identity(tiny_synth, tiny_overrides, tmp
     cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "out") + [f"attr_train.extra_roots=[{other}]"])
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)
-    records, targets = attribute_training_set(cfg, dataset, table)
+    records, targets, identities = attribute_training_set(cfg, dataset, table)
     extra_cfg = load_config(None, tiny_overrides(other, tmp_path / "x"))
     extra = setup.load_reid_dataset(extra_cfg)
     labelled = [r for r in list(extra.query) + list(extra.gallery) if r.raw_pid > 0]
     assert len(records) == len(dataset.train) + len(extra.train) + len(labelled)
-    assert targets.shape == (len(records), len(table.schema))
+    assert targets.shape == (len(records), len(table.schema)) and identities.shape == (len(records),)
+    # one code per person: the main set's train ids, then the extra set's train and test ids, never merged
+    assert len(np.unique(identities)) == len({r.raw_pid for r in dataset.train}) + len(
+        {r.raw_pid for r in extra.train}) + len({r.raw_pid for r in labelled})
     # the extra set's rows carry its own labels, looked up in its own .mat
     extra_table = setup.load_attributes(extra_cfg, extra)
     np.testing.assert_array_equal(targets[len(dataset.train):len(dataset.train) + len(extra.train)],
@@ -81,3 +84,23 @@ def test_a_stopped_attribute_net_resumes_to_the_bit(tiny_synth, tiny_overrides, 
     a = load_file(tmp_path / "full/attr/checkpoints/final/model.safetensors")
     b = load_file(tmp_path / "split/attr/checkpoints/final/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_held_out_identities_measure_the_confusion_noisy_maps_draw_from(tiny_synth, tiny_overrides, tmp_path) -> None:
+    from sangal.store.checkpoint import load_checkpoint
+    from sangal.train.attr import confusion_matrices, hold_out, train_attribute_net
+
+    identities = np.repeat(np.arange(10), 3)
+    held = hold_out(identities, 0.3, seed=0)
+    assert held.sum() == 9 and len(np.unique(identities[held])) == 3  # whole identities, never part of one
+    assert np.array_equal(held, hold_out(identities, 0.3, seed=0)) and not hold_out(identities, 0.0, 0).any()
+    pred = np.array([[0], [1], [1], [1], [0]])
+    truth = np.array([[0], [0], [1], [1], [-1]])
+    (matrix,) = confusion_matrices(pred, truth, [2], prior=0.0)
+    assert matrix == [[0.5, 0.5], [0.0, 1.0]]  # the unlabelled row is skipped
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path) + ["attr_train.holdout=0.25"])
+    train_attribute_net(cfg)
+    state = load_checkpoint(tmp_path / "attr/checkpoints/final", expected_kind="attribute").state
+    matrices = state["confusion"]["matrices"]
+    assert len(matrices) == 27 and state["confusion"]["images"] > 0
+    assert all(abs(sum(row) - 1.0) < 1e-9 for m in matrices for row in m)

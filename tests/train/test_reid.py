@@ -181,3 +181,42 @@ def test_predicted_class_training_maps_use_their_own_cache(prepared, tmp_path):
     assert not torch.equal(AAHCache.open(built).get(list(range(len(labelled))))[2],
                            labelled.get(list(range(len(labelled))))[2])
     assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0
+
+
+def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(prepared, tmp_path):
+    """train.aah_targets=soft: one `classes` train cache; soft query/gallery maps; the checkpoint records it."""
+    from sangal.aah.cache import AAHCache
+    from sangal.aah.classes import maps_for_mode
+    from sangal.aah.job import build_caches
+    from sangal.evaluate.predictor import Predictor
+    from sangal.train.reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=soft", "train.epochs=1")
+    caches = build_caches(cfg)
+    assert [caches[s].name for s in ("train", "query", "gallery")] == ["train_classes", "query_soft", "gallery_soft"]
+    every = AAHCache.open(caches["train"]).class_maps([0, 1])
+    assert every.maps[0].shape[1] == sum(every.sizes) == 56  # 26 two-class heads and the 4-class age
+    assert torch.allclose(every.probs.sum(1), torch.tensor(27.0), atol=0.05)  # one distribution per head
+    soft = maps_for_mode(every, "soft")
+    assert soft[0].shape[1] == 27 and float(soft[0].amax()) <= 1.0 + 1e-6
+    metrics = train_reid(cfg)
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    predictor = Predictor.from_checkpoint(tmp_path / "reid/san-gal/checkpoints/final")
+    assert predictor.spec.targets == "soft" and predictor.spec.mode("query") == "soft"
+
+
+def test_noisy_training_maps_need_a_held_out_confusion_and_draw_from_it(prepared, tmp_path):
+    from sangal.aah.job import build_caches
+    from sangal.errors import ConfigError
+    from sangal.train.attr import train_attribute_net
+    from sangal.train.reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path / "a", "model.mode=san-gal", "train.aah_targets=noisy", "train.epochs=1")
+    build_caches(cfg, splits=["train"])
+    with pytest.raises(ConfigError, match="attr_train.holdout > 0"):
+        train_reid(cfg)
+    held = load_config(None, prepared["overrides"](prepared["root"], tmp_path / "b") + [
+        "attr_train.holdout=0.25", "model.mode=san-gal", "train.aah_targets=noisy", "train.epochs=1"])
+    train_attribute_net(held)
+    build_caches(held)
+    assert 0.0 <= train_reid(held)["mAP"] <= 1.0

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sangal.aah.manifest import IDENTITY, MANIFEST, METHOD_KEYS, PROGRESS, STAGE_FILES, changed_keys, read_progress
+from sangal.aah.manifest import IDENTITY, MANIFEST, METHOD_KEYS, PROGRESS, cache_files, changed_keys, read_progress
 from sangal.aah.modes import attribute_maps
 from sangal.aah.predictor import load_map_predictor, predictor_sha256
 from sangal.data.dataset import ImageDataset
@@ -36,12 +36,16 @@ class BuildInterrupted(RuntimeError):
     """Raised by :meth:`AAHCache.build` when ``stop_after_chunks`` is reached (tests simulate a kill)."""
 
 
-def stage_shapes(net: torch.nn.Module, height: int, width: int, device: str | torch.device) -> list[list[int]]:
-    """(K, h, w) of the maps at layer2, layer3, layer4 for a height x width image."""
+def stage_shapes(net: torch.nn.Module, height: int, width: int, device: str | torch.device,
+                 mode: str = "predicted") -> list[list[int]]:
+    """(K, h, w) of the maps at layer2, layer3, layer4 for a height x width image; a ``classes`` cache holds
+    (sum C_k, h, w) per stage and then the (sum C_k,) probabilities."""
     with torch.no_grad():
         stages = net.forward_stages(torch.zeros(1, 3, height, width, device=device))
-    k = net.num_attributes
-    return [[k, int(a.shape[-2]), int(a.shape[-1])] for a in stages]
+    if mode != "classes":
+        return [[net.num_attributes, int(a.shape[-2]), int(a.shape[-1])] for a in stages]
+    columns = sum(net.num_classes)
+    return [*([columns, int(a.shape[-2]), int(a.shape[-1])] for a in stages), [columns]]
 
 
 def resume_point(partial: Path, manifest: dict[str, Any]) -> int:
@@ -49,7 +53,7 @@ def resume_point(partial: Path, manifest: dict[str, Any]) -> int:
     if partial.is_dir():
         done, _ = read_progress(partial)
         changed = changed_keys(partial / MANIFEST, manifest, (*IDENTITY, *METHOD_KEYS, "chunk_size"))
-        files_ok = all((partial / name).is_file() for name in STAGE_FILES)
+        files_ok = all((partial / name).is_file() for name in cache_files(manifest))
         if not changed and files_ok:
             logger.info("resuming %s at chunk %d/%d", partial, done, manifest["num_chunks"])
             return done
@@ -58,7 +62,7 @@ def resume_point(partial: Path, manifest: dict[str, Any]) -> int:
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     n = manifest["images"]["count"]
-    for name, shape in zip(STAGE_FILES, manifest["stages"]):
+    for name, shape in zip(cache_files(manifest), manifest["stages"]):
         np.lib.format.open_memmap(partial / name, mode="w+", dtype=np.float16, shape=(n, *shape)).flush()
     atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=1))
     write_progress(partial, 0, manifest["num_chunks"])
@@ -90,9 +94,7 @@ def fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, ar
             images = batch["image"].to(device)  # (B, 3, H, W)
             if manifest.get("precision", {}).get("channels_last"):
                 images = images.contiguous(memory_format=torch.channels_last)
-            t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(device)  # (B, K)
-            # predictor given (method "fast"): forward only, layer4 exact (sangal.aah.fast)
-            maps = attribute_maps(net, images, manifest["targets"]["mode"], t, manifest["normalize"], predictor)
+            maps = _batch_maps(net, images, labels, lo, hi, manifest, predictor)
             for arr, m in zip(arrays, maps):
                 if list(m.shape[1:]) != list(arr.shape[1:]):
                     raise RuntimeError(f"heat maps {tuple(m.shape)} do not fit cache array {arr.shape}")
@@ -105,6 +107,20 @@ def fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, ar
                 finished += 1
                 if stop_after_chunks is not None and finished >= stop_after_chunks and chunk_ends[hi] < total:
                     raise BuildInterrupted(f"stopped after {finished} chunks (stop_after_chunks)")
+
+
+def _batch_maps(net, images: Tensor, labels: np.ndarray | None, lo: int, hi: int, manifest: dict[str, Any],
+                predictor: torch.nn.Module | None) -> list[Tensor]:
+    """The arrays of one batch: its maps (a predictor given: forward only, layer4 exact), and for a ``classes``
+    cache every class's signed map and the probabilities (:mod:`sangal.aah.classes`)."""
+    mode = manifest["targets"]["mode"]
+    if mode == "classes":
+        from sangal.aah.classes import class_maps, fast_class_maps
+
+        every = class_maps(net, images) if predictor is None else fast_class_maps(net, predictor, images)
+        return [*every.maps, every.probs]
+    t = None if labels is None else torch.from_numpy(labels[lo:hi]).to(images.device)  # (B, K)
+    return list(attribute_maps(net, images, mode, t, manifest["normalize"], predictor))
 
 
 def method_setup(manifest: dict[str, Any], method: str, attr_ckpt_dir: str | Path,

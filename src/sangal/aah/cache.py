@@ -51,7 +51,7 @@ from sangal.aah.manifest import (
     MANIFEST,
     METHOD_KEYS,
     REBUILD,
-    STAGE_FILES,
+    cache_files,
     changed_keys,
     check_images,
     check_method,
@@ -94,11 +94,25 @@ class AAHCache:
         return list(self.manifest["schema"]["names"])
 
     def get(self, indices: Sequence[int] | Tensor | np.ndarray | int) -> Heatmaps:
-        """Heat maps of images ``indices`` (record positions): 3 x (B, K, h, w) float32 CPU tensors."""
+        """Heat maps of images ``indices`` (record positions): 3 x (B, K, h, w) float32 CPU tensors
+        (a ``classes`` cache: (B, sum C_k, h, w), every class's scaled signed map)."""
+        idx = self._rows(indices)
+        return tuple(torch.from_numpy(np.asarray(a[idx], dtype=np.float32)) for a in self.arrays[:3])  # type: ignore[return-value]
+
+    def class_maps(self, indices: Sequence[int] | Tensor | np.ndarray | int):
+        """A ``classes`` cache's rows as :class:`~sangal.aah.classes.ClassMaps` (maps and probabilities)."""
+        from sangal.aah.classes import ClassMaps
+
+        if self.manifest["targets"]["mode"] != "classes":
+            raise CacheError(f"AAH cache {self.path} holds {self.manifest['targets']['mode']} maps, not every class's")
+        probs = torch.from_numpy(np.asarray(self.arrays[3][self._rows(indices)], dtype=np.float32))
+        return ClassMaps(probs, self.get(indices), list(self.manifest["schema"]["num_classes"]))
+
+    def _rows(self, indices) -> np.ndarray:
         idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"index out of range for AAH cache {self.path} of {len(self)} images")
-        return tuple(torch.from_numpy(np.asarray(a[idx], dtype=np.float32)) for a in self.arrays)  # type: ignore[return-value]
+        return idx
 
     def index_of(self, path: str | Path) -> int:
         """Position of image ``path`` (absolute, or relative to the cache's image root)."""
@@ -183,7 +197,7 @@ class AAHCache:
                 wanted = "the attribute labels given" if given["mode"] == "labels" else f"{given['mode']} classes"
                 raise CacheError(f"AAH cache {out} was built with {built}, not {wanted}; {REBUILD}")
         arrays = []
-        for name, shape in zip(STAGE_FILES, m["stages"]):
+        for name, shape in zip(cache_files(m), m["stages"]):
             try:
                 arr = np.load(out / name, mmap_mode="r")
             except (OSError, ValueError) as exc:
@@ -237,7 +251,7 @@ class AAHCache:
             raise ValueError(f"targets must be (N, K) = ({len(records)}, {len(ckpt.arch['attr_classes'])}), "
                              f"got {labels.shape}")
         manifest = new_manifest(ckpt.path, ckpt.arch, records, height, width, targets, normalize, chunk_size,
-                                stage_shapes(net, height, width, device))
+                                stage_shapes(net, height, width, device, targets.mode))
         predictor = method_setup(manifest, method, attr_ckpt_dir, device)
         if out.is_dir():
             changed = changed_keys(out / MANIFEST, manifest, (*IDENTITY, *METHOD_KEYS))
@@ -249,7 +263,7 @@ class AAHCache:
             logger.info("rebuilding AAH cache %s: %s changed", out, ", ".join(changed))
         partial = partial_dir(out)
         start = resume_point(partial, manifest)
-        arrays = [np.lib.format.open_memmap(partial / name, mode="r+") for name in STAGE_FILES]
+        arrays = [np.lib.format.open_memmap(partial / name, mode="r+") for name in cache_files(manifest)]
         total = manifest["num_chunks"]
         if start < total:
             manifest["precision"] = {"bf16_autocast": amp, "channels_last": channels_last}  # provenance only

@@ -63,12 +63,12 @@ def _expand(maps: Tensor, sizes: list[int]) -> Tensor:
 
 def _scaled(maps: tuple[Tensor, ...], sizes: list[int]) -> tuple[Tensor, Tensor, Tensor]:
     """Divide each (sample, head, stage) by its largest magnitude over the head's classes and the positions."""
-    repeats = torch.tensor(sizes, device=maps[0].device)
+    member = _membership(sizes, maps[0])  # (sum C, K)
     out = []
     for m in maps:
         peak = m.abs().amax(dim=(-2, -1))  # (B, sum C)
         per_head = torch.stack([p.amax(dim=1) for p in peak.split(sizes, dim=1)], dim=1)  # (B, K)
-        scale = per_head.repeat_interleave(repeats, dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+        scale = (per_head @ member.t()).clamp_min(torch.finfo(torch.float32).tiny)  # (B, sum C)
         out.append(m / scale[:, :, None, None])
     return tuple(out)  # type: ignore[return-value]
 
@@ -104,13 +104,17 @@ def fast_class_maps(net: nn.Module, predictor: nn.Module, images: Tensor) -> Cla
     return ClassMaps(probs, _scaled(maps, sizes), sizes)
 
 
+def _membership(sizes: list[int], like: Tensor) -> Tensor:
+    """(sum C_k, K) 0/1 matrix: the head of each class column (einsums with it trace cleanly to ONNX)."""
+    head_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return torch.nn.functional.one_hot(head_of, len(sizes)).to(device=like.device, dtype=like.dtype)
+
+
 def _signed_all(logit_maps: Tensor, probs: Tensor, sizes: list[int]) -> Tensor:
     """``y_c (P_c - sum_j y_j P_j)`` for every class column c (the head's own sum): (B, sum C, h, w)."""
-    head_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(probs.device)
-    weighted = logit_maps * probs[:, :, None, None]  # (B, sum C, h, w)
-    expected = torch.zeros(weighted.shape[0], len(sizes), *weighted.shape[2:], device=probs.device)
-    expected.index_add_(1, head_of, weighted)  # (B, K, h, w): sum_j y_j P_j per head
-    return probs[:, :, None, None] * (logit_maps - expected.index_select(1, head_of))
+    member = _membership(sizes, logit_maps)  # (sum C, K)
+    expected = torch.einsum("bjhw,bj,jk->bkhw", logit_maps, probs, member)  # (B, K, h, w): sum_j y_j P_j per head
+    return probs[:, :, None, None] * (logit_maps - torch.einsum("bkhw,jk->bjhw", expected, member))
 
 
 def maps_for_mode(cm: ClassMaps, mode: str, classes: Tensor | None = None, normalize: str = "max") -> Heatmaps:
@@ -120,10 +124,8 @@ def maps_for_mode(cm: ClassMaps, mode: str, classes: Tensor | None = None, norma
     out = []
     for m in cm.maps:
         b, _, h, w = m.shape
-        if mode == "soft":
-            head_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(m.device)
-            mixed = torch.zeros(b, len(sizes), h, w, device=m.device)
-            out.append(mixed.index_add_(1, head_of, torch.relu(m) * cm.probs[:, :, None, None]))
+        if mode == "soft":  # sum_c p_c ReLU(S_c) per head
+            out.append(torch.einsum("bjhw,bj,jk->bkhw", torch.relu(m), cm.probs, _membership(sizes, m)))
             continue
         if mode == "agnostic":
             binary = torch.tensor([s == 2 for s in sizes], device=m.device)

@@ -18,8 +18,8 @@ SPLITS = ("train", "query", "gallery")
 
 
 def split_targets(spec: MapSpec, split: str, table, records) -> Targets:
-    """What a split's maps follow under ``spec``: the attribute labels (training maps of the paper) or a mode."""
-    mode = spec.mode(split)
+    """What a split's cache follows under ``spec``: the attribute labels (training maps of the paper) or a mode."""
+    mode = spec.cache_mode(split)
     return Targets(mode, setup.attribute_targets(table, records, "train") if mode == "labels" else None)
 
 

@@ -25,7 +25,8 @@ from sangal.errors import CacheError
 from sangal.store.checkpoint import MODEL_FILE
 from sangal.store.files import file_sha256
 
-__all__ = ["FORMAT_VERSION", "IDENTITY", "MANIFEST", "METHOD_KEYS", "PROGRESS", "REBUILD", "STAGE_FILES",
+__all__ = ["FORMAT_VERSION", "IDENTITY", "MANIFEST", "METHOD_KEYS", "PROBS_FILE", "PROGRESS", "REBUILD", "STAGE_FILES",
+           "cache_files",
            "changed_keys", "check_images", "check_method", "image_list", "new_manifest", "partial_dir",
            "read_manifest", "read_progress", "schema_entry", "targets_entry"]
 
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 STAGE_FILES = ("aah2.npy", "aah3.npy", "aah4.npy")
+#: a ``classes`` cache also keeps the attribute net's probabilities (N, sum C_k) beside every class's maps
+PROBS_FILE = "probs.npy"
 FORMAT_VERSION = 1
 REBUILD = "rebuild it with `sangal aah`"
 #: manifest entries that must agree for a partial build to be resumed.
@@ -59,12 +62,17 @@ def image_list(records: Sequence[Any]) -> dict[str, Any]:
     return {"root": str(root), "paths": rel, "sizes": sizes, "sha256": digest.hexdigest()}
 
 
+def cache_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The array files of a cache, in the order of its manifest's ``stages`` shapes."""
+    return (*STAGE_FILES, PROBS_FILE) if manifest["targets"]["mode"] == "classes" else STAGE_FILES
+
+
 def targets_entry(targets: Targets) -> dict[str, Any]:
     """The manifest's record of what the maps follow: the mode, and the labels' sha256 for label-guided maps."""
-    if targets.mode == "predicted":
-        return {"mode": "predicted", "sha256": None}
     if targets.mode == "agnostic":
         return {"mode": "agnostic", "sha256": None, "multiclass": "abs-predicted"}  # |S| (sangal.aah.modes)
+    if targets.mode != "labels":
+        return {"mode": targets.mode, "sha256": None}
     arr = np.ascontiguousarray(targets.labels, dtype=np.int64)
     digest = hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()
     return {"mode": "labels", "sha256": digest}

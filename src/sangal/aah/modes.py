@@ -16,6 +16,10 @@ Modes (``train.aah_targets``, :class:`~sangal.aah.spec.MapSpec`):
 * ``agnostic``  -- |S| at training and test time: for a two-class head the sum over its classes,
   independent of label and prediction; for a multi-class head |S| of the predicted class. One
   backward pass (``signed_fn``); without it, the sum over classes (C_max passes).
+* ``soft``      -- sum_c p_c ReLU(S_c) at training and test time, weighted by the attribute net's own
+  probabilities: training and test maps are made alike by construction (:mod:`sangal.aah.classes`).
+* ``noisy``     -- label-guided training maps whose class is drawn from the attribute net's held-out
+  confusion (a new draw at every step), so they carry the errors test maps carry; predicted test maps.
 
 :func:`attribute_maps` is where a mode and a method (exact / fast) become maps: cache builds, test-time
 prediction and export all call it; the online (dual-trace) training branch calls :func:`online_maps`.
@@ -43,11 +47,17 @@ def attribute_maps(net: nn.Module, images: Tensor, mode: str, labels: Tensor | N
 
     Args:
         net: the attribute network (eval mode for per-sample maps).
-        mode: ``labels`` (with ``labels`` (B, K); ``IGNORE_INDEX`` -> predicted), ``predicted`` or ``agnostic``.
+        mode: ``labels`` (with ``labels`` (B, K); ``IGNORE_INDEX`` -> predicted), ``predicted``, ``agnostic`` or
+            ``soft`` (every class's map weighted by its probability, :mod:`sangal.aah.classes`).
         predictor: the distilled map predictor: forward-only maps (:mod:`sangal.aah.fast`); None: exact Grad-CAM.
     """
     if (mode == "labels") != (labels is not None):
         raise ValueError(f"maps of mode {mode!r} {'need' if mode == 'labels' else 'take no'} attribute labels")
+    if mode == "soft":
+        from sangal.aah.classes import class_maps, fast_class_maps, maps_for_mode
+
+        every = class_maps(net, images) if predictor is None else fast_class_maps(net, predictor, images)
+        return maps_for_mode(every, "soft", normalize=normalize)
     if predictor is not None:
         from sangal.aah.fast import fast_attribute_heatmaps
 

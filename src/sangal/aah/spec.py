@@ -20,10 +20,11 @@ from sangal.errors import ConfigError
 
 __all__ = ["MAP_METHODS", "MAP_MODES", "TRAIN_TARGETS", "MapSpec", "Targets"]
 
-#: Class choice of the training maps (``train.aah_targets``; :mod:`sangal.aah.modes`).
-TRAIN_TARGETS = ("labels", "predicted", "agnostic")
-#: Class choice of one cache or one batch of maps: labels only ever at training time.
-MAP_MODES = ("labels", "predicted", "agnostic")
+#: Class choice of the training maps (``train.aah_targets``; :mod:`sangal.aah.modes`, :mod:`sangal.aah.classes`).
+TRAIN_TARGETS = ("labels", "predicted", "agnostic", "soft", "noisy")
+#: What one cache or one batch of maps follows: labels only ever at training time; ``classes`` is the cache of
+#: every class's signed map that soft and noisy training maps are read off.
+MAP_MODES = ("labels", "predicted", "agnostic", "soft", "classes")
 #: How test-time maps are computed (``eval.aah``): exact Grad-CAM, or forward only (:mod:`sangal.aah.fast`).
 MAP_METHODS = ("exact", "fast")
 SPLITS = ("train", "query", "gallery")
@@ -90,12 +91,18 @@ class MapSpec:
         return self if method is None or method == self.method else MapSpec(self.targets, method, self.normalize)
 
     def mode(self, split: str) -> str:
-        """Class choice of a split's maps: the training targets for train; never the labels at test time."""
+        """Class choice of a split's maps: the training targets for train; never the labels at test time
+        (noisy models are label-guided with the attribute net's errors: their test maps are predicted ones)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if split == "train":
             return self.targets
-        return "agnostic" if self.targets == "agnostic" else "predicted"
+        return self.targets if self.targets in ("agnostic", "soft") else "predicted"
+
+    def cache_mode(self, split: str) -> str:
+        """What a split's cache holds: soft and noisy training maps are read off every class's map (``classes``)."""
+        mode = self.mode(split)
+        return "classes" if mode in ("soft", "noisy") and split == "train" else mode
 
     def split_method(self, split: str) -> str:
         """exact for the training maps (Grad-CAM, the paper), the spec's method for query and gallery."""
@@ -106,7 +113,7 @@ class MapSpec:
 
         Label-guided train maps and predicted test maps keep the plain split name, as the first caches did.
         """
-        mode = self.mode(split)
+        mode = self.cache_mode(split)
         plain = mode == "labels" or (mode == "predicted" and split != "train")
         name = split if plain else f"{split}_{mode}"
         if self.normalize != "max":

@@ -56,7 +56,10 @@ class AttrTask(Task):
         self.run_dir = default_paths(cfg)["attr_run"]
         self.dataset = setup.load_reid_dataset(cfg)
         self.table = setup.load_attributes(cfg, self.dataset)
-        records, targets = attribute_training_set(cfg, self.dataset, self.table)
+        records, targets, identities = attribute_training_set(cfg, self.dataset, self.table)
+        held = hold_out(identities, cfg.attr_train.holdout, cfg.train.seed)
+        self.held = ([r for r, h in zip(records, held) if h], targets[held])
+        records, targets = [r for r, h in zip(records, held) if not h], targets[~held]
         self.arch = arch_for(cfg, "attribute", attr_classes=self.table.schema.num_classes)
         model = build_model(self.arch, parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False)
         self.model = channels_last(model.to(device), cfg.train.channels_last)
@@ -97,12 +100,12 @@ class AttrTask(Task):
         loss = attribute_ce(out.logits, batch["attrs"].to(self.device))
         return {"attr": loss, "total": loss}
 
-    def save(self, position: Position, name: str = "last") -> None:
+    def save(self, position: Position, name: str = "last", **extra) -> None:
         from sangal.store.checkpoint import capture_rng_state, save_checkpoint
 
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "config": to_dict(self.cfg),
-                 "history": self.logger.history if self.logger else None}
+                 "history": self.logger.history if self.logger else None, **extra}
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=self.optimizer)
 
 
@@ -125,22 +128,34 @@ def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int
             return {}
         last = task.run_dir / "checkpoints" / "last"
         raise KeyboardInterrupt(f"stopped by signal; resume with --resume ({last})")
-    task.save(end, name="final")
+    task.save(end, name="final", **held_out(task, cfg, device))
     metrics = evaluate_attribute_net(task.model, task.dataset, task.table, cfg, device)
     logger.record("eval", metrics)
     logger.close()
     return metrics
 
 
-def attribute_training_set(cfg: Config, dataset, table) -> tuple[list, np.ndarray]:
-    """Train images and (N, K) labels: the dataset's train split plus every labelled identity of
-    ``attr_train.extra_roots`` (other sets in the same format and attribute schema)."""
+def held_out(task: AttrTask, cfg: Config, device) -> dict:
+    """The final checkpoint's record of the held-out identities: the confusion of each head on them."""
+    records, targets = task.held
+    if not records:
+        return {}
+    pred = predict_attributes(task.model, records, cfg, device)
+    matrices = confusion_matrices(pred, targets, task.table.schema.num_classes)
+    log.info("attribute net: confusion measured on %d held-out images", len(records))
+    return {"confusion": {"matrices": matrices, "images": len(records), "prior": 0.5}}
+
+
+def attribute_training_set(cfg: Config, dataset, table) -> tuple[list, np.ndarray, np.ndarray]:
+    """Train images, (N, K) labels and (N,) identity codes: the dataset's train split plus every labelled
+    identity of ``attr_train.extra_roots`` (other sets in the same format and attribute schema)."""
     from sangal.config import with_overrides
     from sangal.errors import AttributeFileError
 
     records = list(dataset.train)
     targets = [setup.attribute_targets(table, dataset.train, "train")]
-    for root in cfg.attr_train.extra_roots:
+    identities = [(0, r.raw_pid) for r in records]
+    for source, root in enumerate(cfg.attr_train.extra_roots, start=1):
         extra_cfg = with_overrides(cfg, [f"data.root={root}", "data.attributes=null"])
         extra = setup.load_reid_dataset(extra_cfg)
         extra_table = setup.load_attributes(extra_cfg, extra)
@@ -149,10 +164,41 @@ def attribute_training_set(cfg: Config, dataset, table) -> tuple[list, np.ndarra
                                      f"... but {cfg.data.root} has {table.schema.names[:3]}...; they must match")
         test = [r for r in list(extra.query) + list(extra.gallery) if r.raw_pid > 0]
         records += list(extra.train) + test
+        identities += [(source, r.raw_pid) for r in list(extra.train) + test]  # a set's train and test ids differ
         targets += [setup.attribute_targets(extra_table, extra.train, "train"),
                     setup.attribute_targets(extra_table, test, "test")]
         log.info("attribute net: %d more images from %s", len(extra.train) + len(test), root)
-    return records, np.concatenate(targets)
+    codes = {key: i for i, key in enumerate(dict.fromkeys(identities))}
+    return records, np.concatenate(targets), np.array([codes[key] for key in identities], dtype=np.int64)
+
+
+def hold_out(identities: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool: the images of a seeded ``fraction`` of the identities, kept out of the attribute net's training
+    to measure the errors it makes on people it never saw (the confusion noisy training maps draw from)."""
+    unique = np.unique(identities)
+    count = int(round(fraction * len(unique)))
+    held = np.random.default_rng(seed).choice(unique, size=count, replace=False) if count else unique[:0]
+    return np.isin(identities, held)
+
+
+@torch.no_grad()
+def predict_attributes(model, records, cfg: Config, device) -> np.ndarray:
+    """(N, K) predicted classes of ``records`` (test transform, eval mode)."""
+    model.eval()
+    preds = [model.predict(batch["image"].to(device))[1].cpu().numpy() for batch in setup.test_loader(records, cfg)]
+    return np.concatenate(preds)
+
+
+def confusion_matrices(pred: np.ndarray, targets: np.ndarray, num_classes: list[int], prior: float = 0.5) -> list:
+    """Per head, P(prediction | true class) as a (C_k, C_k) row-stochastic list, from counts plus ``prior`` per cell
+    (a class with few held-out images leans to uniform rather than to 0/1); unlabelled entries skipped."""
+    out = []
+    for k, size in enumerate(num_classes):
+        known = targets[:, k] >= 0
+        counts = np.full((size, size), prior)
+        np.add.at(counts, (targets[known, k], pred[known, k]), 1.0)
+        out.append((counts / counts.sum(axis=1, keepdims=True)).tolist())
+    return out
 
 
 @torch.no_grad()
@@ -162,13 +208,7 @@ def evaluate_attribute_net(model, dataset, table, cfg: Config, device) -> dict:
 
     records = [r for r in list(dataset.query) + list(dataset.gallery) if r.raw_pid > 0]
     targets = setup.attribute_targets(table, records, "test")
-    model.eval()
-    preds = []
-    for batch in setup.test_loader(records, cfg):
-        _, labels = model.predict(batch["image"].to(device))
-        preds.append(labels.cpu().numpy())
-    pred = np.concatenate(preds)
-    res = mean_accuracy(pred, targets, table.schema.num_classes)
+    res = mean_accuracy(predict_attributes(model, records, cfg, device), targets, table.schema.num_classes)
     names = table.schema.names
     log.info("attribute net: mA %.1f%% over %d test images", 100 * res["mA"], len(records))
     return {"mA": float(res["mA"]), "accuracy": float(res["accuracy"]),

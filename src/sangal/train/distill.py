@@ -299,9 +299,9 @@ def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None
     ckpt = Path(paths["attr_checkpoint"])
     if not ckpt.exists():
         raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` and `sangal aah` first")
-    if cfg.train.aah_targets == "agnostic":
-        # The predictor learns every class's map, so any one-class cache teaches it; class-agnostic maps
-        # are |S| of those (sangal.aah.modes). Fit it to the label-guided train maps, built here if missing.
+    if cfg.train.aah_targets in ("agnostic", "soft", "noisy"):
+        # The predictor learns every class's map, so any one-class cache teaches it; agnostic and soft maps are
+        # read off those (sangal.aah.classes). Fit it to the label-guided train maps, built here if missing.
         cfg = with_overrides(cfg, ["train.aah_targets=labels"])
         build_caches(cfg, splits=["train"])
     device = resolve_device(cfg.train.device)

@@ -10,6 +10,7 @@ import torch
 from sangal.aah.spec import MapSpec, Targets
 from sangal.config import Config, parse_pretrained
 from sangal.data.attributes import get_schema, schema_name
+from sangal.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,19 @@ class AAHSource:
         self.spec = MapSpec.from_config(cfg)
         self.align = cfg.train.aah_align
         self.image_size = (cfg.data.height, cfg.data.width)
+        self.confusion = held_out_confusion(paths["attr_checkpoint"]) if self.spec.targets == "noisy" else None
         if self.mode == "offline":
             from sangal.aah.cache import AAHCache
 
-            mode = self.spec.mode("train")
+            mode = self.spec.cache_mode("train")
             self.cache = AAHCache.open(self.spec.cache_dir(paths["aah"], "train"),
                                        attr_ckpt_dir=paths["attr_checkpoint"], records=records,
                                        height=cfg.data.height, width=cfg.data.width,
                                        targets=Targets(mode, targets if mode == "labels" else None),
                                        normalize=self.spec.normalize)
+        elif self.spec.targets in ("soft", "noisy"):
+            raise ConfigError(f"train.aah_targets={self.spec.targets} reads every class's map from the offline cache: "
+                              "use train.aah=offline (the online branch makes labels, predicted or agnostic maps)")
         else:
             self.attr_net = _online_attribute_net(cfg, paths["attr_checkpoint"], device)
             self.attr_net.train()
@@ -41,10 +46,11 @@ class AAHSource:
     def parameters(self):
         return list(self.attr_net.parameters()) if self.attr_net is not None else []
 
-    def __call__(self, batch: dict, images: torch.Tensor, attrs: torch.Tensor):
-        """Return (aah, extra loss terms). Online: the attribute loss is the second backward pass."""
+    def __call__(self, batch: dict, images: torch.Tensor, attrs: torch.Tensor, seed: int = 0):
+        """Return (aah, extra loss terms). Online: the attribute loss is the second backward pass. ``seed``: the
+        step's draw of noisy training classes (a pure function of the schedule position)."""
         if self.cache is not None:
-            maps = self.cache.get(batch["index"].tolist())  # computed on the un-augmented image
+            maps = self._cached(batch, seed)  # computed on the un-augmented image
             if self.align and "shift" in batch:
                 from sangal.aah.align import align_heatmaps
 
@@ -56,6 +62,33 @@ class AAHSource:
         out = self.attr_net(images)  # on the augmented image itself: no alignment needed
         maps = online_maps(out, self.spec.mode("train"), attrs, self.attr_net.num_classes, self.spec.normalize)
         return maps, {"attr_branch": attribute_ce(out.logits, attrs)}  # second backward: the loss
+
+
+    def _cached(self, batch: dict, seed: int):
+        """A batch's training maps from the cache; soft and noisy ones read off every class's map."""
+        index = batch["index"].tolist()
+        if self.spec.cache_mode("train") != "classes":
+            return self.cache.get(index)
+        from sangal.aah.classes import draw_classes, maps_for_mode
+
+        every = self.cache.class_maps(index)
+        if self.spec.targets == "soft":
+            return maps_for_mode(every, "soft", normalize=self.spec.normalize)
+        drawn = draw_classes(batch["attrs"].cpu(), self.confusion, torch.Generator().manual_seed(seed))
+        classes = torch.where(drawn < 0, every.predicted(), drawn)  # unlabelled: the predicted class, as labels do
+        return maps_for_mode(every, "select", classes, normalize=self.spec.normalize)
+
+
+def held_out_confusion(attr_checkpoint: Path) -> list[torch.Tensor]:
+    """Per head, P(prediction | true class) of the attribute net on identities it never trained on
+    (recorded by `sangal train-attr` with attr_train.holdout > 0): the errors noisy training maps carry."""
+    from sangal.store.checkpoint import load_checkpoint
+
+    recorded = load_checkpoint(attr_checkpoint, expected_kind="attribute").state.get("confusion")
+    if not recorded:
+        raise ConfigError(f"train.aah_targets=noisy draws classes from the attribute net's held-out confusion, which "
+                          f"{attr_checkpoint} does not record: train it with attr_train.holdout > 0")
+    return [torch.tensor(m, dtype=torch.float32) for m in recorded["matrices"]]
 
 
 def _online_attribute_net(cfg: Config, ckpt_dir: Path, device: torch.device):

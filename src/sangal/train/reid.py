@@ -136,8 +136,9 @@ class ReIDTask(Task):
         images = channels_last(batch["image"].to(device), cfg.train.channels_last)
         pids = batch["pid"].to(device)
         attrs = batch["attrs"].to(device) if "attrs" in batch else None
-        aah, extra = self.aah_source(batch, images, attrs) if self.aah_source else (None, {})
-        gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, epoch, step))
+        seed = step_seed(cfg.train.seed, epoch, step)
+        aah, extra = self.aah_source(batch, images, attrs, seed + 1) if self.aah_source else (None, {})
+        gen = torch.Generator().manual_seed(seed)
         images, aah = flip_batch(images, aah, cfg.data.flip, gen, cfg.data.p * cfg.data.k, self.rank_slice)
         terms = step_losses(self.net, images, pids, attrs, aah, cfg.loss)
         for name, value in extra.items():  # the online attribute branch's loss: the dual trace's second backward
