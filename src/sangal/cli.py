@@ -8,17 +8,20 @@ a few words. `sangal config show` prints what a command would run with.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import re
 import sys
 from pathlib import Path
 
-from sangal.errors import SangalError
+from sangal.errors import ConfigError, SangalError, printable
 from sangal.version import __version__
 
 log = logging.getLogger("sangal")
 
 OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-1501 train.epochs=20"
+OVERWRITE_HELP = "replace the finished or interrupted run in the run folder (its checkpoints and logs are deleted)"
 
 
 def _at_least(minimum: int):
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-attr", help="pretrain the attribute network (offline AAH mode, paper §3.1)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/attr/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _config_args(p)
 
     p = sub.add_parser("aah", help="cache attribute heat maps (AAH) for every image from the attribute checkpoint")
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["id", "id+attr", "san-gal"], help="paper Table 1 variant (model.mode)")
     p.add_argument("--aah", choices=["offline", "online"], help="heat maps from the cache or the joint branch")
     p.add_argument("--resume", action="store_true", help="continue from <out>/reid/<mode>/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _config_args(p)
 
     p = sub.add_parser("evaluate", help="Rank-1/5/10, mAP, mINP of a Re-ID checkpoint on query/gallery")
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (eval.rerank=true)")
     _config_args(p)
 
-    p = sub.add_parser("study", help="Table-1 variants over N paired seeds: mean ± std and paired 95% CIs vs id")
+    p = sub.add_parser("study", help="Table-1 variants over N paired seeds: mean ± std and paired 95%% CIs vs id")
     p.add_argument("--seeds", type=_at_least(1), default=3, help="paired seeds 0..N-1 (each variant runs every seed)")
     p.add_argument("--variants", default="table1",
                    help="a preset (table1: id, id+attr, san-gal; hypotheses: one san-gal row per hypothesis)")
@@ -185,7 +190,8 @@ def run(args) -> int:
     if args.command == "train-attr":
         from sangal.train.attr import train_attribute_net
 
-        _print_metrics("attribute net", train_attribute_net(_load_cfg(args), resume=args.resume))
+        _print_metrics("attribute net", train_attribute_net(_load_cfg(args), resume=args.resume,
+                                                               overwrite=args.overwrite))
         return 0
     if args.command == "aah":
         from sangal.aah.job import build_caches
@@ -196,7 +202,7 @@ def run(args) -> int:
     if args.command == "train":
         from sangal.train.reid import train_reid
 
-        metrics = train_reid(_load_cfg(args), resume=args.resume)
+        metrics = train_reid(_load_cfg(args), resume=args.resume, overwrite=args.overwrite)
         if metrics:
             _print_metrics("re-id", metrics)
         return 0
@@ -313,14 +319,44 @@ def _error_text(exc: BaseException, verbose: bool) -> str:
     return f"{name}: {message} (in a DataLoader worker; -v shows its traceback)"
 
 
+class _PrintableLog(logging.Formatter):
+    """Log lines pass :func:`sangal.errors.printable`, as everything else the CLI prints."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+class _PrintableOut(io.TextIOBase):
+    """stdout for a command: control characters escaped, newlines and tabs kept."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text, keep="\n\t"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _print_error(exc: BaseException, verbose: bool) -> None:
+    """``error: ...`` on stderr: one line, or one per wrong value of a config."""
+    text = _error_text(exc, verbose)
+    for line in text.split("\n") if isinstance(exc, ConfigError) else [text]:
+        print(f"error: {printable(line)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableLog("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
-        return run(args)
+        with contextlib.redirect_stdout(_PrintableOut(sys.stdout)):
+            return run(args)
     except SangalError as exc:
-        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        _print_error(exc, args.verbose)
         return 2
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
@@ -330,5 +366,5 @@ def main(argv: list[str] | None = None) -> int:
 
         if worker_error(exc) is None:
             raise
-        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        _print_error(exc, args.verbose)
         return 1

@@ -78,8 +78,8 @@ def verify_sha256(path: str | Path, expected: str, error: type[SangalError], rem
         raise error(f"{path} is missing; {remedy}")
     actual = cached_sha256(path)
     if actual != expected:
-        raise error(f"{path}: sha256 {actual[:12]}… differs from the {str(expected)[:12]}… recorded when it was "
-                    f"written (the file is corrupt or was changed); {remedy}")
+        raise error(f"{path}: sha256 {actual} differs from the {expected} recorded when it was written (the file "
+                    f"is corrupt or was changed); {remedy}")
 
 
 def image_problem(path: str | Path) -> str:

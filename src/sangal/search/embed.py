@@ -29,7 +29,8 @@ from sangal.data.dataset import ImageDataset, read_image
 from sangal.data.records import ImageRecord
 from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError, ConfigError
-from sangal.store.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
+from sangal.store.checkpoint import MODEL_FILE, Checkpoint, load_model
+from sangal.store.files import cached_sha256
 from sangal.store.reid_info import aah_agnostic, aah_normalize, find_attribute_checkpoint, input_size
 
 __all__ = ["Embedder", "Embedding", "probe_images", "records_for"]
@@ -120,7 +121,7 @@ class Embedder:
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint).resolve()
         self.model, self.ckpt = load_model(self.checkpoint, expected_kind="reid", device=self.device)
-        self.sha256 = file_sha256(self.checkpoint / MODEL_FILE)
+        self.sha256 = cached_sha256(self.checkpoint / MODEL_FILE)
         self.mode: str = str(self.ckpt.arch.get("mode", "san-gal"))
         self.height, self.width = input_size(self.ckpt)
         self.transform = build_transforms(self.height, self.width, train=False)
@@ -134,7 +135,7 @@ class Embedder:
         if attr_checkpoint is not None:
             self.attr_checkpoint = Path(attr_checkpoint).resolve()
             self.attr_net, _ = load_model(self.attr_checkpoint, expected_kind="attribute", device=self.device)
-            self.attr_sha256 = file_sha256(self.attr_checkpoint / MODEL_FILE)
+            self.attr_sha256 = cached_sha256(self.attr_checkpoint / MODEL_FILE)
         self.map_predictor: nn.Module | None = None
         if self.mode == "san-gal" and aah == "fast":
             from sangal.aah.predictor import load_map_predictor

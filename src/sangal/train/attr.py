@@ -13,6 +13,7 @@ from sangal.models.arch import arch_for
 from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import autocast, channels_last
 from sangal.store.paths import default_paths
+from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.loop import (
     Position,
     RunLogger,
@@ -51,8 +52,10 @@ class ShuffleBatchSampler:
             yield [(i, seeds[i]) for i in idx]
 
 
-def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
-    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`."""
+def train_attribute_net(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`.
+
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`)."""
     from tqdm import tqdm
 
     from sangal.data import ImageDataset, build_transforms
@@ -64,6 +67,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     torch.manual_seed(cfg.train.seed)
     paths = default_paths(cfg)
     run_dir = paths["attr_run"]
+    guard_run_folder(run_dir, overwrite, resume)
     dataset = setup.load_reid_dataset(cfg)
     table = setup.load_attributes(cfg, dataset)
     records, targets = attribute_training_set(cfg, dataset, table)
@@ -77,6 +81,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     optimizer = make_optimizer(list(model.parameters()), tc.optimizer, tc.lr, tc.weight_decay)
     last_dir = run_dir / "checkpoints" / "last"
     pos = resume_from(last_dir, model, optimizer, arch, "attribute")[1] if resume else Position()
+    check_resume_config(pos.extra.get("config"), to_dict(cfg), last_dir)
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
     batch_size = min(tc.batch_size, len(records))
     if batch_size < tc.batch_size:

@@ -22,6 +22,7 @@ from sangal.models.arch import arch_for
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
+from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.loop import (
     Position,
     RunLogger,
@@ -162,8 +163,11 @@ def param_groups(model: nn.Module, aah_source: AAHSource | None, head_lr_scale: 
     return [{"params": backbone + extra, "lr_scale": 1.0}, {"params": heads, "lr_scale": float(head_lr_scale)}]
 
 
-def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
-    """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics."""
+def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,
+               overwrite: bool = False) -> dict:
+    """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics.
+
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`)."""
     from sangal.data import IdentitySampler, ImageDataset, build_transforms
     from sangal.models.reid_net import ReIDNet
     from sangal.store.checkpoint import capture_rng_state, save_checkpoint
@@ -171,6 +175,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     info = init_distributed(cfg.train.device)
     paths = default_paths(cfg)
     run_dir = paths["reid_run"]
+    guard_run_folder(run_dir, overwrite, resume)
     torch.manual_seed(cfg.train.seed)
     mode = cfg.model.mode
     if cfg.train.aah == "online" and info.distributed:
@@ -196,6 +201,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
 
     last_dir = run_dir / "checkpoints" / "last"
     pos = resume_from(last_dir, model, optimizer, arch, "reid")[1] if resume else Position()
+    check_resume_config(pos.extra.get("config"), to_dict(cfg), last_dir)
     if resume and aah_source is not None and aah_source.attr_net is not None:
         _restore_attr_branch(aah_source.attr_net, last_dir, pos.global_step)
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
