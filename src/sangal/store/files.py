@@ -32,6 +32,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -57,6 +58,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEAL_KEY = "document_sha256"
+RECOVER_WAIT_S = 60.0  # how long a reader waits for another process's swap before giving up
 _HELD: dict[tuple[str, int], int] = {}  # (lock file, thread) -> depth: a writer may re-enter its own lock
 _TMP_WRITER = re.compile(r"\.tmp-(\d+)@([^/]*)-[0-9a-f]{8}$")
 
@@ -172,19 +174,28 @@ def replace_dir(src: Path, dst: Path) -> None:
 def recover_aside(directory: Path) -> None:
     """If ``directory`` is missing but a copy renamed aside by :func:`replace_dir` exists, restore it.
 
-    Under the output's lock, so a live writer finishes its swap first; a read-only folder is left as it is.
+    Under the output's lock, so a live writer finishes its swap first (a writer holding it for long has
+    restored the directory when it started); a read-only folder is left as it is.
     """
     directory = Path(directory)
     if directory.exists() or not directory.parent.is_dir() or not _asides(directory):
         return
-    try:
-        with output_lock(directory):
-            asides = _asides(directory)
-            if asides and not directory.exists():
-                logger.warning("restoring %s from %s (a replacement was interrupted)", directory, asides[-1])
-                os.rename(asides[-1], directory)
-    except OSError as exc:
-        logger.warning("cannot restore %s from its interrupted replacement: %s", directory, exc)
+    deadline = time.monotonic() + RECOVER_WAIT_S
+    while not directory.exists():
+        try:
+            with output_lock(directory, wait=False):
+                asides = _asides(directory)
+                if asides and not directory.exists():
+                    logger.warning("restoring %s from %s (a replacement was interrupted)", directory, asides[-1])
+                    os.rename(asides[-1], directory)
+            return
+        except BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except OSError as exc:
+            logger.warning("cannot restore %s from its interrupted replacement: %s", directory, exc)
+            return
 
 
 def _asides(directory: Path) -> list[Path]:
