@@ -7,7 +7,7 @@ writes an index (refusing features a search could not rank) and when it loads on
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,8 @@ def relative_paths(meta: dict[str, Any], meta_path: Path) -> list[str]:
     paths = meta["paths"]
     if not isinstance(paths, list):
         raise CacheError(f"{meta_path}: 'paths' is not a list; {REBUILD}")
-    for i, p in enumerate(paths):
-        pure = PurePosixPath(p) if isinstance(p, str) else None
-        if pure is None or not p or pure.is_absolute() or ".." in pure.parts or "\\" in p:
+    for i, p in enumerate(paths):  # string tests: a Path per entry would cost 0.1 s on a Market-size gallery
+        if not isinstance(p, str) or not p or p.startswith("/") or "\\" in p or ".." in p.split("/"):
             raise CacheError(f"{meta_path}: paths[{i}] {printable(repr(p))} is not a path inside the gallery (an "
                              f"index lists images relative to it, without '..'); {REBUILD}")
     return list(paths)
