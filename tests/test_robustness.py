@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from sangal.cli import main
-from sangal.config import load_config, to_dict
+from sangal.config import load_config
 from sangal.data.attributes import get_schema
 from sangal.models import ReIDNet
 from sangal.store.checkpoint import save_checkpoint

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from sangal.store import files as storage
 
 HOLD = """
 import sys, time
-from pathlib import Path
 from sangal.store.files import output_lock
 with output_lock(Path(sys.argv[1])):
     print("locked", flush=True)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import functools
 import hashlib
 import json
@@ -44,6 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: outputs are written without a lock
+    fcntl = None
 
 from sangal.data.verify import cached_sha256, file_sha256, verify_sha256
 from sangal.errors import BusyError, SangalError
@@ -103,8 +107,8 @@ def output_lock(path: Path, wait: bool = True) -> Iterator[None]:
     path = Path(path).absolute()
     lock = path.parent / f".{path.name}.lock"
     key = (str(lock), threading.get_ident())
-    if _HELD.get(key):
-        _HELD[key] += 1
+    if fcntl is None or _HELD.get(key):
+        _HELD[key] = _HELD.get(key, 0) + 1
         try:
             yield
         finally:
