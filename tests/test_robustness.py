@@ -422,6 +422,13 @@ def escape_sequences_in_a_gallery_file_name(world, tmp_path, capsys, request):
     assert not any(c in out + err for c in "\x1b\x07")
 
 
+@case("9 control codes reach the terminal")
+def escape_sequences_in_a_missing_query_name(world, tmp_path, capsys, request):
+    query = tmp_path / "\x1b[2J\x1b]0;pwned\x07q.jpg"
+    line = refused(play(capsys, "search", query, "--index", world["index"]), "\\x1b[2J\\x1b]0;pwned\\x07q.jpg")
+    assert "\x1b" not in line and "\x07" not in line
+
+
 # ----------------------------------------------------------------------------- 10. concurrent index writers
 
 HOLD = """
@@ -464,6 +471,15 @@ def kill_between_the_two_renames(world, tmp_path, capsys, request):
     index.rename(tmp_path / ".index.old-1234abcd")
     code, out, _ = search(capsys, world, index, "-k", "3")
     assert code == 0 and len(out.splitlines()) == 4 and snapshot(index) == before
+
+
+@case("11 killed swap hides the old index")
+def kill_between_the_renames_of_a_checkpoint(world, tmp_path, capsys, request):
+    ckpt = _copy_ckpt(world, tmp_path)
+    before = snapshot(ckpt)
+    ckpt.rename(tmp_path / ".ckpt.old-1234abcd")
+    code, out, _ = _evaluate(capsys, world, ckpt, tmp_path)
+    assert code == 0 and "re-id: rank1" in out and snapshot(ckpt) == before
 
 
 # ----------------------------------------------------------------------------- classes that already behaved

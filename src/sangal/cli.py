@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import re
 import sys
@@ -326,8 +325,8 @@ class _PrintableLog(logging.Formatter):
         return printable(super().formatMessage(record))
 
 
-class _PrintableOut(io.TextIOBase):
-    """stdout for a command: control characters escaped, newlines and tabs kept."""
+class _PrintableOut:
+    """stdout for a command: control characters escaped, newlines and tabs kept; the rest is the stream's."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
@@ -336,8 +335,8 @@ class _PrintableOut(io.TextIOBase):
         self.stream.write(printable(text, keep="\n\t"))
         return len(text)
 
-    def flush(self) -> None:
-        self.stream.flush()
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def _print_error(exc: BaseException, verbose: bool) -> None:

@@ -14,6 +14,7 @@ from sangal.store import files as storage
 
 HOLD = """
 import sys, time
+from pathlib import Path
 from sangal.store.files import output_lock
 with output_lock(Path(sys.argv[1])):
     print("locked", flush=True)
