@@ -179,3 +179,60 @@ def test_corrupt_image_is_one_line_and_skip_lists_it_in_the_run_folder(tiny_synt
     ds = load_reid_dataset(load_config(None, over + ["data.on_bad_image=skip"]))
     assert bad not in {r.path for r in ds.query}
     assert (tmp_path / "run" / "bad_images.txt").read_text().startswith(f"{bad}\t")
+
+
+def _commands(parser, prefix=()):
+    """Every command path of ``parser``: (), ("train",), ("config", "show"), ... (new commands included)."""
+    import argparse
+
+    yield prefix
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name))
+
+
+COMMANDS = list(_commands(__import__("sangal.cli", fromlist=["build_parser"]).build_parser()))
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "sangal")
+def test_help_works_for_the_program_and_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: sangal{''.join(' ' + c for c in command)}") and "options:" in out
+
+
+def test_every_command_is_covered_by_the_help_test():
+    assert {c[0] for c in COMMANDS if c} >= {"train", "train-attr", "evaluate", "index", "search", "study", "demo"}
+    assert ("config", "show") in COMMANDS
+
+
+def test_control_characters_never_reach_the_terminal(monkeypatch, capsys):
+    import logging
+
+    from sangal.errors import DatasetError
+
+    evil = "g/\x1b]0;pwned\x07\x1b[2Jx.jpg"
+
+    def run(args):
+        print(f"found {evil}\tok")
+        logging.getLogger("sangal.test").warning("skipping %s", evil)
+        raise DatasetError(f"{evil}: unreadable\nimage")
+
+    monkeypatch.setattr("sangal.cli.run", run)
+    assert main(["config", "show"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "found g/\\x1b]0;pwned\\x07\\x1b[2Jx.jpg\tok\n"  # tabs and line ends kept
+    assert captured.err == "error: g/\\x1b]0;pwned\\x07\\x1b[2Jx.jpg: unreadable\\nimage\n"  # one line
+    assert "\x1b" not in captured.out + captured.err
+
+
+def test_log_lines_are_escaped_too():
+    import logging
+
+    from sangal.cli import _PrintableLog
+
+    record = logging.LogRecord("sangal.x", logging.WARNING, __file__, 1, "skipping %s", ("a\x1b[2Jb.jpg",), None)
+    assert _PrintableLog("%(levelname)s %(message)s").format(record) == "WARNING skipping a\\x1b[2Jb.jpg"

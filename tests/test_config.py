@@ -99,3 +99,61 @@ def test_attribute_net_backbone_defaults_to_the_reid_one_and_can_differ():
     assert from_dict(old).model.attribute_backbone() == "resnet50"
     with pytest.raises(ConfigError, match="model.attr_backbone='vgg16' is not one of: , resnet18"):
         load_config(None, ["model.attr_backbone=vgg16"])
+
+
+def _probes(rule: str) -> tuple[list[float], list[float]]:
+    """(values a RANGES rule refuses, values at its closed bounds or just inside its open ones)."""
+    if rule[0] == ">":
+        op, bound = rule.split()
+        b = float(bound)
+        return ([b - 1], [b]) if op == ">=" else ([b - 1, b], [b + 0.5])
+    lo, hi = map(float, rule[1:-1].split(","))
+    bad = [lo - 1 if rule[0] == "[" else lo, hi + 1 if rule[-1] == "]" else hi]
+    good = [lo if rule[0] == "[" else (lo + hi) / 2, hi if rule[-1] == "]" else (lo + hi) / 2]
+    return bad, good
+
+
+def _with(key: str, value: float) -> list[str]:
+    """Overrides setting ``key`` (a one-element list for list keys, with a partner of the same length)."""
+    section, name = key.split(".")
+    if not isinstance(getattr(getattr(Config(), section), name), list):
+        return [f"{key}={value}"]
+    partner = {"optim.milestones": "optim.milestone_lrs=[0.1]", "optim.milestone_lrs": "optim.milestones=[5]"}
+    return [f"{key}=[{value}]", *([partner[key]] if key in partner else [])]
+
+
+@pytest.mark.parametrize("key", sorted(__import__("sangal.config", fromlist=["RANGES"]).RANGES))
+def test_every_range_refuses_values_outside_it_and_keeps_its_bounds(key):
+    from sangal.config import RANGES
+
+    bad, good = _probes(RANGES[key])
+    section, name = key.split(".")
+    each = "each element " if isinstance(getattr(getattr(Config(), section), name), list) else ""
+    for value in bad:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, _with(key, value))
+        assert "\n" not in str(err.value) and str(err.value).startswith(f"{key}=")
+        assert f"is out of range: {each}must be" in str(err.value) and RANGES[key] in str(err.value)
+    for value in good:
+        load_config(None, _with(key, value))
+
+
+def test_every_numeric_key_has_a_range():
+    from sangal.config import RANGES
+
+    numeric = [f"{section}.{k}" for section, sub in to_dict(Config()).items() if isinstance(sub, dict)
+               for k, v in sub.items()
+               if (isinstance(v, (int, float)) and not isinstance(v, bool))
+               or (isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v))]
+    assert sorted(set(numeric) - set(RANGES)) == ["model.asam_stages"]  # its own rule: distinct stages among 2, 3, 4
+
+
+def test_each_wrong_value_is_one_line_and_nan_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.epochs=-2", "data.flip=1.5", "optim.lr=.nan", "model.mode=x"])
+    assert str(err.value).splitlines() == [
+        "model.mode='x' is not one of: id, id+attr, san-gal",
+        "data.flip=1.5 is out of range: must be in [0, 1]",
+        "optim.lr=nan is out of range: must be >= 0",
+        "train.epochs=-2 is out of range: must be >= 1",
+    ]

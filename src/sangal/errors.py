@@ -18,7 +18,7 @@ class CheckpointError(SangalError):
 
 
 class CacheError(SangalError):
-    """Heat-map cache that is stale, incomplete or built for something else."""
+    """Heat-map cache or gallery index that is stale, incomplete, corrupt or built for something else."""
 
 
 class WeightsError(SangalError):
@@ -26,4 +26,18 @@ class WeightsError(SangalError):
 
 
 class ConfigError(SangalError):
-    """Invalid configuration value or override."""
+    """Invalid configuration value or override (one line per value when several are wrong)."""
+
+
+class BusyError(SangalError):
+    """An output another live process is writing."""
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character (terminal control codes, ESC, BEL, CR, bidi overrides, ...)
+    escaped as Python's repr does (``\\x1b``, ``\\u202e``), except those in ``keep`` (e.g. "\\n").
+
+    The one rule for file names and messages the CLI prints: a name cannot move the cursor, retitle the window
+    or clear the screen.
+    """
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)

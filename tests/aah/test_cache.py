@@ -184,8 +184,17 @@ def test_open_refuses_corrupt_files(setup: dict, tmp_path: Path) -> None:
     out = tmp_path / "c"
     shutil.copytree(setup["built"].path, out)
     data = (out / "aah3.npy").read_bytes()
+    (out / "aah3.npy").write_bytes(data[:-2] + bytes([data[-2] ^ 0xFF, data[-1]]))  # one flipped value
+    with pytest.raises(CacheError, match=r"aah3\.npy: sha256 .* differs from .* recorded .*; rebuild it"):
+        AAHCache.open(out)
     (out / "aah3.npy").write_bytes(data[: len(data) // 2])
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"], manifest["document_sha256"]  # as caches of older versions were written
+    (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match=r"aah3\.npy is corrupt or truncated"):
+        AAHCache.open(out)
+    (out / "manifest.json").write_text(json.dumps({**manifest, "height": 7, "document_sha256": "0" * 64}))
+    with pytest.raises(CacheError, match=r"manifest\.json: its content does not match the sha256"):
         AAHCache.open(out)
     (out / "manifest.json").write_text("{")
     with pytest.raises(CacheError, match=r"manifest\.json is not valid JSON"):

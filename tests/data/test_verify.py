@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,28 @@ def test_progress_bar_only_past_the_threshold(tmp_path: Path, monkeypatch, capsy
     monkeypatch.setattr(verify, "PROGRESS_THRESHOLD", 3)
     verify.check_paths(paths, num_workers=1)
     assert "checking images" in capsys.readouterr().err
+
+
+def test_sha256_is_cached_by_stat_and_a_change_that_restores_the_mtime_is_seen(tmp_path: Path, monkeypatch) -> None:
+    from sangal.errors import CheckpointError
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"0123456789" * 1000)
+    good = verify.file_sha256(path)
+    verify.verify_sha256(path, good, CheckpointError, "fetch it again")
+    hashed = []
+    monkeypatch.setattr(verify, "file_sha256", lambda p: hashed.append(p) or good)
+    verify.verify_sha256(path, good, CheckpointError, "fetch it again")
+    assert hashed == []  # unchanged file: the cached digest
+    monkeypatch.undo()
+    time.sleep(0.02)  # file timestamps tick in jiffies (a few ms): let the change get a later ctime
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[5] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: the ctime still moved
+    with pytest.raises(CheckpointError, match=r"weights\.bin: sha256 .* differs from the .* recorded .*; fetch it again"):
+        verify.verify_sha256(path, good, CheckpointError, "fetch it again")
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"weights\.bin is missing; fetch it again"):
+        verify.verify_sha256(path, good, CheckpointError, "fetch it again")

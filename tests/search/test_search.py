@@ -21,7 +21,7 @@ import torch
 
 from sangal.data import ImageDataset, build_transforms, get_schema, load_dataset, read_attribute_mat
 from sangal.data.synthetic import generate_synthetic
-from sangal.errors import CheckpointError, ConfigError, DatasetError
+from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError
 from sangal.models import AttributeNet, ReIDNet
 from sangal.search import Match, Searcher, build_index, format_matches, parse_where, search_html
 from sangal.search import index as index_module
@@ -353,3 +353,31 @@ def test_search_html_embeds_every_image(world, tmp_path):
     assert all(s.startswith("data:image/") for s in srcs)
     assert "heat maps" in page and all(m.path in page for m in matches)
     assert f"{matches[0].distance:.4f}" in page
+
+
+def test_a_flipped_byte_in_any_index_file_is_refused(world, tmp_path):
+    pytest.importorskip("faiss")
+    build_index(world["gallery"], world["ckpt"], tmp_path / "fidx", faiss_threshold=1)
+    for name in ("features.npy", "attributes.npz", "faiss.index"):
+        copy = Path(shutil.copytree(tmp_path / "fidx", tmp_path / f"copy-{name}"))
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
+        with pytest.raises(CacheError, match=rf"{re.escape(name)}: sha256 .* differs .*rebuild the index"):
+            Searcher(copy)
+
+
+def test_features_a_search_could_not_rank_are_never_written(world, tmp_path, monkeypatch):
+    from sangal.evaluate.predictor import Predictor
+
+    real = Predictor.embed_paths
+
+    def broken(self, paths, **kwargs):
+        emb = real(self, paths, **kwargs)
+        emb.feats[2] = np.nan  # what broken weights give
+        return emb
+
+    monkeypatch.setattr(Predictor, "embed_paths", broken)
+    with pytest.raises(CheckpointError, match=r"non-finite or zero features .* for 1 of \d+ images \(first: .*\.jpg\)"):
+        build_index(world["gallery"], world["ckpt"], tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -165,7 +167,7 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path: Path) -> None:
     path = ck.save_checkpoint(tmp_path / "c", model, ATTR_ARCH, {})
     weights = path / ck.MODEL_FILE
     weights.write_bytes(weights.read_bytes()[:-10])  # truncated
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is corrupt or truncated"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 .* differs from the .* recorded"):
         ck.load_checkpoint(path)
     (path / ck.STATE_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"state\.json is not valid JSON"):
@@ -175,6 +177,40 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path: Path) -> None:
         ck.load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         ck.load_checkpoint(tmp_path / "nowhere")
+
+
+def _flip(path: Path, offset: int) -> None:
+    """Invert one byte in place, keeping the size and the modification time."""
+    time.sleep(0.02)  # file timestamps tick in jiffies (a few ms): let the change get a later ctime
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("name", [ck.MODEL_FILE, ck.OPTIMIZER_FILE])
+def test_a_flipped_byte_in_a_weight_file_is_refused(tmp_path: Path, name: str) -> None:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = ck.save_checkpoint(tmp_path / "c", model, ATTR_ARCH, {}, optimizer=opt)
+    ck.load_checkpoint(path)  # verified once: its digest is cached by file stat
+    _flip(path / name, -3)  # a weight's last bytes: safetensors itself would read it without complaint
+    with pytest.raises(CheckpointError, match=rf"{name}: sha256 .* differs .* restore the checkpoint"):
+        ck.load_checkpoint(path)
+
+
+def test_an_edited_state_json_is_refused_and_an_unhashed_old_one_loads(tmp_path: Path) -> None:
+    path = ck.save_checkpoint(tmp_path / "c", nn.Linear(3, 2), ATTR_ARCH, {"epoch": 3})
+    doc = json.loads((path / ck.STATE_FILE).read_text())
+    (path / ck.STATE_FILE).write_text(json.dumps({**doc, "epoch": 7}))
+    with pytest.raises(CheckpointError, match=r"state\.json: its content does not match the sha256"):
+        ck.load_checkpoint(path)
+    old = {k: v for k, v in doc.items() if k not in ("document_sha256", "model_sha256")}  # as older versions wrote
+    (path / ck.STATE_FILE).write_text(json.dumps({**old, "epoch": 7}))
+    assert ck.load_checkpoint(path).state["epoch"] == 7
 
 
 def test_shared_tensors_are_stored_once(tmp_path: Path) -> None:

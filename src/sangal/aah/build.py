@@ -23,6 +23,7 @@ from sangal.aah.modes import attribute_maps
 from sangal.aah.predictor import load_map_predictor, predictor_sha256
 from sangal.data.dataset import ImageDataset
 from sangal.data.transforms import build_transforms
+from sangal.errors import CheckpointError
 from sangal.store.files import atomic_write_text
 
 __all__ = ["BuildInterrupted", "fill", "method_setup", "resume_point", "stage_shapes", "to_float16"]
@@ -99,6 +100,10 @@ def fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, ar
                 if list(m.shape[1:]) != list(arr.shape[1:]):
                     raise RuntimeError(f"heat maps {tuple(m.shape)} do not fit cache array {arr.shape}")
                 arr[lo:hi] = to_float16(m)
+                if not np.isfinite(arr[lo:hi]).all():  # a hash would bind the NaNs for good
+                    raise CheckpointError(f"attribute checkpoint {manifest['checkpoint_path']} gives non-finite "
+                                          f"heat maps (first image of the batch: {records[lo].path}); its weights "
+                                          f"are broken")
             bar.update(hi - lo)
             if hi in chunk_ends:
                 for arr in arrays:

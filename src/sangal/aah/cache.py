@@ -8,7 +8,8 @@ checkpoint and read back during Re-ID training and evaluation.
 
 Layout of a cache directory::
 
-    manifest.json   what the maps were computed from (see below), complete=true
+    manifest.json   what the maps were computed from (see below), complete=true, the sha256 of
+                    each .npy file ("files") and of itself ("document_sha256"), checked on open
     aah2.npy        (N, K, h2, w2) float16, layer2 resolution   } memory-mapped
     aah3.npy        (N, K, h3, w3) float16, layer3 resolution   } (np.lib.format
     aah4.npy        (N, K, h4, w4) float16, layer4 resolution   }  .npy files)
@@ -67,7 +68,15 @@ from sangal.errors import CacheError
 from sangal.runtime.precision import autocast
 from sangal.runtime.precision import channels_last as to_channels_last
 from sangal.store.checkpoint import MODEL_FILE, load_model
-from sangal.store.files import atomic_write_text, file_sha256, provenance, replace_dir
+from sangal.store.files import (
+    atomic_write_text,
+    cached_sha256,
+    file_sha256,
+    provenance,
+    replace_dir,
+    seal_json,
+    verify_sha256,
+)
 
 __all__ = ["AAHCache", "align_aah"]
 
@@ -170,7 +179,7 @@ class AAHCache:
             weights = Path(attr_ckpt_dir) / MODEL_FILE
             if not weights.is_file():
                 raise CacheError(f"cannot check AAH cache {out}: {weights} does not exist")
-            now = file_sha256(weights)
+            now = cached_sha256(weights)
             if now != m["checkpoint_sha256"]:
                 raise CacheError(f"AAH cache {out} is stale: built from checkpoint sha256 {m['checkpoint_sha256'][:12]}… "
                                  f"({m['checkpoint_path']}) but {attr_ckpt_dir} now has {now[:12]}…; {REBUILD}")
@@ -196,6 +205,8 @@ class AAHCache:
                          else f"other attribute labels (sha256 {m['targets']['sha256'][:12]}…)")
                 wanted = "the attribute labels given" if given["mode"] == "labels" else f"{given['mode']} classes"
                 raise CacheError(f"AAH cache {out} was built with {built}, not {wanted}; {REBUILD}")
+        for name, sha in (m.get("files") or {}).items():  # caches of older versions recorded none
+            verify_sha256(out / name, sha, CacheError, REBUILD)
         arrays = []
         for name, shape in zip(cache_files(m), m["stages"]):
             try:
@@ -271,8 +282,9 @@ class AAHCache:
                 fill(to_channels_last(net, channels_last), records, labels, arrays, partial, manifest, start,
                       batch_size, device, num_workers, progress, stop_after_chunks, predictor)
         del arrays  # close the memmaps before the rename
-        manifest.update(complete=True, **provenance())
-        atomic_write_text(partial / MANIFEST, json.dumps(manifest, indent=1))
+        manifest.update(complete=True, files={n: file_sha256(partial / n) for n in cache_files(manifest)},
+                        **provenance())
+        atomic_write_text(partial / MANIFEST, json.dumps(seal_json(manifest), indent=1))
         replace_dir(partial, out)
         logger.info("AAH cache of %d images written to %s", len(records), out)
         return AAHCache.open(out)

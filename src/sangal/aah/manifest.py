@@ -23,11 +23,10 @@ from sangal.data.attributes import get_schema
 from sangal.data.transforms import build_transforms
 from sangal.errors import CacheError
 from sangal.store.checkpoint import MODEL_FILE
-from sangal.store.files import file_sha256
+from sangal.store.files import cached_sha256, check_seal
 
-__all__ = ["FORMAT_VERSION", "IDENTITY", "MANIFEST", "METHOD_KEYS", "PROBS_FILE", "PROGRESS", "REBUILD", "STAGE_FILES",
-           "cache_files",
-           "changed_keys", "check_images", "check_method", "image_list", "new_manifest", "partial_dir",
+__all__ = ["FORMAT_VERSION", "IDENTITY", "MANIFEST", "METHOD_KEYS", "PROBS_FILE", "PROGRESS", "REBUILD",
+           "STAGE_FILES", "cache_files", "changed_keys", "check_images", "check_method", "image_list", "new_manifest", "partial_dir",
            "read_manifest", "read_progress", "schema_entry", "targets_entry"]
 
 logger = logging.getLogger(__name__)
@@ -98,7 +97,7 @@ def new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], heig
     return {
         "format_version": FORMAT_VERSION, "complete": False,
         "checkpoint_path": str(Path(ckpt_path).resolve()),
-        "checkpoint_sha256": file_sha256(Path(ckpt_path) / MODEL_FILE),
+        "checkpoint_sha256": cached_sha256(Path(ckpt_path) / MODEL_FILE),
         "images_sha256": images["sha256"], "images": {"count": len(records), **images},
         "schema": schema_entry(arch), "height": height, "width": width,
         "targets": targets_entry(targets), "normalize": normalize,
@@ -130,6 +129,7 @@ def read_manifest(path: Path, out: Path) -> dict[str, Any]:
         raise CacheError(f"AAH cache {out} has no {MANIFEST}; {REBUILD}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CacheError(f"AAH cache manifest {path} is not valid JSON ({exc}); {REBUILD}") from exc
+    doc = check_seal(doc, path, CacheError, REBUILD)
     required = (*IDENTITY, "images", "checkpoint_path", "complete")
     missing = [k for k in required if k not in doc] if isinstance(doc, dict) else list(required)
     if missing:

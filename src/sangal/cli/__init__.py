@@ -8,12 +8,13 @@ a few words. `sangal config show` prints what a command would run with.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
 
 from sangal.cli import deploy, pipeline
-from sangal.errors import SangalError
+from sangal.errors import ConfigError, SangalError, printable
 from sangal.version import __version__
 
 log = logging.getLogger("sangal")
@@ -74,14 +75,44 @@ def _error_text(exc: BaseException, verbose: bool) -> str:
     return f"{name}: {message} (in a DataLoader worker; -v shows its traceback)"
 
 
+class _PrintableLog(logging.Formatter):
+    """Log lines pass :func:`sangal.errors.printable`, as everything else the CLI prints."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+class _PrintableOut:
+    """stdout for a command: control characters escaped, newlines and tabs kept; the rest is the stream's."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text, keep="\n\t"))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _print_error(exc: BaseException, verbose: bool) -> None:
+    """``error: ...`` on stderr: one line, or one per wrong value of a config."""
+    text = _error_text(exc, verbose)
+    for line in text.split("\n") if isinstance(exc, ConfigError) else [text]:
+        print(f"error: {printable(line)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableLog("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
-        return run(args)
+        with contextlib.redirect_stdout(_PrintableOut(sys.stdout)):
+            return run(args)
     except SangalError as exc:
-        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        _print_error(exc, args.verbose)
         return 2
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
@@ -91,5 +122,5 @@ def main(argv: list[str] | None = None) -> int:
 
         if worker_error(exc) is None:
             raise
-        print(f"error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        _print_error(exc, args.verbose)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-1501 train.epochs=20"
+OVERWRITE_HELP = "replace the finished or interrupted run in the run folder (its checkpoints and logs are deleted)"
 
 
 def at_least(minimum: int):

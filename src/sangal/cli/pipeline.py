@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sangal.cli.common import at_least, config_args, load_cfg, overrides, print_metrics
+from sangal.cli.common import OVERWRITE_HELP, at_least, config_args, load_cfg, overrides, print_metrics
 from sangal.errors import SangalError
 
 
@@ -54,6 +54,7 @@ def synth(args) -> int:
 def add_train_attr(sub) -> None:
     p = sub.add_parser("train-attr", help="pretrain the attribute network (offline AAH mode, paper §3.1)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/attr/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     config_args(p)
     p.set_defaults(func=train_attr)
 
@@ -61,7 +62,7 @@ def add_train_attr(sub) -> None:
 def train_attr(args) -> int:
     from sangal.train.attr import train_attribute_net
 
-    print_metrics("attribute net", train_attribute_net(load_cfg(args), resume=args.resume))
+    print_metrics("attribute net", train_attribute_net(load_cfg(args), resume=args.resume, overwrite=args.overwrite))
     return 0
 
 
@@ -85,6 +86,7 @@ def add_train(sub) -> None:
     p.add_argument("--mode", choices=["id", "id+attr", "san-gal"], help="paper Table 1 variant (model.mode)")
     p.add_argument("--aah", choices=["offline", "online"], help="heat maps from the cache or the joint branch")
     p.add_argument("--resume", action="store_true", help="continue from <out>/reid/<mode>/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     config_args(p)
     p.set_defaults(func=train)
 
@@ -92,7 +94,7 @@ def add_train(sub) -> None:
 def train(args) -> int:
     from sangal.train.reid import train_reid
 
-    metrics = train_reid(load_cfg(args), resume=args.resume)
+    metrics = train_reid(load_cfg(args), resume=args.resume, overwrite=args.overwrite)
     if metrics:
         print_metrics("re-id", metrics)
     return 0

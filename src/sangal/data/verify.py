@@ -1,4 +1,4 @@
-"""Checking every image of a dataset once, in parallel, with a cache keyed by file size and mtime.
+"""Checking files once: every image of a dataset (decodes) and every artefact's sha256, cached by file stat.
 
 ``data.on_bad_image`` decides what a bad image does: ``error`` stops with one line
 naming the first bad file and the count; ``skip`` drops the bad files (train ids are
@@ -6,6 +6,12 @@ relabelled) with a one-line warning and, when given a path, writes their list th
 Results are cached per split in ``$SANGAL_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/sangal`` or ``~/.cache/sangal``), so a second load re-checks only
 files whose size or mtime changed.
+
+:func:`verify_sha256` is the one check of an artefact against the sha256 recorded when it was written
+(checkpoints, heat-map caches, map predictors, gallery indexes, the weights cache). Hashing a ResNet-50
+checkpoint or a Market-size index costs more than loading it (``benchmarks/hash_check.py``), so digests are
+remembered in ``<cache>/sha256.json`` by (path, size, mtime_ns, ctime_ns, inode): a file is hashed again only
+after it changes. ctime cannot be set back by hand, so even a change that restores the mtime is hashed again.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from PIL import Image
 
 from sangal.data.records import SPLITS, ImageRecord, ReIDDataset, make_records
 from sangal.data.workers import default_num_workers
-from sangal.errors import DatasetError
+from sangal.errors import DatasetError, SangalError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,42 @@ def cache_dir() -> Path:
         return Path(os.environ["SANGAL_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sangal"
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks (no cache: for files just written)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, hashed again only when its (size, mtime_ns, ctime_ns, inode) changed."""
+    key = str(Path(path).resolve())
+    st = os.stat(key)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    cache = cache_dir() / "sha256.json"
+    entries = _read_cache(cache)
+    hit = entries.get(key)
+    if isinstance(hit, list) and hit[:4] == stamp:
+        return str(hit[4])
+    digest = file_sha256(key)  # stamped before hashing: a change while hashing only costs a rehash later
+    entries = {k: v for k, v in entries.items() if os.path.exists(k)}  # forget files that are gone
+    entries[key] = [*stamp, digest]
+    _write_cache(cache, entries)
+    return digest
+
+
+def verify_sha256(path: str | Path, expected: str, error: type[SangalError], remedy: str) -> None:
+    """Raise ``error`` (one line naming the file and ``remedy``) unless the file's sha256 is ``expected``."""
+    if not Path(path).is_file():
+        raise error(f"{path} is missing; {remedy}")
+    actual = cached_sha256(path)
+    if actual != expected:
+        raise error(f"{path}: sha256 {actual} differs from the {expected} recorded when it was written (the file "
+                    f"is corrupt or was changed); {remedy}")
 
 
 def image_problem(path: str | Path) -> str:

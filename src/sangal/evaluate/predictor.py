@@ -28,7 +28,8 @@ from sangal.data.attributes import AttributeSchema, get_schema
 from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError, ConfigError
 from sangal.evaluate.features import FeatureSet, batch_paths
-from sangal.store.checkpoint import MODEL_FILE, Checkpoint, file_sha256, load_model
+from sangal.store.checkpoint import MODEL_FILE, Checkpoint, load_model
+from sangal.store.files import cached_sha256
 from sangal.store.reid_info import find_attribute_checkpoint, input_size
 
 __all__ = ["Embedded", "MapsFn", "Predictor"]
@@ -107,13 +108,13 @@ class Predictor(nn.Module):
         if mode == "san-gal":
             attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
         size = input_size(ckpt)
-        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": file_sha256(Path(checkpoint) / MODEL_FILE),
+        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": cached_sha256(Path(checkpoint) / MODEL_FILE),
                   "arch": {**ckpt.arch, "height": size[0], "width": size[1]}}
         attr_net = map_predictor = None
         if attr_checkpoint is not None:
             attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
             source.update(attr_checkpoint=str(Path(attr_checkpoint).resolve()),
-                          attr_sha256=file_sha256(Path(attr_checkpoint) / MODEL_FILE))
+                          attr_sha256=cached_sha256(Path(attr_checkpoint) / MODEL_FILE))
         if mode == "san-gal" and spec.method == "fast":
             from sangal.aah.predictor import load_map_predictor
 

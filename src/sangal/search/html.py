@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from sangal.data.dataset import read_image
-from sangal.errors import DatasetError
+from sangal.errors import DatasetError, printable
 from sangal.search.match import Match
 
 __all__ = ["SHOWN_ATTRIBUTES", "format_matches", "render_page", "image_data_uri"]
@@ -44,12 +44,16 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
 
 
 def format_matches(matches: Sequence["Match"], attributes: int = _TABLE_ATTRIBUTES) -> str:
-    """Plain-text table for the terminal: rank, cosine distance, path, a few predicted attributes."""
+    """Plain-text table for the terminal: rank, cosine distance, path, a few predicted attributes.
+
+    Control characters in a path are escaped (:func:`sangal.errors.printable`): a file name cannot drive the terminal.
+    """
     if not matches:
         return "no matches (the gallery is empty or no image passes the filter)"
     rows = [("rank", "distance", "path", "attributes")]
     for m in matches:
-        rows.append((str(m.rank), f"{m.distance:.4f}", m.path, _short_attributes(m.attributes, attributes)))
+        rows.append((str(m.rank), f"{m.distance:.4f}", printable(m.path),
+                     printable(_short_attributes(m.attributes, attributes))))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{r[0]:>{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
     return "\n".join(lines)

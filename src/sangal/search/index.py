@@ -9,8 +9,17 @@ An index is a directory, written atomically (hidden temp dir + rename, see
     meta.json        paths (relative to gallery_dir, row order of features.npy), absolute
                      gallery_dir, attribute schema, skipped images with reasons, checkpoint
                      path + model.safetensors sha256 (+ the attribute checkpoint's), arch,
-                     backend, creation time, sangal version, git commit
+                     backend, creation time, sangal version, git commit, the sha256 of every
+                     other file ("files") and of itself ("document_sha256")
     faiss.index      only when N >= faiss_threshold and faiss is installed
+
+Trust. :meth:`GalleryIndex.load` checks every file against its recorded sha256, and what a
+hash cannot catch: feature rows must be finite unit vectors, probabilities finite rows that
+sum to 1, shapes must agree with meta.json. Paths stay inside the gallery: meta.json holds
+relative paths without ``..`` (refused otherwise), images whose real path (symlinks resolved)
+leaves the gallery are skipped at build time and refused when a search reads them. One
+writer at a time: a second ``build_index`` on the same ``out`` stops with a BusyError; a
+swap killed between its two renames is undone when the index is next loaded.
 
 Search backends. Below ``faiss_threshold`` the search is exact: one matrix-vector
 product (``features @ q``) over the memory-mapped features. At and above it a FAISS
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +44,18 @@ import numpy as np
 
 from sangal.data.attributes import Attribute, AttributeSchema
 from sangal.data.records import IMAGE_EXTENSIONS
-from sangal.errors import CacheError, ConfigError, DatasetError
-from sangal.store.files import provenance, staged_dir
+from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError, printable
+from sangal.search.integrity import REBUILD, are_probabilities, bad_rows, check_features, relative_paths
+from sangal.store.files import (
+    check_seal,
+    file_sha256,
+    output_lock,
+    provenance,
+    recover_aside,
+    seal_json,
+    staged_dir,
+    verify_sha256,
+)
 
 __all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
@@ -88,8 +108,12 @@ class GalleryIndex:
         return len(self.paths)
 
     def absolute_path(self, i: int) -> str:
-        """Absolute path of gallery image ``i``."""
-        return str(self.gallery_dir / self.paths[i])
+        """Absolute path of gallery image ``i``; CacheError when its real path (links resolved) leaves the gallery."""
+        path = self.gallery_dir / self.paths[i]
+        if not path.resolve().is_relative_to(self.gallery_dir.resolve()):
+            raise CacheError(f"{self.directory / META_FILE}: {printable(self.paths[i])} leads outside the gallery "
+                             f"{self.gallery_dir} through a symbolic link; remove the link or {REBUILD}")
+        return str(path)
 
     @property
     def backend(self) -> str:
@@ -98,32 +122,18 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, directory: str | Path) -> "GalleryIndex":
-        """Read an index folder; CacheError naming the folder/file when missing or inconsistent."""
+        """Read and check an index folder; CacheError naming the folder/file when missing, corrupt or inconsistent."""
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise CacheError(f"{directory}: not a sangal index (no {META_FILE}); build one with `sangal index`")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CacheError(f"{meta_path}: unreadable index metadata ({exc})") from exc
-        if meta.get("format_version") != INDEX_FORMAT:
-            raise CacheError(
-                f"{meta_path}: index format {meta.get('format_version')} is not {INDEX_FORMAT}; rebuild the index"
-            )
+        recover_aside(directory)  # a replacement killed between its two renames left the old index aside
+        meta = _read_meta(directory)
+        paths = relative_paths(meta, directory / META_FILE)
+        for name, sha in (meta.get("files") or {}).items():  # indexes of older versions recorded none
+            verify_sha256(directory / name, sha, CacheError, REBUILD)
         try:
             features = np.load(directory / FEATURES_FILE, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise CacheError(f"{directory / FEATURES_FILE}: unreadable features ({exc}); rebuild the index") from exc
-        missing = [k for k in ("paths", "gallery_dir", "checkpoint") if k not in meta]
-        if missing:
-            raise CacheError(f"{meta_path}: index metadata lacks {', '.join(missing)}; rebuild the index")
-        paths = list(meta["paths"])
-        if features.ndim != 2 or features.shape[0] != len(paths) or features.dtype != np.float32:
-            raise CacheError(
-                f"{directory / FEATURES_FILE}: shape {features.shape} {features.dtype} does not fit "
-                f"{len(paths)} paths in {META_FILE}; rebuild the index"
-            )
+            raise CacheError(f"{directory / FEATURES_FILE}: unreadable features ({exc}); {REBUILD}") from exc
+        check_features(directory / FEATURES_FILE, features, paths, meta.get("feature_dim"))
         schema, probs = _read_attributes(directory, meta, len(paths))
         index = cls(directory, Path(meta["gallery_dir"]), paths, features, probs, schema, meta)
         if meta.get("backend") == "faiss-hnsw":
@@ -131,8 +141,29 @@ class GalleryIndex:
             if faiss is None:
                 logger.warning("%s was built with FAISS but faiss is not installed: exact search", directory)
             else:
-                index.faiss_index = faiss.read_index(str(directory / FAISS_FILE))
+                fi = index.faiss_index = faiss.read_index(str(directory / FAISS_FILE))
+                if (fi.ntotal, fi.d) != features.shape:
+                    raise CacheError(f"{directory / FAISS_FILE}: {fi.ntotal} vectors of {fi.d} dims do not fit "
+                                     f"{FEATURES_FILE} {features.shape}; {REBUILD}")
         return index
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise CacheError(f"{directory}: not a sangal index (no {META_FILE}); build one with `sangal index`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{meta_path}: unreadable index metadata ({exc}); {REBUILD}") from exc
+    meta = check_seal(meta, meta_path, CacheError, REBUILD)
+    if not isinstance(meta, dict) or meta.get("format_version") != INDEX_FORMAT:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CacheError(f"{meta_path}: index format {version} is not {INDEX_FORMAT}; {REBUILD}")
+    missing = [k for k in ("paths", "gallery_dir", "checkpoint") if k not in meta]
+    if missing:
+        raise CacheError(f"{meta_path}: index metadata lacks {', '.join(missing)}; {REBUILD}")
+    return meta
 
 
 def _schema_from_meta(info: dict[str, Any]) -> AttributeSchema:
@@ -148,17 +179,18 @@ def _read_attributes(
     if not info:
         return None, None
     schema = _schema_from_meta(info)
+    path = directory / ATTRIBUTES_FILE
     try:
-        with np.load(directory / ATTRIBUTES_FILE) as data:
+        with np.load(path, allow_pickle=False) as data:
             probs = [np.asarray(data[f"probs_{k}"], dtype=np.float32) for k in range(len(schema))]
-    except (OSError, KeyError, ValueError) as exc:
-        raise CacheError(f"{directory / ATTRIBUTES_FILE}: unreadable attributes ({exc}); rebuild the index") from exc
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CacheError(f"{path}: unreadable attributes ({type(exc).__name__}: {exc}); {REBUILD}") from exc
     for k, (p, a) in enumerate(zip(probs, schema.attributes)):
         if p.shape != (n, a.num_classes):
-            raise CacheError(
-                f"{directory / ATTRIBUTES_FILE}: probs_{k} ({a.name}) has shape {p.shape}, expected "
-                f"({n}, {a.num_classes}); rebuild the index"
-            )
+            raise CacheError(f"{path}: probs_{k} ({a.name}) has shape {p.shape}, expected ({n}, {a.num_classes}); "
+                             f"{REBUILD}")
+        if not are_probabilities(p):
+            raise CacheError(f"{path}: probs_{k} ({a.name}) holds rows that are not probabilities; {REBUILD}")
     return schema, probs
 
 
@@ -217,9 +249,10 @@ def build_index(
 ) -> GalleryIndex:
     """Index every image under ``gallery_dir`` with the Re-ID model of ``checkpoint``.
 
-    Unreadable images are logged (warning naming the file and the reason), listed in
-    ``meta["skipped"]`` and left out. ``out`` is replaced atomically if it holds an
-    older index; any other existing non-empty folder is refused.
+    Unreadable images, and links to files outside the gallery, are logged (warning naming
+    the file and the reason), listed in ``meta["skipped"]`` and left out. ``out`` is replaced
+    atomically if it holds an older index; any other existing non-empty folder is refused,
+    and so is an ``out`` another process is writing (BusyError).
 
     Args:
         gallery_dir: folder of images, searched recursively (any layout).
@@ -237,60 +270,78 @@ def build_index(
             :mod:`sangal.aah.fast`); None: as the checkpoint records. In meta.json, so queries use the same.
     """
     from sangal.evaluate.predictor import Predictor
-    from sangal.search.probe import probe_images
 
     gallery = Path(gallery_dir).resolve()
     out = Path(out)
     _check_out(out, gallery)
-    files = list_gallery(gallery)
-    if not files:
-        raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
-    predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=True, method=aah)
-    reasons = probe_images(files, num_workers)
+    with output_lock(out, wait=False):  # a second writer of `out` stops here, naming the first
+        recover_aside(out)  # a killed swap: the old index is back before the long part starts
+        files = list_gallery(gallery)
+        if not files:
+            raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
+        predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=True, method=aah)
+        good, skipped = _readable(gallery, files, num_workers)
+        logger.info("indexing %d images of %s (%d skipped)", len(good), gallery, len(skipped))
+        emb = predictor.embed_paths(good, batch_size=batch_size, num_workers=num_workers)
+        _check_embedding(emb, good, predictor.source["checkpoint"])
+        backend = _backend(len(good), faiss_threshold)
+        _write(out, _meta(gallery, good, skipped, emb.feats.shape[1], predictor, backend), emb, predictor, backend)
+    logger.info("wrote index of %d images to %s (%s search)", len(good), out, backend)
+    return GalleryIndex.load(out)
+
+
+def _readable(gallery: Path, files: list[Path], num_workers: int) -> tuple[list[Path], list[dict[str, str]]]:
+    """The images to index, and the skipped ones with the reason: unreadable, or a link leading out of the gallery."""
+    from sangal.search.probe import probe_images
+
+    reasons = {f: "a symbolic link to a file outside the gallery" for f in files
+               if not f.resolve().is_relative_to(gallery)}
+    inside = [f for f in files if f not in reasons]
+    reasons.update((f, r) for f, r in zip(inside, probe_images(inside, num_workers)) if r)
     skipped = []
-    for path, reason in zip(files, reasons):
-        if reason:
-            logger.warning("skipping unreadable image %s: %s", path, reason)
-            skipped.append({"path": path.relative_to(gallery).as_posix(), "reason": reason})
-    good = [p for p, r in zip(files, reasons) if not r]
+    for f in files:
+        if f in reasons:
+            logger.warning("skipping image %s: %s", f, reasons[f])
+            skipped.append({"path": f.relative_to(gallery).as_posix(), "reason": reasons[f]})
+    good = [f for f in files if f not in reasons]
     if not good:
-        raise DatasetError(f"{gallery}: none of the {len(files)} images can be read (first: {skipped[0]['reason']})")
-    logger.info("indexing %d images of %s (%d unreadable skipped)", len(good), gallery, len(skipped))
-    emb = predictor.embed_paths(good, batch_size=batch_size, num_workers=num_workers)
-    backend = "exact"
-    if len(good) >= faiss_threshold:
-        if load_faiss() is None:
-            logger.warning(
-                "%d images >= faiss_threshold %d but faiss is not installed (pip install sangal[faiss]): "
-                "using exact search", len(good), faiss_threshold,
-            )
-        else:
-            backend = "faiss-hnsw"
-    meta: dict[str, Any] = {
-        "format_version": INDEX_FORMAT,
-        "gallery_dir": str(gallery),
-        "paths": [p.relative_to(gallery).as_posix() for p in good],
-        "num_images": len(good),
-        "feature_dim": int(emb.feats.shape[1]),
-        "skipped": skipped,
-        "checkpoint": {"path": predictor.source["checkpoint"], "sha256": predictor.source["sha256"]},
-        "attr_checkpoint": (
-            {"path": predictor.source["attr_checkpoint"], "sha256": predictor.source["attr_sha256"]}
-            if predictor.attr_checkpoint is not None else None
-        ),
-        "arch": predictor.source["arch"],
-        "features": {"flip": True, "normalized": True, "metric": "cosine"},
-        "aah": predictor.spec.method,
-        "map_spec": predictor.spec.to_dict(),
-        "attributes": None,
-        "backend": backend,
-        "faiss": (
-            {"type": "IndexHNSWFlat", "metric": "inner_product", "M": HNSW_M,
-             "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
-            if backend == "faiss-hnsw" else None
-        ),
+        raise DatasetError(f"{gallery}: none of the {len(files)} images can be used (first: {skipped[0]['path']}: "
+                           f"{skipped[0]['reason']})")
+    return good, skipped
+
+
+def _backend(count: int, faiss_threshold: int) -> str:
+    """FAISS HNSW at and above ``faiss_threshold`` images when faiss is installed, else the exact scan."""
+    if count < faiss_threshold:
+        return "exact"
+    if load_faiss() is None:
+        logger.warning("%d images >= faiss_threshold %d but faiss is not installed (pip install sangal[faiss]): "
+                       "using exact search", count, faiss_threshold)
+        return "exact"
+    return "faiss-hnsw"
+
+
+def _meta(gallery: Path, good: list[Path], skipped: list[dict], dim: int, predictor, backend: str) -> dict[str, Any]:
+    """meta.json of a new index (the module docstring lists its keys), before its file hashes."""
+    source = predictor.source
+    return {
+        "format_version": INDEX_FORMAT, "gallery_dir": str(gallery),
+        "paths": [p.relative_to(gallery).as_posix() for p in good], "num_images": len(good),
+        "feature_dim": int(dim), "skipped": skipped,
+        "checkpoint": {"path": source["checkpoint"], "sha256": source["sha256"]},
+        "attr_checkpoint": ({"path": source["attr_checkpoint"], "sha256": source["attr_sha256"]}
+                            if predictor.attr_checkpoint is not None else None),
+        "arch": source["arch"], "features": {"flip": True, "normalized": True, "metric": "cosine"},
+        "aah": predictor.spec.method, "map_spec": predictor.spec.to_dict(), "attributes": None, "backend": backend,
+        "faiss": ({"type": "IndexHNSWFlat", "metric": "inner_product", "M": HNSW_M,
+                   "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
+                  if backend == "faiss-hnsw" else None),
         **provenance(),
     }
+
+
+def _write(out: Path, meta: dict[str, Any], emb, predictor, backend: str) -> None:
+    """Features, predicted attributes and the FAISS graph into a staged folder, each file's sha256 in meta.json."""
     with staged_dir(out) as tmp:
         np.save(tmp / FEATURES_FILE, emb.feats)
         if emb.attr_probs is not None and predictor.schema is not None:
@@ -300,6 +351,15 @@ def build_index(
             meta["attributes"] = _schema_json(predictor.schema, str(predictor.attr_source))
         if backend == "faiss-hnsw":
             _write_faiss(tmp / FAISS_FILE, emb.feats)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    logger.info("wrote index of %d images to %s (%s search)", len(good), out, backend)
-    return GalleryIndex.load(out)
+        meta["files"] = {f.name: file_sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / META_FILE).write_text(json.dumps(seal_json(meta), indent=1), encoding="utf-8")
+
+
+def _check_embedding(emb: Any, files: list[Path], checkpoint: Path) -> None:
+    """Refuse to write features a search could not rank (NaN rows are never ranked, zero rows rank at random)."""
+    bad = bad_rows(emb.feats)
+    probs_ok = emb.attr_probs is None or all(are_probabilities(p) for p in emb.attr_probs)
+    if bad.size or not probs_ok:
+        first = f" (first: {files[int(bad[0])]})" if bad.size else ""
+        raise CheckpointError(f"checkpoint {checkpoint} gives non-finite or zero features or attribute "
+                              f"probabilities for {bad.size} of {len(files)} images{first}; its weights are broken")

@@ -25,8 +25,8 @@ from sangal.search.html import render_page
 from sangal.search.index import HNSW_EF_SEARCH, GalleryIndex
 from sangal.search.match import Match
 from sangal.search.where import predicted_attributes, where_mask
-from sangal.store.checkpoint import MODEL_FILE, file_sha256
-from sangal.store.files import atomic_write_text
+from sangal.store.checkpoint import MODEL_FILE
+from sangal.store.files import atomic_write_text, cached_sha256
 
 __all__ = ["Match", "Searcher", "search_html", "top_k"]
 
@@ -69,7 +69,7 @@ def _check_sha(path: Path, recorded: Mapping, what: str, index_dir: Path) -> Non
     model_file = path / MODEL_FILE
     if not model_file.is_file():
         raise CheckpointError(f"{what} {path} has no {MODEL_FILE}")
-    sha = file_sha256(model_file)
+    sha = cached_sha256(model_file)
     if sha != recorded["sha256"]:
         raise CheckpointError(
             f"{what} {path} (model sha256 {sha[:12]}) is not the one index {index_dir} was built with "

@@ -5,11 +5,13 @@ A checkpoint is a directory (e.g. ``runs/x/checkpoints/epoch_003``)::
     model.safetensors      model state_dict (contiguous CPU tensors)
     optimizer.safetensors  optimizer state tensors as ``state.<param_idx>.<name>`` (optional)
     state.json             epoch, step, scheduler, RNG states, resolved config, ``arch``,
-                           git commit, sangal version, creation time, optimizer scalars
+                           git commit, sangal version, creation time, optimizer scalars,
+                           the sha256 of both weight files and of itself (``document_sha256``)
 
 It is written into a hidden sibling temp dir, fsynced, then renamed into place,
 so a crash leaves either the old checkpoint or the new one, never a mix.
-Weights are safetensors only: nothing here unpickles.
+Weights are safetensors only: nothing here unpickles. Loading checks every file
+against the sha256 recorded when it was written (:func:`~sangal.store.files.verify_sha256`).
 
 ``arch`` rebuilds the model (:func:`build_model`); :func:`load_weights` refuses
 a checkpoint of another architecture with a :class:`CheckpointError` naming the
@@ -35,13 +37,16 @@ from torch import Tensor, nn
 from sangal.errors import CheckpointError, ConfigError
 from sangal.models.arch import build_model
 from sangal.store.files import (
+    check_seal,
     file_sha256,
     from_json,
     provenance,
     recover_aside,
     save_safetensors,
+    seal_json,
     staged_dir,
     to_json,
+    verify_sha256,
 )
 
 __all__ = [
@@ -64,7 +69,8 @@ _REID_ONLY = ("num_ids", "mode", "extra_sigmoid")
 #: arch entries that only describe the data; a mismatch is logged.
 _SOFT_KEYS = ("dataset", "colour_mode", "height", "width")
 _RESERVED = ("arch", "optimizer", "git_commit", "sangal_version", "created", "format_version",
-             "model_sha256")
+             "model_sha256", "optimizer_sha256", "document_sha256")
+_RESTORE = "restore the checkpoint from a copy or train it again"
 _CKPT_NAME = re.compile(r"^(?:(?:epoch|step)_\d+|last|best|final)$")
 _MAX_SHOWN = 4
 
@@ -119,8 +125,9 @@ def save_checkpoint(
         if optimizer is not None:
             tensors, doc["optimizer"] = _flatten_optimizer(optimizer.state_dict())
             save_safetensors(tmp / OPTIMIZER_FILE, tensors, {})
+            doc["optimizer_sha256"] = file_sha256(tmp / OPTIMIZER_FILE)
         doc["model_sha256"] = file_sha256(tmp / MODEL_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(to_json(doc), indent=1), encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps(seal_json(to_json(doc)), indent=1), encoding="utf-8")
     logger.info("saved checkpoint %s", directory)
     return directory
 
@@ -179,6 +186,9 @@ def load_checkpoint(directory: str | Path, expected_kind: str | None = None) -> 
         raise CheckpointError(
             f"checkpoint {directory} is kind {arch['kind']}, expected {expected_kind}"
         )
+    for name, key in ((MODEL_FILE, "model_sha256"), (OPTIMIZER_FILE, "optimizer_sha256")):
+        if state.get(key):  # checkpoints of older versions recorded no optimizer hash
+            verify_sha256(directory / name, state[key], CheckpointError, _RESTORE)
     weights, meta = _read_safetensors(directory / MODEL_FILE)
     try:
         aliases = json.loads((meta or {}).get("aliases", "{}"))
@@ -203,7 +213,7 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint file {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise CheckpointError(f"checkpoint file {path} does not hold a JSON object")
-    return from_json(doc)
+    return from_json(check_seal(doc, path, CheckpointError, _RESTORE))
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str] | None]:

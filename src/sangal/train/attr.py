@@ -13,6 +13,7 @@ from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
+from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 
@@ -68,6 +69,8 @@ class AttrTask(Task):
         last = self.run_dir / "checkpoints" / "last"
         self.position = resume_from(last, self.model, self.optimizer, self.arch, "attribute")[1] if resume \
             else Position()
+        if resume:
+            check_resume_config(self.position.extra.get("config"), to_dict(cfg), last)
         batch_size = min(tc.batch_size, len(records))
         if batch_size < tc.batch_size:
             log.warning("only %d training images: attribute batches of %d instead of %d", len(records),
@@ -109,11 +112,14 @@ class AttrTask(Task):
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=self.optimizer)
 
 
-def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,
+                        overwrite: bool = False) -> dict:
     """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`.
 
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`);
     ``stop_after_steps`` stops (checkpoint written, {} returned) after that many steps, as a kill would.
     """
+    guard_run_folder(default_paths(cfg)["attr_run"], overwrite, resume)
     device = resolve_device(cfg.train.device)
     task = AttrTask(cfg, device, resume)
     task.run_dir.mkdir(parents=True, exist_ok=True)

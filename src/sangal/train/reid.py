@@ -22,6 +22,7 @@ from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
+from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.engine import LoopSettings, Stopped, Task, run_task, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 from sangal.train.maps import AAHSource
@@ -107,6 +108,7 @@ class ReIDTask(Task):
     def _resume(self) -> Position:
         last_dir = self.run_dir / "checkpoints" / "last"
         position = resume_from(last_dir, self.model, self.optimizer, self.arch, "reid")[1]
+        check_resume_config(position.extra.get("config"), to_dict(self.cfg), last_dir)
         if self.aah_source is not None and self.aah_source.attr_net is not None:
             _restore_attr_branch(self.aah_source.attr_net, last_dir, position.global_step)
         return position
@@ -183,8 +185,12 @@ class ReIDTask(Task):
         return metrics
 
 
-def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None) -> dict:
-    """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics."""
+def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,
+               overwrite: bool = False) -> dict:
+    """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics.
+
+    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`)."""
+    guard_run_folder(default_paths(cfg)["reid_run"], overwrite, resume)
     info = init_distributed(cfg.train.device)
     if cfg.train.aah == "online" and info.distributed:
         raise ConfigError("train.aah=online is not supported under torchrun; build the cache (sangal aah) "

@@ -1,0 +1,76 @@
+"""What a configuration may hold: the allowed values of choice keys and the range of every numeric key."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sangal.config.schema import Config
+from sangal.errors import ConfigError
+
+#: Valid backbone names (the table sangal.models.backbone.BACKBONES; checked equal by its tests).
+BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("market1501", "dukemtmc", "msmt17", "cuhk03np_detected", "cuhk03np_labeled", "csv", "folder",
+                     "synthetic"),
+    "data.on_bad_image": ("error", "skip"),
+    "data.colour_mode": ("binary", "merged"),
+    "model.backbone": BACKBONE_CHOICES,
+    "model.attr_backbone": ("", *BACKBONE_CHOICES),
+    "model.mode": ("id", "id+attr", "san-gal"),
+    "optim.optimizer": ("sgd", "adam"),
+    "attr_train.optimizer": ("sgd", "adam"),
+    "model.aah_normalize": ("max", "minmax", "none"),
+    "train.aah": ("offline", "online"),
+    "train.aah_targets": ("labels", "predicted", "agnostic", "soft", "noisy"),
+    "eval.metric": ("cosine", "euclidean"),
+    "eval.aah": ("exact", "fast"),
+    "eval.same_camera": ("auto", "exclude", "keep"),
+}
+
+#: What each numeric key must be: ">= a", "> a", or an interval ("[" closed, "(" open); a list: every element.
+RANGES: dict[str, str] = {  # data.p, data.k >= 2: triplet mining needs a positive and a negative
+    "data.height": ">= 32", "data.width": ">= 16", "data.flip": "[0, 1]", "data.pad": ">= 0", "data.erasing": "[0, 1]",
+    "data.p": ">= 2", "data.k": ">= 2", "data.num_workers": ">= 0", "data.test_batch_size": ">= 1",
+    "model.last_stride": "[1, 2]", "model.asam_gain": ">= 0", "optim.lr": ">= 0", "optim.warmup_start_lr": ">= 0",
+    "optim.warmup_epochs": ">= 0", "optim.milestones": ">= 0", "optim.milestone_lrs": ">= 0",
+    "optim.momentum": "[0, 1)", "optim.weight_decay": ">= 0", "optim.head_lr_scale": "> 0", "loss.id": ">= 0",
+    "loss.triplet": ">= 0", "loss.attr": ">= 0", "loss.margin": ">= 0", "loss.label_smoothing": "[0, 1)",
+    "train.epochs": ">= 1", "train.seed": "[0, 4294967295]", "train.checkpoint_every": ">= 0",
+    "train.log_every": ">= 1", "train.eval_every": ">= 0", "train.max_steps_per_epoch": ">= 0",
+    "attr_train.epochs": ">= 1", "attr_train.batch_size": ">= 2", "attr_train.lr": ">= 0",
+    "attr_train.warmup_epochs": ">= 0", "attr_train.milestones": ">= 0", "attr_train.gamma": "(0, 1]",
+    "attr_train.weight_decay": ">= 0", "attr_train.max_steps_per_epoch": ">= 0", "eval.k1": ">= 1", "eval.k2": ">= 1",
+    "eval.lambda_value": "[0, 1]", "eval.max_rank": ">= 1", "distill.epochs": ">= 1", "distill.lr": ">= 0",
+    "distill.batch_size": ">= 1", "distill.hidden": ">= 1", "distill.val_fraction": "[0, 1)",
+    "distill.patience": ">= 0", "distill.min_delta": ">= 0", "attr_train.holdout": "[0, 1)",
+    "attr_train.warmup_start_factor": ">= 0",
+}
+
+
+def _range_problem(dotted: str, value: Any, rule: str) -> str | None:
+    """One line when ``value`` (any element of a list value) is not finite or breaks ``rule`` (a RANGES entry)."""
+    lo, hi = map(float, rule[1:-1].split(",") if rule[0] in "[(" else (rule.split()[1], "inf"))
+    closed_low, closed_high = rule[0] == "[" or rule.startswith(">="), rule[-1] != ")"
+    if all(math.isfinite(v) and (lo <= v if closed_low else lo < v) and (v <= hi if closed_high else v < hi)
+           for v in (value if isinstance(value, list) else [value])):
+        return None
+    return (f"{dotted}={value!r} is out of range: {'each element ' if isinstance(value, list) else ''}must be "
+            f"{rule if rule[0] == '>' else 'in ' + rule}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check CHOICES, RANGES and the rules between keys; ConfigError with one line per wrong value."""
+    value = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in (*CHOICES, *RANGES)}
+    problems = [f"{k}={value[k]!r} is not one of: {', '.join(a)}" for k, a in CHOICES.items() if value[k] not in a]
+    problems += [p for k, rule in RANGES.items() if (p := _range_problem(k, value[k], rule))]
+    if len(cfg.optim.milestones) != len(cfg.optim.milestone_lrs):
+        problems.append("optim.milestones and optim.milestone_lrs must have the same length")
+    if not (stages := cfg.model.asam_stages) or not set(stages) <= {2, 3, 4} or len(set(stages)) < len(stages):
+        problems.append(f"model.asam_stages={stages} must list distinct stages among 2, 3, 4")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+

@@ -1,0 +1,177 @@
+"""The typed configuration tree: one dataclass per section, with its defaults (the paper's recipe for real runs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+def _available_cores(cap: int) -> int:
+    """CPU cores this process may use, at most ``cap`` (more workers than cores only thrash)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores))
+
+
+@dataclass
+class DataConfig:
+    """Dataset, attribute labels, input size, augmentation and P×K sampling."""
+
+    dataset: str = "market1501"  # market1501 | dukemtmc | msmt17 | cuhk03np_detected | cuhk03np_labeled | csv | folder | synthetic
+    root: str = "data/market1501"  # the dataset folder or its parent (csv: the CSV file)
+    attributes: str | None = None  # Lin et al. .mat; None -> <root>/<dataset>_attribute.mat style lookup
+    colour_mode: str = "binary"  # binary: one head per .mat field (paper, K=27/23); merged: one colour head per body part
+    height: int = 256
+    width: int = 128
+    flip: float = 0.5  # horizontal flip probability (image and heat maps flipped together)
+    pad: int = 10  # pad-and-random-crop ("image expansion", §4.1.3)
+    erasing: float = 0.5  # random erasing probability
+    p: int = 16  # identities per batch
+    k: int = 4  # images per identity
+    num_workers: int = field(default_factory=lambda: _available_cores(cap=4))  # DataLoader workers
+    test_batch_size: int = 128
+    on_bad_image: str = "error"  # every image is checked once per load: error (stop, naming it) | skip (drop, list in <out>)
+
+
+@dataclass
+class ModelConfig:
+    """Backbones and the SAN-GAL variant (paper Table 1: id, id+attr, san-gal)."""
+
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v2
+    pretrained: str = "true"  # true (ImageNet: `sangal weights` cache, else torchvision) | false | path to .safetensors/.pth
+    attr_backbone: str = ""  # the attribute net's backbone; "" = model.backbone (the paper: same structure)
+    attr_pretrained: str = ""  # the attribute net's weights; "" = model.pretrained
+    last_stride: int = 1
+    mode: str = "san-gal"  # id | id+attr | san-gal
+    extra_sigmoid: bool = False  # the second sigmoid the paper's text mentions after eq. 4
+    aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
+    asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
+    asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
+
+    def attribute_backbone(self) -> str:
+        """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
+        return self.attr_backbone or self.backbone
+
+    def attribute_pretrained(self) -> str:
+        """The attribute net's weights: ``attr_pretrained``, or ``pretrained`` when that is empty."""
+        return self.attr_pretrained or self.pretrained
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the paper's schedule (§4.1.3): warmup 3e-5 -> 1e-3, steps at epochs 5/7/15; or Adam."""
+
+    optimizer: str = "sgd"  # sgd (the paper) | adam (Adam with L2 weight decay, as BoT/fast-reid fine-tune)
+    lr: float = 1e-3
+    warmup_start_lr: float = 3e-5
+    warmup_epochs: float = 2.0
+    milestones: list[int] = field(default_factory=lambda: [5, 7, 15])
+    milestone_lrs: list[float] = field(default_factory=lambda: [5e-4, 1e-4, 3e-5])
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    head_lr_scale: float = 1.0  # lr of the layers an ImageNet backbone lacks (BN neck, ID classifier, attribute
+    # heads) relative to the backbone's: new layers start from scratch, so fine-tuning usually wants them faster
+
+
+@dataclass
+class LossConfig:
+    """Weights of the named loss terms (§4.1.2)."""
+
+    id: float = 1.0
+    triplet: float = 1.0
+    attr: float = 1.0
+    margin: float = 0.3
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Re-ID training run."""
+
+    epochs: int = 20
+    aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
+    aah_targets: str = "labels"  # Grad-CAM class of the training maps: labels (the paper) | predicted (as at test
+    # time) | agnostic (|S|) | soft (every class weighted by its probability, as at test time) | noisy (labels with
+    # classes drawn from the attribute net's held-out confusion; needs attr_train.holdout > 0). sangal.aah.modes
+    aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
+    attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final
+    aah_cache: str | None = None  # default: <out>/aah
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # autocast (bf16 on CPU, fp16 on CUDA); also the attribute net's training and AAH caches
+    channels_last: bool = False  # channels-last tensors (fast bf16 convolutions on CPU)
+    freeze_bn: bool = False  # BatchNorm in eval mode (exact DDP equivalence on CPU, where SyncBN is unavailable)
+    sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA
+    checkpoint_every: int = 200  # steps between rolling checkpoints (also at every epoch end)
+    log_every: int = 20
+    eval_every: int = 0  # epochs between evaluations (0: only at the end)
+    max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (quick runs)
+
+
+@dataclass
+class AttrTrainConfig:
+    """Attribute-network pretraining (the paper's offline mode trains it first)."""
+
+    optimizer: str = "sgd"  # sgd (momentum 0.9) | adam
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-2
+    warmup_epochs: float = 1.0
+    warmup_start_factor: float = 0.1  # the warmup starts at this fraction of lr
+    milestones: list[int] = field(default_factory=lambda: [6, 9])
+    gamma: float = 0.1
+    weight_decay: float = 5e-4
+    max_steps_per_epoch: int = 0  # 0 = full epochs (independent of train.max_steps_per_epoch)
+    holdout: float = 0.0  # identities kept out of training; their confusion is what train.aah_targets=noisy draws from
+    extra_roots: list[str] = field(default_factory=list)  # more labelled sets of data.dataset's format: all their
+    # identities join the attribute net's training images (never the Re-ID net's); e.g. a larger synthetic set
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation."""
+
+    metric: str = "cosine"  # cosine | euclidean
+    flip: bool = True  # average the features of each image and its mirror
+    rerank: bool = False  # k-reciprocal re-ranking (Zhong et al. 2017)
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    max_rank: int = 50
+    # same-id gallery images from the query's camera: exclude (standard protocol) | keep |
+    # auto (exclude, unless query and gallery share one single camera, where exclude would skip every query)
+    same_camera: str = "auto"
+    aah: str = "exact"  # test-time heat maps: exact (Grad-CAM backward) | fast (forward only; needs `sangal distill`)
+
+
+@dataclass
+class DistillConfig:
+    """`sangal distill`: the layer2/layer3 map predictor of eval.aah=fast, fitted to the train AAH cache."""
+
+    epochs: int = 15
+    lr: float = 1e-3  # Adam
+    batch_size: int = 64
+    hidden: int = 64  # width of each stage head's 3x3 context branch
+    val_fraction: float = 0.1  # training images held out to report map agreement
+    patience: int = 0  # stop once held-out agreement has not improved for this many epochs (0: run every epoch)
+    min_delta: float = 1e-3  # the least rise of held-out Pearson r that counts as an improvement
+
+
+@dataclass
+class Config:
+    """Root of the configuration tree."""
+
+    name: str = "run"
+    out: str = "runs/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attr_train: AttrTrainConfig = field(default_factory=AttrTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+

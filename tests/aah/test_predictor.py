@@ -1,0 +1,39 @@
+"""The distilled map predictor on disk: its record binds the file, loading refuses a changed one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sangal.aah.predictor import PREDICTOR_FILE, PREDICTOR_RECORD, load_map_predictor, save_map_predictor
+from sangal.errors import CheckpointError
+from sangal.models.attribute_net import AttributeNet
+from sangal.models.map_predictor import MapPredictor
+from sangal.store.checkpoint import save_checkpoint
+
+CLASSES = [2, 2, 3]
+
+
+@pytest.fixture
+def attr_dir(tmp_path):
+    torch.manual_seed(0)
+    net = AttributeNet(CLASSES, backbone="resnet18", pretrained=False).eval()
+    directory = save_checkpoint(tmp_path / "attr", net, {**net.arch_dict(), "height": 64, "width": 32}, {})
+    save_map_predictor(directory, MapPredictor(net.backbone.channels[1:3], sum(CLASSES), hidden=4), {})
+    return directory
+
+
+def test_a_saved_predictor_loads_and_a_flipped_byte_is_refused(attr_dir):
+    record = json.loads((attr_dir / PREDICTOR_RECORD).read_text())
+    assert record["file"] == PREDICTOR_FILE and len(record["sha256"]) == 64
+    assert load_map_predictor(attr_dir).meta["config"]["hidden"] == 4
+    path = attr_dir / PREDICTOR_FILE
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x40  # a weight's byte: safetensors would load it without complaint
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{PREDICTOR_FILE}: sha256 .* differs .*sangal distill"):
+        load_map_predictor(attr_dir)
+    (attr_dir / PREDICTOR_RECORD).unlink()  # as predictors of older versions were saved: no record to check
+    assert load_map_predictor(attr_dir).meta["config"]["hidden"] == 4
