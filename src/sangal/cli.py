@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", default=None, help="attribute filter, e.g. upper_color=red,backpack=yes")
     p.add_argument("--html", default=None, help="also write an HTML page with the heat maps and matches")
     p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("serve", help="a local web page and JSON API to search an index by clicking")
+    p.add_argument("--index", required=True, help="index folder from `sangal index`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=_at_least(1), default=8000)
+    p.add_argument("--device", default="cpu")
     return parser
 
 
@@ -276,7 +282,16 @@ def run(args) -> int:
         if args.html:
             print(f"wrote {search_html(searcher, args.image, matches, args.html)}")
         return 0
+    if args.command == "serve":
+        return _serve(args)
     raise AssertionError(args.command)
+
+
+def _serve(args) -> int:
+    from sangal.serve.app import serve  # ConfigError naming the `serve` extra when FastAPI is missing
+
+    serve(args.index, host=args.host, port=args.port, device=args.device)
+    return 0
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")

@@ -27,3 +27,11 @@ class WeightsError(SangalError):
 
 class ConfigError(SangalError):
     """Invalid configuration value or override."""
+
+
+class RequestError(SangalError):
+    """A bad request to `sangal serve` (an upload, a gallery id); ``status`` is its HTTP status code."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
