@@ -106,13 +106,16 @@ class SearchService:
             return [{} for _ in rows]
         return predicted_attributes(self.index.schema, [p[rows] for p in self.index.attr_probs])
 
-    def _results(self, query: dict[str, Any], q: np.ndarray, k: int, offset: int, where: str | None,
-                 timing: dict[str, float]) -> dict[str, Any]:
+    @staticmethod
+    def _check_page(k: int, offset: int) -> None:
         if k < 1 or offset < 0 or offset + k > MAX_RESULTS:
             raise RequestError(f"k must be >= 1, offset >= 0 and offset + k <= {MAX_RESULTS}; "
                                f"got k={k}, offset={offset}", 422)
+
+    def _results(self, query: dict[str, Any], q: np.ndarray, k: int, offset: int,
+                 filtered: tuple[dict[str, str], np.ndarray | None], timing: dict[str, float]) -> dict[str, Any]:
         start = time.perf_counter()
-        parsed, mask = self._mask(where)
+        parsed, mask = filtered
         with self._rank_lock:
             matches = self.searcher.rank(q, offset + k, mask)[offset:]
         hits = [{"rank": m.rank, "gallery_id": m.gallery_id, "distance": round(m.distance, 6),
@@ -125,10 +128,12 @@ class SearchService:
     def search_gallery(self, gallery_id: int, k: int = 20, offset: int = 0, where: str | None = None) -> dict:
         """Hits for gallery image ``gallery_id``, ranked with its stored feature row (no model call)."""
         self._check_id(gallery_id)
+        self._check_page(k, offset)
+        filtered = self._mask(where)
         q = np.asarray(self.index.features[gallery_id], dtype=np.float32)
         query = {"kind": "gallery", "gallery_id": gallery_id, "camera": self.cameras[gallery_id],
                  "attributes": self._attributes(np.array([gallery_id]))[0]}
-        return self._results(query, q, k, offset, where, {})
+        return self._results(query, q, k, offset, filtered, {})
 
     def _embed_upload(self, data: bytes, timing: dict[str, float]) -> tuple[str, QueryEmbedding]:
         key = hashlib.sha256(data).hexdigest()
@@ -152,14 +157,15 @@ class SearchService:
 
     def search_upload(self, data: bytes, k: int = 20, offset: int = 0, where: str | None = None) -> dict:
         """Hits for an uploaded image: decoded under the limits of :mod:`sangal.serve.images`, embedded, ranked."""
-        self._mask(where)  # a bad filter is refused before the model runs
+        self._check_page(k, offset)
+        filtered = self._mask(where)  # a bad filter or page is refused before the model runs
         timing: dict[str, float] = {}
         key, embedded = self._embed_upload(data, timing)
         attributes = {}
         if embedded.attr_probs is not None and self.index.schema is not None:
             attributes = predicted_attributes(self.index.schema, embedded.attr_probs)[0]
         query = {"kind": "upload", "sha256": key, "attributes": attributes}
-        return self._results(query, embedded.feature, k, offset, where, timing)
+        return self._results(query, embedded.feature, k, offset, filtered, timing)
 
     # --- heat maps and thumbnails -----------------------------------------------------------------
 
