@@ -7,8 +7,11 @@ remembered by their sha256, so paging or filtering the same upload runs the mode
 returns a file path: images are named by their row in the index (the gallery id), and files are read
 only through ``GalleryIndex.absolute_path``.
 
-The model runs under one lock: a forward pass toggles module modes and uses every core anyway. Ranking
-runs under another, since a FAISS search sets the shared ``efSearch`` first.
+The model runs on one thread of its own, one call at a time: a forward pass toggles module modes and uses
+every core anyway, and torch's OpenMP team then lives on one thread instead of one team per request thread
+(a team spin-waits after each call; on the shared 2-core machine that made an embedding in the main thread
+take 1.7 s instead of 0.1-0.25 s, ``benchmarks/serve_speed.py``). Ranking runs under a lock, since a FAISS
+search sets the shared ``efSearch`` first.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,7 @@ class SearchService:
     def __init__(self, searcher: Searcher) -> None:
         self.searcher = searcher
         self.index = searcher.index
-        self._model_lock = threading.Lock()
+        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sangal-model")
         self._rank_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._uploads: OrderedDict[str, QueryEmbedding] = OrderedDict()
@@ -146,8 +150,7 @@ class SearchService:
         image = decode_image(data)
         timing["decode"] = _ms(start)
         start = time.perf_counter()
-        with self._model_lock:
-            embedded = embed_image(self.searcher.embedder, image)
+        embedded = self._model.submit(embed_image, self.searcher.embedder, image).result()
         timing["embed"] = _ms(start)
         with self._cache_lock:
             self._uploads[key] = embedded
@@ -182,8 +185,7 @@ class SearchService:
     def gallery_maps(self, gallery_id: int) -> dict[str, Any]:
         """The heat maps the model used for gallery image ``gallery_id`` (computed now: the index keeps none)."""
         image = self._gallery_image(gallery_id)
-        with self._model_lock:
-            return self._maps_json(image_maps(self.searcher.embedder, image))
+        return self._maps_json(self._model.submit(image_maps, self.searcher.embedder, image).result())
 
     def upload_maps(self, data: bytes) -> dict[str, Any]:
         """The heat maps the model used for an upload (from the search's embedding when it is remembered)."""
