@@ -75,14 +75,14 @@ def test_upload_embedding_equals_the_index_pipeline(service, served_index):
     from sangal.serve.model import embed_image, image_maps
 
     path = served_index["gallery"] / served_index["paths"][2]
-    embedded = embed_image(service.searcher.embedder, read_image(path))
+    embedded = embed_image(service.embedder, read_image(path))
     feature, probs = service.searcher.embed_query(path)
     np.testing.assert_allclose(embedded.feature, feature, atol=1e-5)
     for a, b in zip(embedded.attr_probs, probs):
         np.testing.assert_allclose(a, b, atol=1e-5)
     k = len(service.index.schema)
     assert [m.shape[0] for m in embedded.maps] == [k, k, k]
-    for a, b in zip(embedded.maps, image_maps(service.searcher.embedder, read_image(path))):
+    for a, b in zip(embedded.maps, image_maps(service.embedder, read_image(path))):
         np.testing.assert_array_equal(a, b)
 
 

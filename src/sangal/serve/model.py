@@ -17,7 +17,7 @@ from PIL import Image
 
 from sangal.search.embed import Embedder
 
-__all__ = ["QueryEmbedding", "embed_image", "image_maps"]
+__all__ = ["QueryEmbedding", "describe", "embed_image", "image_maps"]
 
 
 @dataclass
@@ -33,6 +33,11 @@ class QueryEmbedding:
     feature: np.ndarray
     attr_probs: list[np.ndarray] | None
     maps: list[np.ndarray] | None
+
+
+def describe(embedder: Embedder) -> tuple[str, int, int]:
+    """The model's mode (``id``, ``id+attr``, ``san-gal``) and input height and width."""
+    return embedder.mode, embedder.height, embedder.width
 
 
 def _batch(embedder: Embedder, image: Image.Image) -> dict:

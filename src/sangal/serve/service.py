@@ -32,7 +32,7 @@ from sangal.errors import RequestError
 from sangal.search import Searcher, parse_where
 from sangal.search.where import colour_groups, predicted_attributes, where_mask
 from sangal.serve.images import decode_image, thumbnail_jpeg
-from sangal.serve.model import QueryEmbedding, embed_image, image_maps
+from sangal.serve.model import QueryEmbedding, describe, embed_image, image_maps
 from sangal.viz.heatmap import STAGE_NAMES
 
 __all__ = ["MAX_RESULTS", "SearchService", "camera_label"]
@@ -63,6 +63,9 @@ class SearchService:
     def __init__(self, searcher: Searcher) -> None:
         self.searcher = searcher
         self.index = searcher.index
+        self.embedder = searcher.embedder  # what sangal.serve.model runs: the index's own test-time pipeline
+        self.mode, height, width = describe(self.embedder)
+        self.input_size = [height, width]
         self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sangal-model")
         self._rank_lock = threading.Lock()
         self._cache_lock = threading.Lock()
@@ -86,12 +89,10 @@ class SearchService:
 
     def info(self) -> dict[str, Any]:
         """The gallery and model in a few fields, and the filter chips."""
-        meta = self.index.meta
-        embedder = self.searcher.embedder
         return {
-            "num_images": len(self.index), "backend": self.index.backend, "mode": embedder.mode,
-            "aah": meta.get("aah", "exact"), "input_size": [embedder.height, embedder.width],
-            "heat_maps": embedder.mode == "san-gal", "filters": self.filters, "max_results": MAX_RESULTS,
+            "num_images": len(self.index), "backend": self.index.backend, "mode": self.mode,
+            "aah": self.index.meta.get("aah", "exact"), "input_size": self.input_size,
+            "heat_maps": self.mode == "san-gal", "filters": self.filters, "max_results": MAX_RESULTS,
         }
 
     # --- searches -------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class SearchService:
         image = decode_image(data)
         timing["decode"] = _ms(start)
         start = time.perf_counter()
-        embedded = self._model.submit(embed_image, self.searcher.embedder, image).result()
+        embedded = self._model.submit(embed_image, self.embedder, image).result()
         timing["embed"] = _ms(start)
         with self._cache_lock:
             self._uploads[key] = embedded
@@ -173,11 +174,9 @@ class SearchService:
     # --- heat maps and thumbnails -----------------------------------------------------------------
 
     def _maps_json(self, maps: list[np.ndarray] | None) -> dict[str, Any]:
-        embedder = self.searcher.embedder
         names = self.index.schema.names if self.index.schema is not None else []
         if maps is None:
-            return {"stages": [], "attributes": names, "maps": [],
-                    "note": f"this {embedder.mode} model uses no heat maps"}
+            return {"stages": [], "attributes": names, "maps": [], "note": f"this {self.mode} model uses no heat maps"}
         return {"stages": list(STAGE_NAMES), "attributes": names or [f"attribute {k}" for k in range(len(maps[0]))],
                 "maps": [np.round(m, 4).tolist() for m in maps], "note": None,
                 "kind": self.index.meta.get("aah", "exact")}
@@ -185,7 +184,7 @@ class SearchService:
     def gallery_maps(self, gallery_id: int) -> dict[str, Any]:
         """The heat maps the model used for gallery image ``gallery_id`` (computed now: the index keeps none)."""
         image = self._gallery_image(gallery_id)
-        return self._maps_json(self._model.submit(image_maps, self.searcher.embedder, image).result())
+        return self._maps_json(self._model.submit(image_maps, self.embedder, image).result())
 
     def upload_maps(self, data: bytes) -> dict[str, Any]:
         """The heat maps the model used for an upload (from the search's embedding when it is remembered)."""
