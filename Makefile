@@ -24,10 +24,10 @@ weights: $(STAMP)
 demo: $(STAMP) weights
 	$(VENV)/bin/sangal demo
 
-# Headless Chromium for the report's browser test (Debian package).
+# Headless Chromium for the browser tests: the report, and the search page through Playwright (Debian package).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian chromium for the report's browser test"; \
+	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: $(STAMP) browser weights

@@ -28,6 +28,7 @@ LAYERS = (
     "train",  # the training loops and losses
     "experiments",  # study, leak check, demo and its report, pseudo-labels
     "search",  # gallery index and queries
+    "serve",  # the local search page and JSON API over an index
     "export",  # ONNX
     "cli", "__main__",  # the command line
 )

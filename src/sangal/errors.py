@@ -41,3 +41,11 @@ def printable(text: str, keep: str = "") -> str:
     or clear the screen.
     """
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+class RequestError(SangalError):
+    """A bad request to `sangal serve` (an upload, a gallery id); ``status`` is its HTTP status code."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

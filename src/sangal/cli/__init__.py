@@ -22,7 +22,7 @@ log = logging.getLogger("sangal")
 #: Every command, in the order `sangal --help` lists them: each adds its parser and names its handler.
 COMMANDS = (pipeline.add_demo, pipeline.add_synth, pipeline.add_train_attr, pipeline.add_aah, pipeline.add_train,
             pipeline.add_evaluate, pipeline.add_study, pipeline.add_label, pipeline.add_distill, deploy.add_export,
-            pipeline.add_config, pipeline.add_weights, deploy.add_index, deploy.add_search)
+            pipeline.add_config, pipeline.add_weights, deploy.add_index, deploy.add_search, deploy.add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The commands that put a trained model to use: ONNX export, gallery indexing and search."""
+"""The commands that put a trained model to use: ONNX export, gallery indexing, search and the search page."""
 
 from __future__ import annotations
 
@@ -78,4 +78,20 @@ def search(args) -> int:
     print(format_matches(matches))
     if args.html:
         print(f"wrote {search_html(searcher, args.image, matches, args.html)}")
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page and JSON API to search an index by clicking")
+    p.add_argument("--index", required=True, help="index folder from `sangal index`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=at_least(1), default=8000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=serve)
+
+
+def serve(args) -> int:
+    from sangal.serve.app import serve as run_server  # ConfigError naming the `serve` extra when FastAPI is missing
+
+    run_server(args.index, host=args.host, port=args.port, device=args.device)
     return 0

@@ -10,9 +10,10 @@ __all__ = ["Match"]
 
 @dataclass
 class Match:
-    """One ranked gallery image: 1-based rank, absolute path, cosine distance, predicted attributes."""
+    """One ranked gallery image: 1-based rank, absolute path, cosine distance, predicted attributes, row in the index."""
 
     rank: int
     path: str
     distance: float
     attributes: dict[str, str] = field(default_factory=dict)
+    gallery_id: int | None = None

@@ -156,16 +156,25 @@ class Searcher:
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
-        index = self.index
-        mask = None
-        if where:
-            if index.attr_probs is None or index.schema is None:
-                raise ConfigError(
-                    f"index {index.directory} holds no predicted attributes (model mode "
-                    f"{self.predictor.mode!r}, no attribute network): attribute filters are unavailable"
-                )
-            mask = where_mask(where, index.schema, index.attr_probs)  # checks names before embedding
+        mask = self.filter_mask(where)  # checks names before embedding
         q, _ = self.embed_query(image_path)
+        return self.rank(q, k, mask)
+
+    def filter_mask(self, where: Mapping[str, str] | None) -> np.ndarray | None:
+        """(N,) bool: the gallery images whose predicted attributes satisfy ``where`` (None: no filter)."""
+        if not where:
+            return None
+        index = self.index
+        if index.attr_probs is None or index.schema is None:
+            raise ConfigError(
+                f"index {index.directory} holds no predicted attributes (model mode "
+                f"{self.predictor.mode!r}, no attribute network): attribute filters are unavailable"
+            )
+        return where_mask(where, index.schema, index.attr_probs)
+
+    def rank(self, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[Match]:
+        """The ``k`` gallery images closest to the normalised feature ``q`` (D,), among those ``mask`` keeps."""
+        index = self.index
         if mask is not None:
             rows = np.flatnonzero(mask)
             # scores of all rows, then the passing ones: bit-identical to the unfiltered ranking
@@ -187,7 +196,7 @@ class Searcher:
             attributes = predicted_attributes(index.schema, [p[ids] for p in index.attr_probs])
         return [
             Match(rank=r + 1, path=index.absolute_path(int(g)), distance=float(np.clip(1.0 - s, 0.0, 2.0)),
-                  attributes=attributes[r])
+                  attributes=attributes[r], gallery_id=int(g))
             for r, (g, s) in enumerate(zip(ids, sims))
         ]
 
