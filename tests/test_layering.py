@@ -161,3 +161,21 @@ def test_every_package_says_what_it_holds() -> None:
         assert doc, f"{init.relative_to(SRC)} has no docstring"
         first_paragraph = doc.split("\n\n")[0]
         assert 1 <= len(first_paragraph.splitlines()) <= 3, f"{init.relative_to(SRC)}: open with 2-3 lines"
+
+
+MAX_BODY_LINES = 60
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_functions_fit_a_screen(path: Path) -> None:
+    """Every function's body (its docstring aside) fits a screen: split a longer one by what its parts do."""
+    long = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]
+            if body and node.end_lineno - body[0].lineno + 1 > MAX_BODY_LINES:
+                long.append(f"{node.name} ({node.end_lineno - body[0].lineno + 1} lines)")
+    assert not long, f"{path.relative_to(SRC)}: {', '.join(long)} over {MAX_BODY_LINES} lines"

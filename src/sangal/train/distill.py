@@ -76,20 +76,22 @@ def distill_loss(signed: Tensor, exact: Tensor) -> Tensor:
 
 def _signed_maps(net: AttributeNet, predictor: MapPredictor, stages: Sequence[Tensor], logits: list[Tensor],
                  classes: Tensor) -> tuple[Tensor, Tensor]:
-    """Pre-ReLU layer2/layer3 maps ``y_c (P_c - sum_j y_j P_j)`` of the predictor, (B, K, h_s, w_s) each."""
-    a2, a3, a4 = stages
+    """Pre-ReLU layer2/layer3 maps ``y_c (P_c - sum_j y_j P_j)`` of the predictor, (B, K, h_s, w_s) each.
+    ``stages``: the frozen net's layer2 and layer3 activations and its exact layer4 logit maps ``Z``."""
+    a2, a3, z4 = stages
     probs = torch.cat([torch.softmax(z.float(), dim=1) for z in logits], dim=1)  # (B, sum C)
-    p2, p3 = predictor(a2, a3, layer4_logit_maps(net, a4))
+    p2, p3 = predictor(a2, a3, z4)
     signed2, signed3 = (combine_logit_maps(p, probs, classes, net.num_classes, relu=False) for p in (p2, p3))
     return signed2, signed3
 
 
 @torch.no_grad()
 def _forward(net: AttributeNet, images: Tensor, targets: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Frozen attribute net: stages (a2, a3, a4), logits, target classes (B, K)."""
-    stages = list(net.forward_stages(images))
-    logits = net.head_from_stage4(stages[2])
-    return stages, logits, target_classes(logits, targets)
+    """Frozen attribute net: (a2, a3, Z4) -- layer4 enters only through its logit maps, 1/20 of its size for
+    MobileNetV2, which is what lets a whole training set's inputs stay in memory --, logits, classes (B, K)."""
+    a2, a3, a4 = net.forward_stages(images)
+    logits = net.head_from_stage4(a4)
+    return [a2, a3, layer4_logit_maps(net, a4)], logits, target_classes(logits, targets)
 
 
 class _Examples:
@@ -103,11 +105,13 @@ class _Examples:
         self.targets = None if targets is None else torch.as_tensor(np.asarray(targets), dtype=torch.long)
         self.memo: dict[str, Tensor] = {}
         n = len(cache)
-        if sum(a[0].numel() for a in probe) * 4 * n <= ACTIVATION_BUDGET_BYTES:
+        a2, a3, a4 = probe
+        per_image = a2[0].numel() + a3[0].numel() + sum(net.num_classes) * a4[0, 0].numel()  # float32 each
+        if per_image * 4 * n <= ACTIVATION_BUDGET_BYTES:
             parts: dict[str, list[Tensor]] = {}
             for batch in loader_factory(list(range(n))):
                 stages, logits, _ = _forward(net, batch["image"].to(device), None)
-                for key, value in zip(("a2", "a3", "a4", "logits"), (*stages, torch.cat(logits, dim=1))):
+                for key, value in zip(("a2", "a3", "z4", "logits"), (*stages, torch.cat(logits, dim=1))):
                     parts.setdefault(key, []).append(value)
             self.memo = {k: torch.cat(v) for k, v in parts.items()}
 
@@ -126,7 +130,7 @@ class _Examples:
             rows = torch.tensor(idx, device=device)
             logits = list(self.memo["logits"][rows].split(net.num_classes, dim=1))
             t = None if self.targets is None else self.targets[idx].to(device)
-            stages = [self.memo[k][rows] for k in ("a2", "a3", "a4")]
+            stages = [self.memo[k][rows] for k in ("a2", "a3", "z4")]
             yield stages, logits, target_classes(logits, t), [m.to(device) for m in self.cache.get(idx)[:2]]
 
     def agreement(self, predictor: MapPredictor, indices: list[int], normalize: str) -> dict[str, dict]:
