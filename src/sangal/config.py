@@ -62,6 +62,8 @@ class ModelConfig:
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
     asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
     asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
+    asam_form: str = "paper"  # how alpha multiplies x2: paper (eqs. 3-4) | mean1 | residual | gated | mixed
+    # (sangal.models.asam; gated/mixed start as the identity and learn how much guidance to take)
 
     def attribute_backbone(self) -> str:
         """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
@@ -196,6 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": BACKBONE_CHOICES,
     "model.attr_backbone": ("", *BACKBONE_CHOICES),
     "model.mode": ("id", "id+attr", "san-gal"),
+    "model.asam_form": ("paper", "mean1", "residual", "gated", "mixed"),
     "optim.optimizer": ("sgd", "adam"),
     "attr_train.optimizer": ("sgd", "adam"),
     "model.aah_normalize": ("max", "minmax", "none"),

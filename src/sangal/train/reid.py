@@ -185,7 +185,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     model = ReIDNet(dataset.num_train_pids, attr_classes, mode=mode, backbone=cfg.model.backbone,
                     pretrained=parse_pretrained(cfg.model.pretrained) if not resume else False,
                     last_stride=cfg.model.last_stride, extra_sigmoid=cfg.model.extra_sigmoid,
-                    asam_stages=cfg.model.asam_stages, asam_gain=cfg.model.asam_gain).to(info.device)
+                    asam_stages=cfg.model.asam_stages, asam_gain=cfg.model.asam_gain,
+                    asam_form=cfg.model.asam_form).to(info.device)
     init_digest = shared_init_digest(model)  # paired seeds: equal across variants (checked by `sangal study`)
     model = channels_last(model, cfg.train.channels_last)
     arch = arch_for(cfg, "reid", dataset.num_train_pids, attr_classes)
@@ -275,6 +276,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                 if global_step % max(cfg.train.log_every, 1) == 0 or step == steps - 1:
                     values = {k: float(v.detach()) for k, v in terms.items()}
                     values["lr"] = optimizer.param_groups[0]["lr"]
+                    values.update(model.asam_gates())  # gated/mixed ASAM: what guidance training takes
                     logger.scalars("train", values, global_step)
                     logger.record("train", {"epoch": epoch, "step": step, "global_step": global_step, **values})
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "lr"})
