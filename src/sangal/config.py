@@ -131,6 +131,8 @@ class AttrTrainConfig:
     """Attribute-network pretraining (the paper's offline mode trains it first)."""
 
     optimizer: str = "sgd"  # sgd (momentum 0.9) | adam
+    loss: str = "ce"  # ce (the paper's plain cross-entropy) | balanced (DeepMAR: class c weighs exp(1 - its ratio
+    # in the training labels); sangal.train.losses.balanced_class_weights)
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-2
@@ -201,6 +203,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.asam_form": ("paper", "mean1", "residual", "gated", "mixed"),
     "optim.optimizer": ("sgd", "adam"),
     "attr_train.optimizer": ("sgd", "adam"),
+    "attr_train.loss": ("ce", "balanced"),
     "model.aah_normalize": ("max", "minmax", "none"),
     "train.aah": ("offline", "online"),
     "train.aah_targets": ("labels", "predicted", "agnostic"),

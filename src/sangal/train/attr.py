@@ -58,7 +58,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     from sangal.data import ImageDataset, build_transforms
     from sangal.models.attribute_net import AttributeNet
     from sangal.store.checkpoint import capture_rng_state, save_checkpoint
-    from sangal.train.losses import attribute_ce
+    from sangal.train.losses import attribute_ce, attribute_class_weights
 
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -68,6 +68,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
     table = setup.load_attributes(cfg, dataset)
     records, targets = attribute_training_set(cfg, dataset, table)
     classes = table.schema.num_classes
+    class_weights, loss_record = attribute_class_weights(cfg.attr_train.loss, targets, classes)  # from the labels
     model = AttributeNet(classes, backbone=cfg.model.attribute_backbone(),
                          pretrained=parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False,
                          last_stride=cfg.model.last_stride).to(device)
@@ -96,7 +97,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
 
     def save(epoch: int, step: int, name: str = "last") -> None:
         state = {"epoch": epoch, "step": step, "global_step": global_step, "rng": capture_rng_state(),
-                 "config": to_dict(cfg), "history": logger.history}
+                 "config": to_dict(cfg), "history": logger.history, "attr_loss": loss_record}
         save_checkpoint(run_dir / "checkpoints" / name, model, arch, state, optimizer=optimizer)
 
     with StopSignal() as stop:
@@ -110,7 +111,7 @@ def train_attribute_net(cfg: Config, resume: bool = False) -> dict:
                                                  tc.milestones, milestone_lrs))
                 with autocast(device, cfg.train.amp):
                     out = model(channels_last(batch["image"].to(device), cfg.train.channels_last))
-                    loss = attribute_ce(out.logits, batch["attrs"].to(device))
+                    loss = attribute_ce(out.logits, batch["attrs"].to(device), class_weights)
                 check_finite({"attr": loss}, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
