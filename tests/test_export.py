@@ -100,6 +100,31 @@ def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
     assert metadata["mode"] == f'"{mode}"' and metadata["opset"] == "17"
 
 
+@pytest.mark.parametrize(("backbone", "form"), [("resnet18", "mean1"), ("resnet18", "residual"),
+                                                ("resnet18", "gated"), ("resnet18", "mixed"),
+                                                ("mobilenet_v2", "mixed")])  # mixed on a grouped stage
+def test_every_asam_form_exports(request, tmp_path, backbone, form) -> None:
+    """The learned forms with non-zero (trained-like) gates: onnxruntime matches PyTorch."""
+    checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
+    calibrate = _calibrate_bn if backbone == "mobilenet_v2" else (lambda model: model)
+    torch.manual_seed(0)
+    model = calibrate(ReIDNet(6, CLASSES, mode="san-gal", backbone=backbone, pretrained=False, asam_form=form).eval())
+    with torch.no_grad():
+        for p in model.asam.parameters():
+            p.normal_(0.0, 0.5)
+    ckpt = save_checkpoint(tmp_path / "reid", model, {**model.arch_dict(), **EXTRA},
+                           {"attr_checkpoint": str(checkpoints["attr"])})
+    info = export_onnx(ckpt, tmp_path / "model.onnx")
+    assert info["max_abs_diff"] is not None and info["max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    graph, _ = load_predictor(ckpt)
+    images = torch.randn(3, 3, H, W, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = graph(images)
+    got = session.run(None, {"images": images.numpy()})
+    assert np.abs(got[0] - want[0].numpy()).max() <= 1e-4 and np.abs(got[1] - want[1].numpy()).max() <= 1e-4
+
+
 def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
     """The graph's embedding, written out by hand: fast maps of the image, the Re-ID net on it and on its mirror
     (maps mirrored), averaged, L2-normalised."""

@@ -160,7 +160,7 @@ def test_arch_dict():
     assert net.arch_dict() == {
         "kind": "reid", "backbone": "resnet18", "last_stride": 2, "num_ids": 5,
         "attr_classes": ATTR_CLASSES, "mode": "san-gal", "extra_sigmoid": True,
-        "asam_stages": [2, 3], "asam_gain": 2.0,
+        "asam_stages": [2, 3], "asam_gain": 2.0, "asam_form": "paper",
     }
     rebuilt = ReIDNet(**{k: v for k, v in net.arch_dict().items() if k != "kind"}, pretrained=False)
     rebuilt.load_state_dict(net.state_dict())
@@ -205,3 +205,77 @@ def test_mobilenet_v2_san_gal_with_a_stage_narrower_than_2k():
         base = net(x[:2], zeros).features
         layer2_only = [torch.ones_like(zeros[0]), zeros[1], zeros[2]]
         assert not torch.allclose(base, net(x[:2], layer2_only).features)
+
+
+MARKET = [2] * 9 + [4] + [2] * 17  # K = 27: MobileNetV2's layer2 (C/2 = 16) is a grouped stage
+
+
+def _id_and_san_gal(backbone: str, form: str) -> tuple[ReIDNet, ReIDNet]:
+    """Both nets built from the same seed, as ``sangal train`` builds each variant of a paired study."""
+    torch.manual_seed(0)
+    ident = ReIDNet(5, MARKET, mode="id", backbone=backbone, pretrained=False)
+    torch.manual_seed(0)
+    return ident, ReIDNet(5, MARKET, mode="san-gal", backbone=backbone, pretrained=False, asam_form=form)
+
+
+@pytest.mark.parametrize("form", ["gated", "mixed"])
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_learned_forms_compute_the_id_nets_features_to_the_bit_at_step_0(backbone: str, form: str) -> None:
+    from sangal.train.reid import shared_init_digest
+
+    ident, san_gal = _id_and_san_gal(backbone, form)
+    assert shared_init_digest(ident) == shared_init_digest(san_gal)
+    x = torch.randn(4, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    maps = [torch.rand(4, 27, h, w) for h, w in ((8, 4), (4, 2), (2, 1))]
+    maps = [m / m.amax(dim=(2, 3), keepdim=True) for m in maps]  # max-normalised, as the caches hold
+    for training in (True, False):  # BN on batch statistics, then on running statistics
+        ident.train(training)
+        san_gal.train(training)
+        with torch.no_grad():
+            a, b = ident(x), san_gal(x, maps)
+        assert torch.equal(a.features, b.features) and torch.equal(a.global_features, b.global_features)
+    _, paper = _id_and_san_gal(backbone, "paper")  # the paper form does change them: the check can fail
+    with torch.no_grad():
+        assert not torch.equal(paper.eval()(x, maps).features, ident(x).features)
+
+
+def test_asam_form_parameters_sit_outside_the_backbone_and_are_logged() -> None:
+    """gated: one gate per attended stage; mixed: a (C/2, K) W per stage; none in the backbone's names."""
+    gated = ReIDNet(5, MARKET, mode="san-gal", backbone="mobilenet_v2", pretrained=False, asam_form="gated",
+                    asam_stages=(2, 4))
+    assert {n for n, _ in gated.named_parameters() if n.startswith("asam.")} == {"asam.gate.layer2",
+                                                                                 "asam.gate.layer4"}
+    assert gated.asam_gates() == {"asam_gate_layer2": 0.0, "asam_gate_layer4": 0.0}
+    mixed = ReIDNet(5, MARKET, mode="san-gal", backbone="mobilenet_v2", pretrained=False, asam_form="mixed")
+    shapes = {n: tuple(p.shape) for n, p in mixed.named_parameters() if n.startswith("asam.")}
+    assert shapes == {"asam.mix.layer2": (16, 27, 1, 1), "asam.mix.layer3": (48, 27, 1, 1),
+                      "asam.mix.layer4": (640, 27, 1, 1)}
+    assert set(mixed.asam_gates()) == {"asam_mix_layer2", "asam_mix_layer3", "asam_mix_layer4"}
+    assert _net("san-gal").asam_gates() == {} and _net("id").asam_gates() == {}
+    with pytest.raises(ConfigError, match="unknown ASAM form 'soft'"):
+        _net("san-gal", asam_form="soft")
+
+
+@pytest.mark.parametrize("form", ["gated", "mixed"])
+def test_learned_forms_train_their_gates_through_the_net(form: str) -> None:
+    torch.manual_seed(0)
+    net = _net("san-gal", asam_form=form).train()
+    out = net(torch.randn(4, 3, H, W), _aah(4))
+    terms = reid_losses(out, torch.tensor([0, 0, 3, 3]), None, {"id": 1.0, "triplet": 1.0})
+    terms["total"].backward()
+    for name, p in net.asam.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("form", ["gated", "mixed"])
+def test_the_step_0_identity_holds_in_the_demos_channels_last_and_under_bf16_autocast(form: str) -> None:
+    from sangal.runtime.precision import channels_last
+
+    ident, san_gal = (channels_last(net, True).eval() for net in _id_and_san_gal("mobilenet_v2", form))
+    x = channels_last(torch.randn(2, 3, 64, 32, generator=torch.Generator().manual_seed(2)), True)
+    maps = [torch.rand(2, 27, h, w) for h, w in ((8, 4), (4, 2), (4, 2))]
+    for amp in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            a, b = ident(x), san_gal(x, maps)
+        assert b.features.dtype == (torch.bfloat16 if amp else torch.float32)
+        assert torch.equal(a.features, b.features) and torch.equal(a.global_features, b.global_features)

@@ -317,3 +317,36 @@ def test_build_model_kinds() -> None:
 
     with pytest.raises(ConfigError, match="kind"):
         ck.build_model({"kind": "segmenter"})
+
+
+@pytest.mark.parametrize("form", ["gated", "mixed"])
+def test_learned_asam_forms_round_trip_and_a_form_mismatch_is_refused(tmp_path: Path, form: str) -> None:
+    arch = {**REID_ARCH, "mode": "san-gal", "asam_form": form}
+    torch.manual_seed(0)
+    model = ck.build_model(arch).eval()
+    with torch.no_grad():
+        for p in model.asam.parameters():
+            p.normal_()  # trained gates, not the zeros of a fresh net
+    path = ck.save_checkpoint(tmp_path / "ckpt", model, model.arch_dict(), {})
+    loaded, ckpt = ck.load_model(path, expected_kind="reid")
+    assert loaded.asam_form == form and ckpt.arch["asam_form"] == form
+    learned = [k for k in ckpt.weights if k.startswith("asam.")]
+    assert len(learned) == 3 and all(torch.equal(ckpt.weights[k], model.state_dict()[k]) for k in learned)
+    x = torch.randn(2, 3, 64, 32)
+    maps = [torch.rand(2, 2, h, w) for h, w in ((8, 4), (4, 2), (4, 2))]
+    with torch.no_grad():
+        assert torch.equal(loaded(x, maps).features, model(x, maps).features)
+    with pytest.raises(CheckpointError, match=f"asam_form {form} but the model has paper"):
+        ck.load_weights(model, ckpt, {**arch, "asam_form": "paper"})
+
+
+def test_a_checkpoint_written_before_asam_form_means_the_paper_form(tmp_path: Path) -> None:
+    legacy = {**REID_ARCH, "mode": "san-gal"}  # no asam_form key, as every checkpoint before it
+    torch.manual_seed(0)
+    path = ck.save_checkpoint(tmp_path / "ckpt", ck.build_model(legacy), legacy, {})
+    model, ckpt = ck.load_model(path)
+    assert "asam_form" not in ckpt.arch and model.asam_form == "paper"
+    ck.load_weights(model, ckpt, {**legacy, "asam_form": "paper"})  # today's arch of the same net fits
+    gated = ck.build_model({**legacy, "asam_form": "gated"})
+    with pytest.raises(CheckpointError, match="asam_form paper but the model has gated"):
+        ck.load_weights(gated, ckpt, gated.arch_dict())

@@ -104,3 +104,24 @@ def test_held_out_identities_measure_the_confusion_noisy_maps_draw_from(tiny_syn
     matrices = state["confusion"]["matrices"]
     assert len(matrices) == 27 and state["confusion"]["images"] > 0
     assert all(abs(sum(row) - 1.0) < 1e-9 for m in matrices for row in m)
+
+
+def test_balanced_loss_weights_come_from_the_training_labels_and_are_recorded(tiny_synth, tiny_overrides,
+                                                                             tmp_path) -> None:
+    import math
+
+    from sangal.store.checkpoint import load_checkpoint
+    from sangal.train.attr import train_attribute_net
+    from sangal.train.losses import class_ratios
+
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path / "out"), "attr_train.loss=balanced",
+                             "attr_train.max_steps_per_epoch=1"])
+    train_attribute_net(cfg)
+    record = load_checkpoint(tmp_path / "out" / "attr" / "checkpoints" / "final").state["attr_loss"]
+    dataset = setup.load_reid_dataset(cfg)
+    table = setup.load_attributes(cfg, dataset)
+    ratios = class_ratios(attribute_training_set(cfg, dataset, table)[1], table.schema.num_classes)
+    assert record["loss"] == "balanced" and len(record["class_ratios"]) == len(table.schema)
+    assert record["class_ratios"] == [r.tolist() for r in ratios]
+    assert all(w == pytest.approx(math.exp(1 - r), rel=1e-6)
+               for ws, rs in zip(record["class_weights"], record["class_ratios"]) for w, r in zip(ws, rs))

@@ -1,4 +1,4 @@
-"""Losses: label smoothing, hand-computed batch-hard triplet, attribute CE with IGNORE_INDEX."""
+"""Losses: label smoothing, hand-computed batch-hard triplet, attribute CE with IGNORE_INDEX, DeepMAR weights."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import torch.nn.functional as F
 
 from sangal.models.reid_net import ReIDOutput
 from sangal.train.losses import (
+    ATTR_LOSSES,
     IGNORE_INDEX,
     attribute_ce,
+    attribute_class_weights,
+    balanced_class_weights,
+    class_ratios,
     batch_hard_triplet,
     cross_entropy_ls,
     reid_losses,
@@ -93,6 +97,68 @@ def test_attribute_ce_all_ignored_head_is_zero_not_nan():
     assert torch.isfinite(head1.grad).all() and head1.grad.abs().sum() == 0
     with pytest.raises(ValueError, match="2 heads but targets of shape"):
         attribute_ce([head0, head1], targets[:, :1])
+
+
+def test_class_ratios_skip_unlabelled_entries():
+    targets = torch.tensor([[1, 0], [0, 2], [0, IGNORE_INDEX], [0, 2], [IGNORE_INDEX, IGNORE_INDEX]])
+    ratios = class_ratios(targets, [2, 3])
+    assert ratios[0].tolist() == [0.75, 0.25]
+    assert ratios[1].tolist() == [pytest.approx(1 / 3), 0.0, pytest.approx(2 / 3)]
+    assert class_ratios(torch.full((3, 1), IGNORE_INDEX), [4])[0].tolist() == [0.25] * 4  # labelled nowhere
+    with pytest.raises(ValueError, match="attribute 0 has label 2 but 2 classes"):
+        class_ratios(torch.tensor([[2]]), [2])
+
+
+def test_deepmar_weights_for_a_known_ratio():
+    """Positive ratio p = 0.1: positives weigh exp(0.9), negatives exp(0.1) (Li et al. 2015, sigma = 1)."""
+    (binary, three) = balanced_class_weights([torch.tensor([0.9, 0.1]), torch.tensor([0.5, 0.3, 0.2])])
+    torch.testing.assert_close(binary, torch.tensor([math.exp(0.1), math.exp(0.9)]))
+    torch.testing.assert_close(three, torch.tensor([math.exp(0.5), math.exp(0.7), math.exp(0.8)]))
+    targets = torch.tensor([[1]] + [[0]] * 9)
+    weights, record = attribute_class_weights("balanced", targets, [2])
+    torch.testing.assert_close(weights[0], binary)
+    assert record["loss"] == "balanced" and record["class_ratios"] == [[0.9, 0.1]]
+    assert record["class_weights"][0] == pytest.approx([math.exp(0.1), math.exp(0.9)])
+    assert attribute_class_weights("ce", targets, [2])[0] is None
+    with pytest.raises(ValueError, match="unknown attribute loss 'focal'"):
+        attribute_class_weights("focal", targets, [2])
+
+
+def test_balanced_ce_is_plain_ce_when_classes_are_balanced():
+    torch.manual_seed(3)
+    logits = [torch.randn(6, 2), torch.randn(6, 3)]
+    targets = torch.tensor([[0, 0], [1, 1], [0, 2], [1, IGNORE_INDEX], [IGNORE_INDEX, 1], [0, 2]])
+    weights = balanced_class_weights([torch.tensor([0.5, 0.5]), torch.tensor([1 / 3] * 3)])
+    torch.testing.assert_close(attribute_ce(logits, targets, weights), attribute_ce(logits, targets))
+
+
+def test_balanced_ce_weighs_rare_classes_up_and_ignores_unlabelled():
+    torch.manual_seed(4)
+    logits = torch.randn(5, 2, requires_grad=True)
+    targets = torch.tensor([[0], [1], [0], [IGNORE_INDEX], [0]])
+    w = torch.tensor([math.exp(0.1), math.exp(0.9)])  # positives rare (p = 0.1)
+    nll = -F.log_softmax(logits, dim=1)[torch.arange(5), targets[:, 0].clamp_min(0)]
+    keep = torch.tensor([0, 1, 2, 4])
+    expected = (w[targets[keep, 0]] * nll[keep]).sum() / w[targets[keep, 0]].sum()
+    loss = attribute_ce([logits], targets, [w])
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, attribute_ce([logits], targets))
+    loss.backward()
+    assert logits.grad[3].abs().sum() == 0  # the unlabelled sample has no say
+    grad_pos, grad_neg = logits.grad[1].abs().sum(), logits.grad[[0, 2, 4]].abs().sum(dim=1)
+    plain = torch.autograd.grad(attribute_ce([logits], targets), logits)[0]
+    assert grad_pos / grad_neg.mean() > plain[1].abs().sum() / plain[[0, 2, 4]].abs().sum(dim=1).mean()
+    all_ignored = attribute_ce([logits], torch.full((5, 1), IGNORE_INDEX), [w])
+    assert all_ignored == 0 and torch.isfinite(all_ignored)
+    with pytest.raises(ValueError, match="1 heads but 2 class weight vectors"):
+        attribute_ce([logits], targets, [w, w])
+
+
+def test_config_choices_are_the_attribute_losses():
+    from sangal.config import CHOICES, load_config
+
+    assert CHOICES["attr_train.loss"] == ATTR_LOSSES
+    assert load_config(None).attr_train.loss == "ce"  # the paper's plain cross-entropy stays the default
 
 
 def _output(with_attrs: bool) -> ReIDOutput:

@@ -121,6 +121,33 @@ def test_parameter_groups_split_backbone_from_new_layers():
         make_optimizer([backbone], "lamb", 0.1, 0.0)
 
 
+@pytest.mark.parametrize("form", ["gated", "mixed"])
+def test_learned_asam_weights_get_the_head_learning_rate(form):
+    from sangal.models.reid_net import ReIDNet
+    from sangal.train.reid import param_groups
+
+    net = ReIDNet(5, [2, 3], mode="san-gal", backbone="resnet18", pretrained=False, asam_form=form)
+    backbone, heads = param_groups(net, None, 10.0)
+    asam = {id(p) for p in net.asam.parameters()}
+    assert len(asam) == 3 and asam <= {id(p) for p in heads["params"]} and heads["lr_scale"] == 10.0
+    assert not asam & {id(p) for p in backbone["params"]}
+
+
+def test_a_gated_net_trains_its_gates_and_logs_them(prepared, tmp_path):
+    from sangal.train.reid import train_reid
+
+    train_reid(cfg_for(prepared, tmp_path, "model.mode=san-gal", "model.asam_form=gated", "optim.head_lr_scale=10"))
+    run = tmp_path / "reid" / "san-gal"
+    logged = json.loads((run / "metrics.json").read_text())["train"]
+    gates = [{k: v for k, v in entry.items() if k.startswith("asam_gate_")} for entry in logged]
+    assert set(gates[0]) == {"asam_gate_layer2", "asam_gate_layer3", "asam_gate_layer4"}
+    final = load_file(run / "checkpoints" / "final" / "model.safetensors")
+    assert all(float(final[f"asam.gate.{k[len('asam_gate_'):]}"]) == v for k, v in gates[-1].items())
+    assert all(v != 0.0 for v in gates[-1].values())  # trained away from the identity it started as
+    state = json.loads((run / "checkpoints" / "final" / "state.json").read_text())
+    assert state["arch"]["asam_form"] == "gated"
+
+
 def test_resume_refuses_checkpoint_of_another_architecture(prepared, tmp_path):
     from sangal.train.reid import train_reid
 

@@ -27,6 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.metric": ("cosine", "euclidean"),
     "eval.aah": ("exact", "fast"),
     "eval.same_camera": ("auto", "exclude", "keep"),
+    "model.asam_form": ("paper", "mean1", "residual", "gated", "mixed"),
+    "attr_train.loss": ("ce", "balanced"),
 }
 
 #: What each numeric key must be: ">= a", "> a", or an interval ("[" closed, "(" open); a list: every element.

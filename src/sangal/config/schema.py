@@ -48,6 +48,8 @@ class ModelConfig:
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
     asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
     asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
+    asam_form: str = "paper"  # how alpha multiplies x2: paper (eqs. 3-4) | mean1 | residual | gated | mixed
+    # (sangal.models.asam; gated/mixed start as the identity and learn how much guidance to take)
 
     def attribute_backbone(self) -> str:
         """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
@@ -124,6 +126,8 @@ class AttrTrainConfig:
     gamma: float = 0.1
     weight_decay: float = 5e-4
     max_steps_per_epoch: int = 0  # 0 = full epochs (independent of train.max_steps_per_epoch)
+    loss: str = "ce"  # ce (the paper's plain cross-entropy) | balanced (DeepMAR: class c weighs exp(1 - its ratio
+    # in the training labels); sangal.train.losses.balanced_class_weights)
     holdout: float = 0.0  # identities kept out of training; their confusion is what train.aah_targets=noisy draws from
     extra_roots: list[str] = field(default_factory=list)  # more labelled sets of data.dataset's format: all their
     # identities join the attribute net's training images (never the Re-ID net's); e.g. a larger synthetic set

@@ -124,7 +124,8 @@ def checkpoint_config(cfg: Config, predictor: Predictor, given: Collection[str],
     arch, spec = predictor.reid.arch_dict(), predictor.spec
     decided = {"model.mode": arch["mode"], "model.backbone": arch["backbone"], "model.last_stride": arch["last_stride"],
                "model.extra_sigmoid": arch["extra_sigmoid"], "model.asam_stages": list(arch["asam_stages"]),
-               "model.asam_gain": arch["asam_gain"], "data.height": predictor.size[0],
+               "model.asam_gain": arch["asam_gain"], "model.asam_form": arch["asam_form"],
+               "data.height": predictor.size[0],
                "data.width": predictor.size[1], "train.aah_targets": spec.targets,
                "model.aah_normalize": spec.normalize, "eval.aah": spec.method}
     current = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in decided}

@@ -33,7 +33,8 @@ def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] |
     }
     if kind == "reid":
         arch.update(num_ids=num_ids, mode=cfg.model.mode, extra_sigmoid=cfg.model.extra_sigmoid,
-                    asam_stages=list(cfg.model.asam_stages), asam_gain=cfg.model.asam_gain)
+                    asam_stages=list(cfg.model.asam_stages), asam_gain=cfg.model.asam_gain,
+                    asam_form=cfg.model.asam_form)
     return arch
 
 
@@ -55,7 +56,8 @@ def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) 
                            pretrained=pretrained, last_stride=int(arch.get("last_stride", 1)),
                            extra_sigmoid=bool(arch.get("extra_sigmoid", False)),
                            asam_stages=arch.get("asam_stages") or (2, 3, 4),
-                           asam_gain=float(arch.get("asam_gain", 1.0)))
+                           asam_gain=float(arch.get("asam_gain", 1.0)),
+                           asam_form=str(arch.get("asam_form", "paper")))  # written before asam_form: paper
         if kind == "map_predictor":
             from sangal.models.map_predictor import MapPredictor
 

@@ -7,11 +7,14 @@ Modes (the rows of Table 1):
   linear ID classifier.
 * ``"id+attr"`` — the baseline plus one BN-FC head per attribute on the pooled
   global feature (multi-task learning, no attention).
-* ``"san-gal"`` — ``id+attr`` plus a parameter-free ASAM (eqs. 3–4) after
+* ``"san-gal"`` — ``id+attr`` plus ASAM (eqs. 3–4; parameter-free in its paper form) after
   layer2, layer3 and layer4, "all three residual blocks with feature map scale
   changes" (§3, special skill 2), each fed the attribute attention heat maps
   (AAH, eq. 2) computed at the same stage of the attribute network. For a
   non-ResNet backbone these are its stride-8/16/32 stages (models/backbone.py).
+  ``asam_form`` picks how the attention multiplies the features (:data:`~sangal.models.asam.FORMS`);
+  the learned forms' gates are created after every other layer and without drawing random
+  numbers, so the backbone, BN neck and ID classifier of one seed are the same in every mode.
 
 Every mode returns the same :class:`ReIDOutput`, in training and evaluation.
 """
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sangal.errors import ConfigError
-from sangal.models.asam import ASAM
+from sangal.models.asam import ASAM, FORMS
 from sangal.models.backbone import build_backbone
 
 __all__ = ["MODES", "ReIDNet", "ReIDOutput"]
@@ -67,6 +70,7 @@ class ReIDNet(nn.Module):
         extra_sigmoid: ASAM option (see :mod:`sangal.models.asam`).
         asam_stages: stages followed by ASAM (paper: 2, 3, 4); the others get no attention.
         asam_gain: ASAM option (see :func:`~sangal.models.asam.asam`).
+        asam_form: one of :data:`~sangal.models.asam.FORMS` (``paper``: eqs. 3–4).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ReIDNet(nn.Module):
         extra_sigmoid: bool = False,
         asam_stages: Sequence[int] = (2, 3, 4),
         asam_gain: float = 1.0,
+        asam_form: str = "paper",
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -105,6 +110,9 @@ class ReIDNet(nn.Module):
         if not self.asam_stages or any(s not in (2, 3, 4) for s in self.asam_stages):
             raise ConfigError(f"asam_stages must be among 2, 3, 4, got {list(asam_stages)}")
         self.asam_gain = float(asam_gain)
+        if asam_form not in FORMS:
+            raise ConfigError(f"unknown ASAM form {asam_form!r}; valid: {', '.join(FORMS)}")
+        self.asam_form = asam_form
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
         dim = self.backbone.channels[3]
@@ -122,7 +130,9 @@ class ReIDNet(nn.Module):
         self.asam: ASAM | None = None
         if mode == "san-gal":
             assert attr_classes is not None
-            self.asam = ASAM(len(attr_classes), extra_sigmoid=extra_sigmoid, gain=asam_gain)  # no parameters
+            stage_channels = {f"layer{s}": self.backbone.channels[s - 1] for s in self.asam_stages}
+            self.asam = ASAM(len(attr_classes), extra_sigmoid=extra_sigmoid, gain=asam_gain, form=asam_form,
+                             stage_channels=stage_channels)  # created last: zero gates, no random draws
 
     def forward(
         self, x: Tensor, aah: Sequence[Tensor] | None = None
@@ -177,9 +187,13 @@ class ReIDNet(nn.Module):
     def _attend(self, activation: Tensor, maps: Tensor, stage: str) -> Tensor:
         assert self.asam is not None
         try:
-            return self.asam(activation, maps)
+            return self.asam(activation, maps, stage)
         except ValueError as exc:
             raise ValueError(f"ASAM after {stage}: {exc}") from exc
+
+    def asam_gates(self) -> dict[str, float]:
+        """The learned ASAM amounts to log while training (``gated``: g per stage, ``mixed``: mean |W|); else {}."""
+        return self.asam.learned() if self.asam is not None else {}
 
     def arch_dict(self) -> dict[str, Any]:
         """The checkpoint ``arch`` keys this model knows (see docs/design.md, Engine)."""
@@ -193,6 +207,7 @@ class ReIDNet(nn.Module):
             "extra_sigmoid": self.extra_sigmoid,
             "asam_stages": list(self.asam_stages),
             "asam_gain": self.asam_gain,
+            "asam_form": self.asam_form,
         }
 
 

@@ -64,8 +64,10 @@ FORMAT_VERSION = 1
 #: what a checkpoint can hold: a Re-ID net, an attribute net, or a map predictor being distilled
 KINDS = ("reid", "attribute", "map_predictor")
 #: arch entries that change the network; a mismatch is refused.
-ARCH_KEYS = ("kind", "backbone", "last_stride", "num_ids", "attr_classes", "mode", "extra_sigmoid")
-_REID_ONLY = ("num_ids", "mode", "extra_sigmoid")
+ARCH_KEYS = ("kind", "backbone", "last_stride", "num_ids", "attr_classes", "mode", "extra_sigmoid", "asam_form")
+_REID_ONLY = ("num_ids", "mode", "extra_sigmoid", "asam_form")
+#: what an arch entry means where a checkpoint written before it existed lacks it.
+_ARCH_DEFAULTS = {"asam_form": "paper"}
 #: arch entries that only describe the data; a mismatch is logged.
 _SOFT_KEYS = ("dataset", "colour_mode", "height", "width")
 _RESERVED = ("arch", "optimizer", "git_commit", "sangal_version", "created", "format_version",
@@ -300,7 +302,7 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, arch: Mapping[str, Any]) ->
     for key in ARCH_KEYS:
         if key in _REID_ONLY and "reid" not in (ckpt.arch.get("kind"), arch.get("kind")):
             continue
-        have, want = ckpt.arch.get(key), arch.get(key)
+        have, want = (a.get(key, _ARCH_DEFAULTS.get(key)) for a in (ckpt.arch, arch))
         if _norm(have) != _norm(want):
             problems.append(f"kind {have}, expected {want}" if key == "kind"
                             else f"{key} {_show(have)} but the model has {_show(want)}")

@@ -16,6 +16,7 @@ from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
+from sangal.train.losses import attribute_class_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class AttrTask(Task):
         held = hold_out(identities, cfg.attr_train.holdout, cfg.train.seed)
         self.held = ([r for r, h in zip(records, held) if h], targets[held])
         records, targets = [r for r, h in zip(records, held) if not h], targets[~held]
+        # the loss's class weights (attr_train.loss) from the labels actually trained on
+        self.class_weights, self.loss_record = attribute_class_weights(cfg.attr_train.loss, targets,
+                                                                       self.table.schema.num_classes)
         self.arch = arch_for(cfg, "attribute", attr_classes=self.table.schema.num_classes)
         model = build_model(self.arch, parse_pretrained(cfg.model.attribute_pretrained()) if not resume else False)
         self.model = channels_last(model.to(device), cfg.train.channels_last)
@@ -100,7 +104,7 @@ class AttrTask(Task):
         from sangal.train.losses import attribute_ce
 
         out = self.model(channels_last(batch["image"].to(self.device), self.cfg.train.channels_last))
-        loss = attribute_ce(out.logits, batch["attrs"].to(self.device))
+        loss = attribute_ce(out.logits, batch["attrs"].to(self.device), self.class_weights)
         return {"attr": loss, "total": loss}
 
     def save(self, position: Position, name: str = "last", **extra) -> None:
@@ -108,7 +112,7 @@ class AttrTask(Task):
 
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "config": to_dict(self.cfg),
-                 "history": self.logger.history if self.logger else None, **extra}
+                 "history": self.logger.history if self.logger else None, "attr_loss": self.loss_record, **extra}
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=self.optimizer)
 
 

@@ -1,5 +1,8 @@
 """Training losses (paper §4.1.2): ID cross-entropy, batch-hard triplet, attribute cross-entropy.
 
+The attribute cross-entropy can weigh each class by its rarity in the training labels
+(``attr_train.loss=balanced``, the DeepMAR scheme: :func:`balanced_class_weights`).
+
 The paper trains the Re-ID network with an identity cross-entropy (softmax +
 CE) and a triplet "distance loss", and the attribute network (and the
 attribute heads of the ``id+attr``/``san-gal`` Re-ID modes) with one
@@ -20,8 +23,12 @@ if TYPE_CHECKING:
     from sangal.models.reid_net import ReIDOutput
 
 __all__ = [
+    "ATTR_LOSSES",
     "IGNORE_INDEX",
     "attribute_ce",
+    "attribute_class_weights",
+    "balanced_class_weights",
+    "class_ratios",
     "batch_hard_triplet",
     "cross_entropy_ls",
     "reid_losses",
@@ -33,6 +40,9 @@ IGNORE_INDEX = -1
 
 #: Names of the weighted terms :func:`reid_losses` knows.
 LOSS_TERMS = ("id", "triplet", "attr")
+
+#: ``attr_train.loss`` values: ``ce`` (the paper's plain cross-entropy) | ``balanced`` (DeepMAR weights).
+ATTR_LOSSES = ("ce", "balanced")
 
 
 def cross_entropy_ls(logits: Tensor, target: Tensor, epsilon: float = 0.1) -> Tensor:
@@ -104,16 +114,21 @@ def batch_hard_triplet(features: Tensor, pids: Tensor, margin: float | None = 0.
     return (per_anchor * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def attribute_ce(attr_logits: Sequence[Tensor], targets: Tensor) -> Tensor:
+def attribute_ce(attr_logits: Sequence[Tensor], targets: Tensor,
+                 class_weights: Sequence[Tensor] | None = None) -> Tensor:
     """Mean over the K attribute heads of each head's cross-entropy.
 
     Samples whose target is ``IGNORE_INDEX`` are skipped; each head averages
     over its labelled samples, and a head with no labelled sample in the batch
     contributes 0 (never NaN) while still counting in the mean over heads.
+    With ``class_weights`` each head takes the weighted mean ``sum w_y CE / sum w_y``
+    over its labelled samples (``F.cross_entropy``'s weighted mean), so equal
+    weights give the plain loss and the loss keeps the plain one's scale.
 
     Args:
         attr_logits: K tensors (B, C_k).
         targets: (B, K) long, ``IGNORE_INDEX`` where unlabelled.
+        class_weights: K tensors (C_k,) (:func:`balanced_class_weights`), or None: plain CE.
     """
     if targets.dim() != 2 or targets.shape[1] != len(attr_logits):
         raise ValueError(
@@ -121,13 +136,67 @@ def attribute_ce(attr_logits: Sequence[Tensor], targets: Tensor) -> Tensor:
         )
     if not attr_logits:
         raise ValueError("attribute_ce needs at least one attribute head")
+    if class_weights is not None and len(class_weights) != len(attr_logits):
+        raise ValueError(f"attribute_ce got {len(attr_logits)} heads but {len(class_weights)} class weight vectors")
     terms = []
     for k, logits in enumerate(attr_logits):
         target = targets[:, k]  # (B,)
-        total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        count = (target != IGNORE_INDEX).sum().clamp_min(1)
-        terms.append(total / count)
+        labelled = target != IGNORE_INDEX  # (B,)
+        if class_weights is None:
+            total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+            terms.append(total / labelled.sum().clamp_min(1))
+            continue
+        weight = class_weights[k].to(device=logits.device, dtype=torch.float32)  # (C_k,)
+        total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
+        mass = (weight[target.clamp_min(0)] * labelled).sum()  # sum of the labelled samples' weights
+        terms.append(total / mass.clamp_min(torch.finfo(torch.float32).tiny))  # no labelled sample: 0 / tiny = 0
     return torch.stack(terms).mean()
+
+
+def class_ratios(targets: Tensor | Sequence, num_classes: Sequence[int]) -> list[Tensor]:
+    """Each attribute's class ratios among its labelled entries: K tensors (C_k,) float64 summing to 1.
+
+    ``targets`` (N, K) with ``IGNORE_INDEX`` where unlabelled (skipped); an attribute labelled
+    nowhere gets uniform ratios.
+    """
+    targets = torch.as_tensor(targets, dtype=torch.long)  # (N, K)
+    if targets.dim() != 2 or targets.shape[1] != len(num_classes):
+        raise ValueError(f"class_ratios: targets of shape {tuple(targets.shape)} for {len(num_classes)} attributes")
+    ratios = []
+    for k, c in enumerate(num_classes):
+        column = targets[:, k]
+        counts = torch.bincount(column[column != IGNORE_INDEX], minlength=c).to(torch.float64)  # (C_k,)
+        if counts.numel() > c:
+            raise ValueError(f"class_ratios: attribute {k} has label {counts.numel() - 1} but {c} classes")
+        ratios.append(counts / counts.sum() if counts.sum() > 0 else torch.full((c,), 1.0 / c, dtype=torch.float64))
+    return ratios
+
+
+def balanced_class_weights(ratios: Sequence[Tensor]) -> list[Tensor]:
+    """DeepMAR class weights (Li et al. 2015, sigma = 1): class c of an attribute weighs ``exp(1 - r_c)``.
+
+    For a binary attribute with positive ratio p this is DeepMAR's exactly: positives weigh
+    ``exp(1 - p)``, negatives ``exp(p)``; the C_k-class form gives every class ``exp(1 - r_c)``,
+    r_c its ratio among the labelled training images (:func:`class_ratios`). A balanced
+    attribute gets equal weights, which :func:`attribute_ce` turns into the plain loss.
+    """
+    return [torch.exp(1.0 - torch.as_tensor(r, dtype=torch.float64)).to(torch.float32) for r in ratios]
+
+
+def attribute_class_weights(loss: str, targets: Tensor | Sequence,
+                            num_classes: Sequence[int]) -> tuple[list[Tensor] | None, dict]:
+    """The class weights ``attr_train.loss`` asks for (None: plain CE) and what to record of them.
+
+    Returns ``(weights, record)``: record holds the loss, the training labels' class ratios and the
+    weights (None for ``ce``), as lists, for the attribute checkpoint's state.
+    """
+    if loss not in ATTR_LOSSES:
+        raise ValueError(f"unknown attribute loss {loss!r}; valid: {', '.join(ATTR_LOSSES)}")
+    ratios = class_ratios(targets, num_classes)
+    weights = balanced_class_weights(ratios) if loss == "balanced" else None
+    record = {"loss": loss, "class_ratios": [r.tolist() for r in ratios],
+              "class_weights": [w.tolist() for w in weights] if weights is not None else None}
+    return weights, record
 
 
 def reid_losses(

@@ -167,6 +167,10 @@ class ReIDTask(Task):
                             {"global_step": position.global_step, "config": to_dict(cfg)})
         save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=self.optimizer)
 
+    def log_values(self) -> dict[str, float]:
+        """The learned ASAM gates (forms gated and mixed): how much guidance training takes."""
+        return self.model.asam_gates()
+
     def end_epoch(self, position: Position) -> bool:
         every = self.cfg.train.eval_every
         if every > 0 and position.epoch % every == 0 and position.epoch < self.cfg.train.epochs and self.info.is_main:
