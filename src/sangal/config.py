@@ -122,6 +122,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # epochs between evaluations (0: only at the end)
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (quick runs)
+    ema: float = 0.0  # decay of a bias-corrected EMA of the Re-ID weights used for evaluation (0 = off;
+    # window ~1/(1-decay) steps; sangal.train.ema). The final checkpoint holds the averaged weights.
 
 
 @dataclass
@@ -288,6 +290,8 @@ def validate(cfg: Config) -> Config:
     if not cfg.model.asam_stages or any(s not in (2, 3, 4) for s in cfg.model.asam_stages) \
             or len(set(cfg.model.asam_stages)) != len(cfg.model.asam_stages):
         raise ConfigError(f"model.asam_stages={cfg.model.asam_stages} must list distinct stages among 2, 3, 4")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f"train.ema={cfg.train.ema} must be in [0, 1) (0 turns the weight EMA off)")
     if cfg.data.height < 32 or cfg.data.width < 16:
         raise ConfigError(f"data.height/width ({cfg.data.height}x{cfg.data.width}) must be at least 32x16")
     return cfg

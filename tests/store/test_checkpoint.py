@@ -281,3 +281,15 @@ def test_build_model_kinds() -> None:
 
     with pytest.raises(ConfigError, match="kind"):
         ck.build_model({"kind": "segmenter"})
+
+
+def test_extra_tensors_round_trip_exactly(tmp_path: Path, reid_model: nn.Module) -> None:
+    """Named tensors beside the weights (a weight EMA's shadow): stored bit for bit, absent when not given."""
+    extra = {"ema.a": torch.randn(3, 4, dtype=torch.float32), "ema.b": torch.randn(2, 3, 5, 5)[:, :, ::2]}
+    path = ck.save_checkpoint(tmp_path / "with", reid_model, REID_ARCH, {"epoch": 0}, extra=extra)
+    loaded = ck.load_checkpoint(path).extra_tensors
+    assert loaded is not None and set(loaded) == set(extra)
+    for name, tensor in extra.items():
+        assert torch.equal(loaded[name], tensor), name
+    plain = ck.save_checkpoint(tmp_path / "without", reid_model, REID_ARCH, {"epoch": 0})
+    assert ck.load_checkpoint(plain).extra_tensors is None and not (plain / ck.EXTRA_FILE).exists()

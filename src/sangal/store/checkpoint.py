@@ -4,6 +4,7 @@ A checkpoint is a directory (e.g. ``runs/x/checkpoints/epoch_003``)::
 
     model.safetensors      model state_dict (contiguous CPU tensors)
     optimizer.safetensors  optimizer state tensors as ``state.<param_idx>.<name>`` (optional)
+    extra.safetensors      other named tensors of the run, e.g. a weight EMA's shadow (optional)
     state.json             epoch, step, scheduler, RNG states, resolved config, ``arch``,
                            git commit, sangal version, creation time, optimizer scalars
 
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+EXTRA_FILE = "extra.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 #: arch entries that change the network; a mismatch is refused.
@@ -77,6 +79,7 @@ class Checkpoint:
         state: everything in state.json (epoch, step, rng, config, ...).
         weights: model state_dict (CPU tensors).
         optimizer_tensors: flattened optimizer tensors, or None without an optimizer.
+        extra_tensors: the ``extra`` tensors it was saved with, or None.
     """
 
     path: Path
@@ -84,6 +87,7 @@ class Checkpoint:
     state: dict[str, Any]
     weights: dict[str, Tensor]
     optimizer_tensors: dict[str, Tensor] | None = None
+    extra_tensors: dict[str, Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -95,8 +99,10 @@ def save_checkpoint(
     arch: Mapping[str, Any],
     state: Mapping[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    extra: Mapping[str, Tensor] | None = None,
 ) -> Path:
-    """Write ``model`` (+ ``optimizer``) and ``state`` as checkpoint ``directory``, atomically.
+    """Write ``model`` (+ ``optimizer``, + ``extra`` named tensors) and ``state`` as checkpoint ``directory``,
+    atomically.
 
     ``state`` is stored in state.json as is (epoch, step, config, scheduler
     ``state_dict()``, ...); tuples, bytes, non-string dict keys and small
@@ -117,6 +123,9 @@ def save_checkpoint(
         if optimizer is not None:
             tensors, doc["optimizer"] = _flatten_optimizer(optimizer.state_dict())
             save_safetensors(tmp / OPTIMIZER_FILE, tensors, {})
+        if extra:
+            save_safetensors(tmp / EXTRA_FILE, {k: t.detach().to("cpu", copy=True).contiguous()
+                                                for k, t in extra.items()}, {})
         doc["model_sha256"] = file_sha256(tmp / MODEL_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(to_json(doc), indent=1), encoding="utf-8")
     logger.info("saved checkpoint %s", directory)
@@ -189,7 +198,8 @@ def load_checkpoint(directory: str | Path, expected_kind: str | None = None) -> 
     optimizer_tensors = None
     if (directory / OPTIMIZER_FILE).exists():
         optimizer_tensors, _ = _read_safetensors(directory / OPTIMIZER_FILE)
-    return Checkpoint(directory, arch, state, weights, optimizer_tensors)
+    extra = _read_safetensors(directory / EXTRA_FILE)[0] if (directory / EXTRA_FILE).exists() else None
+    return Checkpoint(directory, arch, state, weights, optimizer_tensors, extra)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
