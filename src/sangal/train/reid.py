@@ -22,6 +22,7 @@ from sangal.models.arch import arch_for
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
+from sangal.train.ema import WeightEMA, ema_applied
 from sangal.train.loop import (
     Position,
     RunLogger,
@@ -194,8 +195,11 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     optimizer = make_optimizer(param_groups(model, aah_source, oc.head_lr_scale), oc.optimizer, oc.warmup_start_lr,
                                oc.weight_decay, oc.momentum, oc.nesterov)
 
+    ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None  # evaluation weights (train.ema)
     last_dir = run_dir / "checkpoints" / "last"
-    pos = resume_from(last_dir, model, optimizer, arch, "reid")[1] if resume else Position()
+    ckpt, pos = resume_from(last_dir, model, optimizer, arch, "reid") if resume else (None, Position())
+    if ema is not None and ckpt is not None:
+        ema.load(ckpt.extra_tensors, ckpt.state.get("ema"), where=str(last_dir))
     if resume and aah_source is not None and aah_source.attr_net is not None:
         _restore_attr_branch(aah_source.attr_net, last_dir, pos.global_step)
     start_epoch, start_step, global_step, history = pos.epoch, pos.step, pos.global_step, pos.history
@@ -231,11 +235,14 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                  "config": to_dict(cfg), "history": logger.history, "attr_checkpoint": str(paths["attr_checkpoint"])}
         if aah_source is not None and aah_source.cache is not None:  # the weights the cached maps came from
             state["attr_checkpoint_sha256"] = aah_source.cache.manifest["checkpoint_sha256"]
+        if ema is not None:
+            state["ema"] = ema.state()
         if aah_source is not None and aah_source.attr_net is not None:  # online: the jointly trained branch
             attr_arch = arch_for(cfg, "attribute", attr_classes=attr_classes)
             save_checkpoint(run_dir / "checkpoints" / f"{name}_attr_branch", aah_source.attr_net, attr_arch,
                             {"global_step": global_step, "config": to_dict(cfg)})
-        save_checkpoint(run_dir / "checkpoints" / name, model, arch, state, optimizer=optimizer)
+        save_checkpoint(run_dir / "checkpoints" / name, model, arch, state, optimizer=optimizer,
+                        extra=ema.tensors() if ema is not None else None)
 
     autocast = _autocast(cfg, info)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.amp and info.device.type == "cuda")
@@ -270,6 +277,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                 scaler.scale(terms["total"]).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model)
                 global_step += 1
                 bar.update(1)
                 if global_step % max(cfg.train.log_every, 1) == 0 or step == steps - 1:
@@ -291,7 +300,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
             save(epoch + 1, 0)
             if cfg.train.eval_every > 0 and (epoch + 1) % cfg.train.eval_every == 0 and epoch + 1 < cfg.train.epochs \
                     and info.is_main:
-                _evaluate_and_record(cfg, model, dataset, paths, info, logger, epoch + 1)
+                with ema_applied(ema, model):
+                    _evaluate_and_record(cfg, model, dataset, paths, info, logger, epoch + 1)
     if stopped:
         logger.close()
         cleanup(info)
@@ -300,8 +310,9 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
         return {}
     metrics = {}
     if info.is_main:
-        save(cfg.train.epochs, 0, name="final")
-        metrics = _evaluate_and_record(cfg, model, dataset, paths, info, logger, cfg.train.epochs)
+        with ema_applied(ema, model):  # with train.ema, the final checkpoint holds the weights evaluated
+            save(cfg.train.epochs, 0, name="final")
+            metrics = _evaluate_and_record(cfg, model, dataset, paths, info, logger, cfg.train.epochs)
         metrics["pairing"] = {"init_sha256": init_digest, "batches_sha256": batch_digest}
     logger.close()
     cleanup(info)
