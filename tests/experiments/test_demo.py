@@ -63,7 +63,8 @@ def test_tiny_demo_runs_end_to_end(tiny_demo):
     assert all(p == {"init_equal": True, "batches_equal": True} for p in doc["pairing"].values())
     html = result["report"].read_text()
     for section in ("Comparison", "Paired differences", "CMC", "localisation", "Ranked", "heat map",
-                    "Attribute recognition", "Forward-only heat maps"):
+                    "Attribute recognition", "Forward-only heat maps", "Two sources of noise", "Step-0 diagnostics",
+                    "Label-leak check"):
         assert section.lower() in html.lower(), section
     assert "(layer3)" in html and "(layer4)" in html  # localisation at every stage
     assert html.count("<img") >= 5 and "data:image/png;base64," in html

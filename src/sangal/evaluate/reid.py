@@ -82,20 +82,32 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -
         "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
         "mAP": float(result.mAP), "mINP": float(result.mINP), "cmc": cmc.tolist(),
         "num_valid_queries": int(result.num_valid), "num_skipped_queries": int(result.num_skipped),
+        # per query (first_rank 0: skipped); `sangal study` bootstraps them over query identities
+        "per_query": {"pid": np.asarray(q_pids).tolist(), "ap": result.ap.tolist(),
+                      "first_rank": result.first_rank.tolist()},
     }
+
+
+def query_gallery_features(model, dataset, cfg: Config, paths: dict, device: torch.device,
+                           aah_fns: dict | None = None, progress: bool = True):
+    """Query and gallery FeatureSets of `model`; a san-gal model sees the test maps of `cfg`
+    (heatmap_source) unless `aah_fns` gives one map source per split (the leak check's true-label maps)."""
+    from sangal.evaluate.features import extract_features
+
+    sets = []
+    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
+        aah_fn = None
+        if cfg.model.mode == "san-gal":
+            aah_fn = aah_fns[split] if aah_fns else heatmap_source(cfg, records, split, paths, device)
+        sets.append(extract_features(model, setup.test_loader(records, cfg), device=device, flip=cfg.eval.flip,
+                                     aah_fn=aah_fn, progress=progress))
+    return sets[0], sets[1]
 
 
 def evaluate_reid(model, dataset, cfg: Config, paths: dict, device: torch.device) -> dict:
     """Extract query and gallery features with `model` and score them."""
-    from sangal.evaluate.features import extract_features
-
     model.eval()
-    sets = {}
-    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-        aah_fn = heatmap_source(cfg, records, split, paths, device) if cfg.model.mode == "san-gal" else None
-        sets[split] = extract_features(model, setup.test_loader(records, cfg), device=device, flip=cfg.eval.flip,
-                                       aah_fn=aah_fn)
-    q, g = sets["query"], sets["gallery"]
+    q, g = query_gallery_features(model, dataset, cfg, paths, device)
     metrics = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, cfg)
     if q.attr_probs is not None and cfg.model.mode != "id":
         metrics.update(attribute_metrics_from_probs(cfg, dataset, q, g))

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sangal.config import Config, load_config
 from sangal.experiments.study import PRESETS, Variant
@@ -63,10 +64,28 @@ def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | t
             f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}", *extra])
 
 
-def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
-             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS) -> dict:
-    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path."""
+def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[str]]:
+    """The plan's synthetic data under ``out`` (reused when it exists) and the overrides that point the
+    attribute net at its extra identities; ``generator``: more options of ``generate_synthetic``."""
     from sangal.data.synthetic import generate_synthetic
+
+    data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,
+                                   width=plan.width, images_per_cam=plan.images_per_cam, progress=True, **generator)
+    if not plan.attr_extra_ids:
+        return data_root, []
+    attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
+                                   height=plan.height, width=plan.width, images_per_cam=2, progress=True, **generator)
+    return data_root, [f"attr_train.extra_roots=[{attr_root}]"]
+
+
+def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
+             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS,
+             overrides: tuple[str, ...] = ()) -> dict:
+    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path.
+
+    ``overrides``: dotted config overrides of every row (e.g. ``train.ema=0.9``, ``optim.lr=5e-4``); sizes
+    and budgets are the plan's (``DemoPlan``: ``ids`` for more test identities, ``epochs`` and
+    ``steps_per_epoch`` for more steps)."""
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
@@ -80,16 +99,9 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
         scale = max(0.2, budget_minutes / 10.0)
         plan = replace(plan, epochs=max(2, round(plan.epochs * scale)))
     log.info("demo plan: %s", plan)
-    data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0,
-                                   height=plan.height, width=plan.width, images_per_cam=plan.images_per_cam,
-                                   progress=True)
-    extra = []
-    if plan.attr_extra_ids:
-        attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
-                                       height=plan.height, width=plan.width, images_per_cam=2, progress=True)
-        extra = [f"attr_train.extra_roots=[{attr_root}]"]
+    data_root, extra = demo_data(out, plan)
     timings = {"data": time.time() - t0}
-    cfg = demo_config(out, plan, data_root, extra)
+    cfg = demo_config(out, plan, data_root, [*extra, *overrides])
     doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES)
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")

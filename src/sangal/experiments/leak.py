@@ -7,69 +7,109 @@ has). Label-guided maps of a two-class head are ReLU(S) or ReLU(-S), picked by t
 label, so the map pattern spells out the attribute vector. If the oracle maps score far
 above the predicted ones, the network learnt to read identity from that pattern (a
 shortcut that test-time maps scramble wherever the attribute net errs).
+
+The oracle maps are made the way the row's test maps are (``eval.aah``: exact Grad-CAM, or the
+forward-only maps of the distilled predictor, with the true labels as targets; the same
+normalisation). They depend only on the attribute net, the labels and those settings, so a study
+builds them once (one cache per setting) and every row and seed reads them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from sangal.aah.modes import aah_mode
 from sangal.config import Config
 from sangal.data import setup
 from sangal.runtime.precision import gradcam_channels_last
+from sangal.store.files import write_json_atomic
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
 
+KEYS = ("rank1", "mAP", "mINP")
+RESULT_FILE = "leak.json"  # one run's check, beside its result.json
+
+
+def applies(run_cfg: Config) -> bool:
+    """Whether the check means anything for a row: san-gal whose test maps follow a class (not agnostic)."""
+    return run_cfg.model.mode == "san-gal" and aah_mode(run_cfg, "query") != "agnostic"
+
+
+def oracle_cache_dir(run_cfg: Config, split: str) -> Path:
+    """The true-label maps of a test split, one folder per map setting (normalisation, exact or fast)."""
+    name = f"{split}_oracle_labels"
+    if run_cfg.model.aah_normalize != "max":
+        name += f"_{run_cfg.model.aah_normalize}"
+    if run_cfg.eval.aah == "fast":
+        name += "_fast"
+    return Path(default_paths(run_cfg)["aah"]) / name
+
+
+def oracle_maps(run_cfg: Config, split: str, records, table, device):
+    """Open (or build, if missing or stale) the true-label map cache of one test split."""
+    from sangal.aah.cache import AAHCache
+    from sangal.errors import CacheError
+
+    paths = default_paths(run_cfg)
+    cache_dir = oracle_cache_dir(run_cfg, split)
+    targets = setup.attribute_targets(table, records, "test")  # distractors: IGNORE -> predicted
+    try:
+        return AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records, targets=targets,
+                             normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah)
+    except CacheError:
+        return AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height, run_cfg.data.width,
+                              targets=targets, batch_size=run_cfg.data.test_batch_size, device=str(device),
+                              normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah, amp=run_cfg.train.amp,
+                              channels_last=gradcam_channels_last(run_cfg.train.amp, run_cfg.train.channels_last),
+                              progress=False)
+
 
 def oracle_evaluation(run_cfg: Config) -> dict:
     """Rank-1/mAP/mINP (percent) of one finished san-gal run with predicted-class and true-label test maps."""
-    from sangal.aah.cache import AAHCache
-    from sangal.errors import CacheError
-    from sangal.evaluate.features import aah_from_cache, extract_features
-    from sangal.evaluate.reid import evaluate_features, heatmap_source
+    from sangal.evaluate.features import aah_from_cache
+    from sangal.evaluate.reid import evaluate_features, query_gallery_features
+    from sangal.runtime.distributed import resolve_device
     from sangal.store.checkpoint import load_model
 
+    device = resolve_device(run_cfg.train.device)
     paths = default_paths(run_cfg)
-    model, _ = load_model(paths["reid_run"] / "checkpoints" / "final", expected_kind="reid")
+    model, _ = load_model(paths["reid_run"] / "checkpoints" / "final", expected_kind="reid", device=str(device))
     dataset = setup.load_reid_dataset(run_cfg)
     table = setup.load_attributes(run_cfg, dataset)
+    oracle = {split: aah_from_cache(oracle_maps(run_cfg, split, getattr(dataset, split), table, device))
+              for split in ("query", "gallery")}
     out: dict = {}
-    for kind in ("predicted", "true labels"):
-        sets = {}
-        for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-            if kind == "predicted":
-                aah_fn = heatmap_source(run_cfg, records, split, paths, torch.device("cpu"))
-            else:
-                cache_dir = Path(paths["aah"]) / f"{split}_oracle_labels"
-                targets = setup.attribute_targets(table, records, "test")  # distractors: IGNORE -> predicted
-                try:
-                    cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                          targets=targets, normalize=run_cfg.model.aah_normalize)
-                except CacheError:  # missing or stale: build it
-                    cache = AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height,
-                                           run_cfg.data.width, targets=targets, batch_size=run_cfg.data.test_batch_size,
-                                           normalize=run_cfg.model.aah_normalize, amp=run_cfg.train.amp,
-                                           channels_last=gradcam_channels_last(run_cfg.train.amp,
-                                                                                run_cfg.train.channels_last))
-                aah_fn = aah_from_cache(cache)
-            sets[split] = extract_features(model, setup.test_loader(records, run_cfg), flip=run_cfg.eval.flip,
-                                           aah_fn=aah_fn, progress=False)
-        q, g = sets["query"], sets["gallery"]
+    for kind, aah_fns in (("predicted", None), ("true labels", oracle)):
+        q, g = query_gallery_features(model, dataset, run_cfg, paths, device, aah_fns=aah_fns, progress=False)
         m = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, run_cfg)
-        out[kind] = {k: 100.0 * float(m[k]) for k in ("rank1", "mAP", "mINP")}
+        out[kind] = {k: 100.0 * float(m[k]) for k in KEYS}
     log.info("label leak check: %s", out)
     return out
 
 
 def leak_summary(results: list[dict]) -> dict:
     """Mean over seeds of each evaluation and of the oracle-minus-predicted gap (percentage points)."""
-    keys = ("rank1", "mAP", "mINP")
-    summary = {kind: {k: float(np.mean([r[kind][k] for r in results])) for k in keys}
+    summary = {kind: {k: float(np.mean([r[kind][k] for r in results])) for k in KEYS}
                for kind in ("predicted", "true labels")}
-    summary["gap"] = {k: summary["true labels"][k] - summary["predicted"][k] for k in keys}
+    summary["gap"] = {k: summary["true labels"][k] - summary["predicted"][k] for k in KEYS}
     summary["seeds"] = len(results)
     return summary
+
+
+def leak_row(run_cfgs: list[Config]) -> dict:
+    """The check of one row over some of its finished runs (each kept in its run folder, so a study resumes)."""
+    per_seed = []
+    for run_cfg in run_cfgs:
+        path = Path(run_cfg.out) / RESULT_FILE
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            result = {"seed": run_cfg.train.seed, **oracle_evaluation(run_cfg)}
+            write_json_atomic(path, result)
+        per_seed.append(result)
+    return {**leak_summary(per_seed), "per_seed": per_seed, "maps": run_cfgs[0].eval.aah}
