@@ -41,6 +41,7 @@ class DemoPlan:
     seeds: int = 2
     steps_per_epoch: int = 0  # 0: the sampler's full epoch
     attr_extra_ids: int = 0  # a second synthetic set (other people, seed 1) for the attribute net only
+    leak_seeds: int = 0  # seeds the label-leak check evaluates (0: every seed; each costs ~2 test evaluations)
 
 
 #: Gallery images whose exact maps the localisation scores (an even spread; the demo's gallery caches are fast maps).
@@ -48,7 +49,7 @@ LOCALISATION_IMAGES = 300
 
 PLANS = {
     "standard": DemoPlan(ids=300, cams=6, images_per_cam=2, height=128, width=64, attr_epochs=2, epochs=5,
-                         p=8, k=4, seeds=3, steps_per_epoch=14, attr_extra_ids=200),
+                         p=8, k=4, seeds=3, steps_per_epoch=14, attr_extra_ids=200, leak_seeds=1),
     "quick": DemoPlan(ids=24, cams=3, images_per_cam=2, height=64, width=32, attr_epochs=1, epochs=2, p=4, k=2,
                       seeds=2),
 }
@@ -102,7 +103,8 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     data_root, extra = demo_data(out, plan)
     timings = {"data": time.time() - t0}
     cfg = demo_config(out, plan, data_root, [*extra, *overrides])
-    doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES)
+    doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES,
+                    leak_seeds=plan.leak_seeds or None)
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()

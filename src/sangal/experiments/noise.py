@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from sangal.errors import SangalError
 from sangal.metrics.paired import bootstrap_paired, paired_difference, seeds_needed
 
 HALF_WIDTHS = (1, 2, 3)
@@ -52,8 +53,8 @@ def sampling_noise(pairs: list[tuple[dict, dict]], metric: str, resamples: int =
     for a, b in usable:
         qa, qb = a["per_query"], b["per_query"]
         if qa["pid"] != pids or qb["pid"] != pids:
-            raise ValueError(f"seed {a['seed']}: the runs were scored on different queries; a paired bootstrap "
-                             "needs one test set")
+            raise SangalError(f"seed {a['seed']}: the runs' result.json files list different queries; a paired "
+                              "bootstrap needs one test set (was the data changed under a resumed study?)")
         ref_rows.append(np.asarray(qa[key], np.float64) * scale)
         var_rows.append(np.asarray(qb[key], np.float64) * scale)
         boot = bootstrap_paired(ref_rows[-1], var_rows[-1], pids, resamples, BOOTSTRAP_SEED)
