@@ -61,9 +61,14 @@ def test_tiny_demo_runs_end_to_end(tiny_demo):
     assert doc["complete"] and set(doc["variants"]) == {v.name for v in VARIANTS}
     assert set(doc["paired"]) == {v.name for v in VARIANTS} - {"id"}
     assert all(p == {"init_equal": True, "batches_equal": True} for p in doc["pairing"].values())
+    # the instrument's diagnostics of the san-gal row: leak gap with the demo's forward-only maps, step 0
+    assert doc["leak"]["seeds"] == [0, 1] and doc["leak"]["rows"]["san-gal"]["maps"] == "fast"
+    assert [r["init_equal_to_run"] for r in doc["step0"]["san-gal"]["per_seed"]] == [True, True]
+    assert "test_sampling" in doc["paired"]["san-gal"]["rank1"]
     html = result["report"].read_text()
     for section in ("Comparison", "Paired differences", "CMC", "localisation", "Ranked", "heat map",
-                    "Attribute recognition", "Forward-only heat maps"):
+                    "Attribute recognition", "Forward-only heat maps", "Two sources of noise", "Step-0 diagnostics",
+                    "Label-leak check"):
         assert section.lower() in html.lower(), section
     assert "(layer3)" in html and "(layer4)" in html  # localisation at every stage
     assert html.count("<img") >= 5 and "data:image/png;base64," in html

@@ -9,7 +9,8 @@ import pytest
 
 from sangal.config import load_config
 from sangal.errors import ConfigError
-from sangal.experiments.study import PAPER, PRESETS, Variant, parse_variant, run_study, slug, variant_config
+from sangal.experiments.study import (PAPER, PRESETS, Variant, format_study, parse_variant, run_study, slug,
+                                     variant_config)
 from sangal.metrics.paired import paired_difference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -165,3 +166,71 @@ def test_each_variant_records_its_own_re_id_network() -> None:
         "/w/r50.safetensors"
     names = [v.name for v in PRESETS["hypotheses"]]
     assert names[-2:] == ["id, from scratch", "san-gal, from scratch"]
+
+
+def test_each_run_keeps_its_per_query_results_and_the_study_both_noise_sources(study) -> None:
+    out, cfg, doc = study
+    run = json.loads((out / "runs" / "id" / "seed0" / "result.json").read_text())
+    pq = run["per_query"]
+    assert len(pq["pid"]) == len(pq["ap"]) == len(pq["rank1"]) > 0
+    assert sum(pq["rank1"]) / len(pq["rank1"]) * 100 == pytest.approx(run["rank1"], abs=1e-4)
+    assert sum(pq["ap"]) / len(pq["ap"]) == pytest.approx(run["mAP"], abs=1e-3)  # AP kept to 3 decimals
+    assert "per_query" not in doc["variants"]["id"]["seeds"][0]  # study.json stays small
+    for name in ("san-gal agnostic", PAPER):
+        for metric in ("rank1", "mAP"):
+            entry = doc["paired"][name][metric]
+            assert set(entry["seeds_needed"]) == {"1", "2", "3"}
+            n1, n3 = entry["seeds_needed"]["1"], entry["seeds_needed"]["3"]
+            assert n1 is None or n3 is None or n1 >= n3 >= 2  # a narrower interval never needs fewer seeds
+            sampled = entry["test_sampling"]
+            assert [s["seed"] for s in sampled["per_seed"]] == [0, 1] and sampled["resamples"] == 1000
+            assert sampled["all_seeds"]["diff"] == pytest.approx(entry["diff"], abs=1e-3)  # the same difference
+            for s in [*sampled["per_seed"], sampled["all_seeds"]]:
+                lo, hi = s["ci95"]
+                assert lo <= s["diff"] + 1e-9 and s["diff"] - 1e-9 <= hi and s["sd"] >= 0
+            assert sampled["query_identities"] <= sampled["queries"]
+
+
+def test_step0_diagnostics_start_from_each_runs_initial_weights(study) -> None:
+    out, _, doc = study
+    assert set(doc["step0"]) == {"san-gal agnostic", PAPER}  # san-gal rows only
+    for row in doc["step0"].values():
+        assert [r["seed"] for r in row["per_seed"]] == [0, 1]
+        for r in row["per_seed"]:
+            assert r["init_equal_to_run"] is True and r["init_equal_to_id"] is True
+            assert -1.0 <= r["cosine_to_id"] <= 1.0 + 1e-6
+            assert 0.0 <= r["rank1"] <= 100.0 and 0.0 <= r["id"]["rank1"] <= 100.0
+        assert row["mean"]["cosine_to_id"] == pytest.approx(sum(r["cosine_to_id"] for r in row["per_seed"]) / 2)
+    # the same id net is the reference of both rows (one seed, one init)
+    a, b = (doc["step0"][n]["per_seed"][0]["id"] for n in ("san-gal agnostic", PAPER))
+    assert a == b
+    assert (out / "runs" / slug(PAPER) / "seed0" / "step0.json").is_file()
+
+
+def test_leak_check_runs_on_every_class_guided_san_gal_row(study) -> None:
+    out, _, doc = study
+    leak = doc["leak"]
+    assert leak["seeds"] == [0, 1] and leak["not_applicable"] == ["san-gal agnostic"]
+    row = leak["rows"][PAPER]
+    assert row["seeds"] == 2 and row["maps"] == "exact"
+    assert row["gap"]["rank1"] == pytest.approx(row["true labels"]["rank1"] - row["predicted"]["rank1"])
+    # the predicted-class evaluation is the run's own evaluation, redone
+    runs = {r["seed"]: r for r in doc["variants"][PAPER]["seeds"]}
+    for r in row["per_seed"]:
+        assert r["predicted"]["rank1"] == pytest.approx(runs[r["seed"]]["rank1"], abs=1e-4)
+    md = (out / "study.md").read_text()
+    for heading in ("**Two sources of noise.**", "**Step-0 diagnostics.**", "**Label-leak check.**"):
+        assert heading in md
+    text = format_study(doc)
+    assert "seeds for ±1 / ±2 / ±3" in text and "oracle gap" in text and "cosine to id" in text
+
+
+def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_path) -> None:
+    """eval.aah=fast rows: the oracle maps come from the distilled predictor with the true labels as targets."""
+    from sangal.aah.cache import AAHCache
+
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "eval.aah=fast", "distill.epochs=1"])
+    doc = run_study(cfg, (VARIANTS[0], VARIANTS[2]), [0], localisation_images=0)
+    assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
+    cache = AAHCache.open(tmp_path / "aah" / "query_oracle_labels_fast")
+    assert cache.manifest["method"] == "fast" and cache.manifest["targets"]["mode"] == "labels"

@@ -17,6 +17,8 @@ def assert_same(a: RankResult, b: RankResult) -> None:
     assert abs(a.mAP - b.mAP) < 1e-6
     assert abs(a.mINP - b.mINP) < 1e-6
     assert (a.num_valid, a.num_skipped) == (b.num_valid, b.num_skipped)
+    np.testing.assert_array_equal(a.first_rank, b.first_rank)
+    np.testing.assert_allclose(a.ap, b.ap, atol=1e-9, rtol=0)
 
 
 def hand_example() -> tuple[np.ndarray, ...]:
@@ -51,6 +53,8 @@ def test_hand_computed_example(fn) -> None:
     assert res.mINP == pytest.approx(0.325, abs=1e-12)
     assert (res.num_valid, res.num_skipped) == (2, 1)
     assert res.cmc.dtype == np.float32
+    np.testing.assert_allclose(res.ap, [0.45, 0.25, 0.0], atol=1e-12)
+    assert res.first_rank.tolist() == [2, 4, 0]  # 0: skipped
 
 
 def make_case(seed: int, kind: str) -> tuple[np.ndarray, ...]:
@@ -149,3 +153,13 @@ def test_validation_errors() -> None:
         evaluate_rank(d, np.array([9, 9, 9]), gp, qc, gc)
     with pytest.raises(ValueError, match="no query has a true match"):
         evaluate_rank_reference(d, np.array([9, 9, 9]), gp, qc, gc)
+
+
+@pytest.mark.parametrize("kind", ["float", "clustered"])
+def test_per_query_results_average_to_rank1_and_map(kind: str) -> None:
+    case = make_case(3, kind)
+    res = evaluate_rank(*case, max_rank=5)
+    valid = res.first_rank > 0
+    assert valid.sum() == res.num_valid and (res.ap[~valid] == 0).all()
+    assert np.mean(res.first_rank[valid] == 1) == pytest.approx(float(res.cmc[0]), abs=1e-6)
+    assert np.mean(res.ap[valid]) == pytest.approx(res.mAP, abs=1e-12)

@@ -350,3 +350,20 @@ def test_a_checkpoint_written_before_asam_form_means_the_paper_form(tmp_path: Pa
     gated = ck.build_model({**legacy, "asam_form": "gated"})
     with pytest.raises(CheckpointError, match="asam_form paper but the model has gated"):
         ck.load_weights(gated, ckpt, gated.arch_dict())
+
+
+def test_extra_tensors_round_trip_exactly(tmp_path: Path, reid_model: nn.Module) -> None:
+    """Named tensors beside the weights (a weight EMA's shadow): stored bit for bit, absent when not given."""
+    extra = {"ema.a": torch.randn(3, 4, dtype=torch.float32), "ema.b": torch.randn(2, 3, 5, 5)[:, :, ::2]}
+    path = ck.save_checkpoint(tmp_path / "with", reid_model, REID_ARCH, {"epoch": 0}, extra=extra)
+    loaded = ck.load_checkpoint(path).extra_tensors
+    assert loaded is not None and set(loaded) == set(extra)
+    for name, tensor in extra.items():
+        assert torch.equal(loaded[name], tensor), name
+    plain = ck.save_checkpoint(tmp_path / "without", reid_model, REID_ARCH, {"epoch": 0})
+    assert ck.load_checkpoint(plain).extra_tensors is None and not (plain / ck.EXTRA_FILE).exists()
+    data = bytearray((path / ck.EXTRA_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / ck.EXTRA_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"extra\.safetensors"):  # its sha256 is checked like the others'
+        ck.load_checkpoint(path)

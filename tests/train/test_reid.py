@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from sangal.config import load_config
-from sangal.errors import CacheError, CheckpointError
+from sangal.errors import CacheError, CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,35 @@ def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
     b = load_file(tmp_path / "split/reid/id+attr/checkpoints/final/model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp_path):
+    """train.ema: the final checkpoint holds the averaged weights it was evaluated with; a run stopped
+    mid-epoch and resumed continues the same average bit for bit."""
+    from sangal.train.reid import train_reid
+
+    extra = ("model.mode=san-gal", "train.ema=0.7")
+    full = train_reid(cfg_for(prepared, tmp_path / "full", *extra))
+    split = cfg_for(prepared, tmp_path / "split", *extra)
+    assert train_reid(split, stop_after_steps=1) == {}
+    assert json.loads((tmp_path / "split/reid/san-gal/checkpoints/last/state.json").read_text())["ema"] == \
+        {"decay": 0.7, "updates": 1}
+    resumed = train_reid(split, resume=True)
+    assert resumed["rank1"] == full["rank1"] and resumed["mAP"] == full["mAP"]
+    for name in ("model", "extra"):
+        a = load_file(tmp_path / f"full/reid/san-gal/checkpoints/final/{name}.safetensors")
+        b = load_file(tmp_path / f"split/reid/san-gal/checkpoints/final/{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the final weights are the average, not the last iterate (which the epoch-end "last" checkpoint holds)
+    final = load_file(tmp_path / "full/reid/san-gal/checkpoints/final/model.safetensors")
+    last = load_file(tmp_path / "full/reid/san-gal/checkpoints/last/model.safetensors")
+    key = "backbone.layer4.1.conv2.weight"
+    assert not torch.equal(final[key], last[key])
+    # ... and a run without the EMA cannot be resumed with one (a changed config is refused first)
+    plain = cfg_for(prepared, tmp_path / "plain", "model.mode=id")
+    assert train_reid(plain, stop_after_steps=1) == {}
+    with pytest.raises(ConfigError, match=r"another config \(train\.ema 0\.0 -> 0\.7\)"):
+        train_reid(cfg_for(prepared, tmp_path / "plain", "model.mode=id", "train.ema=0.7"), resume=True)
 
 
 def test_parameter_groups_split_backbone_from_new_layers():

@@ -191,3 +191,15 @@ def test_browser_check_detects_a_corrupted_image(report: Path, tmp_path: Path) -
     bad.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', not_png, text, count=1))
     broken, total = _body_counts(exe, tmp_path, bad)
     assert (broken, total) == (1, text.count("<img"))
+
+
+def test_ready_made_text_tables_get_a_section_each_after_the_paired_differences() -> None:
+    data = ReportData(title="t", paired=[{"variant": "san-gal", "metric": "rank1", "diff": 1.0, "ci95": [-1.0, 3.0],
+                                          "n": 2}],
+                      tables=[{"id": "noise", "heading": "Two sources of noise", "explain": "sd <and> seeds",
+                               "header": ["variant", "paired sd"], "rows": [["san-gal", "2.50"]]}])
+    text = render_report(data)
+    assert "<section id='table-noise'><h2>Two sources of noise</h2>" in text
+    assert text.index("id='paired'") < text.index("id='table-noise'")
+    assert "sd &lt;and&gt; seeds" in text and "<td class=text>san-gal</td><td>2.50</td>" in text
+    assert "<a href='#table-noise'>Two sources of noise</a>" in text

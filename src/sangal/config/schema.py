@@ -110,6 +110,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # epochs between evaluations (0: only at the end)
     max_steps_per_epoch: int = 0  # 0 = full epochs; >0 caps steps (quick runs)
+    ema: float = 0.0  # decay of a bias-corrected EMA of the Re-ID weights used for evaluation (0 = off;
+    # window ~1/(1-decay) steps; sangal.train.ema). The final checkpoint holds the averaged weights.
 
 
 @dataclass

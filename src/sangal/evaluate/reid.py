@@ -69,16 +69,26 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -
         "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
         "mAP": float(result.mAP), "mINP": float(result.mINP), "cmc": cmc.tolist(),
         "num_valid_queries": int(result.num_valid), "num_skipped_queries": int(result.num_skipped),
+        # per query (first_rank 0: skipped); `sangal study` bootstraps them over query identities
+        "per_query": {"pid": np.asarray(q_pids).tolist(), "ap": result.ap.tolist(),
+                      "first_rank": result.first_rank.tolist()},
     }
+
+
+def query_gallery(predictor: Predictor, dataset, cfg: Config, cache_root: str | Path | None = None,
+                  maps: dict | None = None, progress: bool = True):
+    """Query and gallery FeatureSets: a split's maps from ``maps`` (split -> MapsFn, e.g. the leak check's
+    true-label maps) when given, else from its valid cache under ``cache_root``, else computed."""
+    sets = []
+    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
+        source = maps[split] if maps else cached_test_maps(predictor, records, split, cache_root)
+        sets.append(predictor.embed_loader(setup.test_loader(records, cfg), source, progress=progress))
+    return sets[0], sets[1]
 
 
 def evaluate_predictor(predictor: Predictor, dataset, cfg: Config, cache_root: str | Path | None = None) -> dict:
     """Embed the query and gallery splits (maps from the caches under ``cache_root`` when valid) and score them."""
-    sets = {}
-    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-        maps = cached_test_maps(predictor, records, split, cache_root)
-        sets[split] = predictor.embed_loader(setup.test_loader(records, cfg), maps)
-    q, g = sets["query"], sets["gallery"]
+    q, g = query_gallery(predictor, dataset, cfg, cache_root)
     metrics = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, cfg)
     if q.attr_probs is not None and predictor.attr_source == "reid":
         metrics.update(attribute_metrics_from_probs(cfg, dataset, q, g))

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sangal.config import Config, load_config
 from sangal.experiments.study import PRESETS, Variant
@@ -40,6 +41,7 @@ class DemoPlan:
     seeds: int = 2
     steps_per_epoch: int = 0  # 0: the sampler's full epoch
     attr_extra_ids: int = 0  # a second synthetic set (other people, seed 1) for the attribute net only
+    leak_seeds: int = 0  # seeds the label-leak check evaluates (0: every seed; each costs ~2 test evaluations)
 
 
 #: Gallery images whose exact maps the localisation scores (an even spread; the demo's gallery caches are fast maps).
@@ -47,7 +49,7 @@ LOCALISATION_IMAGES = 300
 
 PLANS = {
     "standard": DemoPlan(ids=300, cams=6, images_per_cam=2, height=128, width=64, attr_epochs=2, epochs=5,
-                         p=8, k=4, seeds=3, steps_per_epoch=14, attr_extra_ids=200),
+                         p=8, k=4, seeds=3, steps_per_epoch=14, attr_extra_ids=200, leak_seeds=1),
     "quick": DemoPlan(ids=24, cams=3, images_per_cam=2, height=64, width=32, attr_epochs=1, epochs=2, p=4, k=2,
                       seeds=2),
 }
@@ -63,10 +65,28 @@ def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | t
             f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}", *extra])
 
 
-def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
-             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS) -> dict:
-    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path."""
+def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[str]]:
+    """The plan's synthetic data under ``out`` (reused when it exists) and the overrides that point the
+    attribute net at its extra identities; ``generator``: more options of ``generate_synthetic``."""
     from sangal.data.synthetic import generate_synthetic
+
+    data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,
+                                   width=plan.width, images_per_cam=plan.images_per_cam, progress=True, **generator)
+    if not plan.attr_extra_ids:
+        return data_root, []
+    attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
+                                   height=plan.height, width=plan.width, images_per_cam=2, progress=True, **generator)
+    return data_root, [f"attr_train.extra_roots=[{attr_root}]"]
+
+
+def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
+             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS,
+             overrides: tuple[str, ...] = ()) -> dict:
+    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path.
+
+    ``overrides``: dotted config overrides of every row (e.g. ``train.ema=0.9``, ``optim.lr=5e-4``); sizes
+    and budgets are the plan's (``DemoPlan``: ``ids`` for more test identities, ``epochs`` and
+    ``steps_per_epoch`` for more steps)."""
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
@@ -80,17 +100,11 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
         scale = max(0.2, budget_minutes / 10.0)
         plan = replace(plan, epochs=max(2, round(plan.epochs * scale)))
     log.info("demo plan: %s", plan)
-    data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0,
-                                   height=plan.height, width=plan.width, images_per_cam=plan.images_per_cam,
-                                   progress=True)
-    extra = []
-    if plan.attr_extra_ids:
-        attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
-                                       height=plan.height, width=plan.width, images_per_cam=2, progress=True)
-        extra = [f"attr_train.extra_roots=[{attr_root}]"]
+    data_root, extra = demo_data(out, plan)
     timings = {"data": time.time() - t0}
-    cfg = demo_config(out, plan, data_root, extra)
-    doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES)
+    cfg = demo_config(out, plan, data_root, [*extra, *overrides])
+    doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES,
+                    leak_seeds=plan.leak_seeds or None)
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()

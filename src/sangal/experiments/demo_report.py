@@ -120,6 +120,7 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
     import json
 
     from sangal.experiments.demo_deploy import agreement_rows
+    from sangal.experiments.study_format import diagnostic_tables
     from sangal.viz.report import ReportData, write_report
 
     paths = default_paths(cfg)
@@ -152,6 +153,7 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
         ranked=ranked_samples(cfg, paths, dataset, variants),
         localisation=localisation,
         map_agreement=agreement_rows(deploy["distill"]) if deploy else [],
+        tables=diagnostic_tables(doc),
         notes=[
             "Synthetic data: identities share coarse attributes and differ in fine details; cameras change "
             "background, light, scale, viewpoint and occlusion. Figures here say nothing about Market-1501.",

@@ -7,68 +7,114 @@ has). Label-guided maps of a two-class head are ReLU(S) or ReLU(-S), picked by t
 label, so the map pattern spells out the attribute vector. If the oracle maps score far
 above the predicted ones, the network learnt to read identity from that pattern (a
 shortcut that test-time maps scramble wherever the attribute net errs).
+
+The oracle maps are made the way the row's test maps are (``eval.aah``: exact Grad-CAM, or the
+forward-only maps of the distilled predictor, with the true labels as targets; the same
+normalisation). They depend only on the attribute net, the labels and those settings, so a study
+builds them once (one cache per setting) and every row and seed reads them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from sangal.aah.spec import MapSpec, Targets
 from sangal.config import Config
 from sangal.data import setup
 from sangal.runtime.precision import gradcam_channels_last
+from sangal.store.files import write_json_atomic
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
 
+KEYS = ("rank1", "mAP", "mINP")
+RESULT_FILE = "leak.json"  # one run's check, beside its result.json
+
+
+def applies(run_cfg: Config) -> bool:
+    """Whether the check means anything for a row: san-gal whose test maps follow a class (not agnostic)."""
+    return run_cfg.model.mode == "san-gal" and MapSpec.from_config(run_cfg).mode("query") != "agnostic"
+
+
+def oracle_cache_dir(run_cfg: Config, split: str) -> Path:
+    """The true-label maps of a test split, one folder per map setting (normalisation, exact or fast)."""
+    name = f"{split}_oracle_labels"
+    if run_cfg.model.aah_normalize != "max":
+        name += f"_{run_cfg.model.aah_normalize}"
+    if run_cfg.eval.aah == "fast":
+        name += "_fast"
+    return Path(default_paths(run_cfg)["aah"]) / name
+
+
+def oracle_maps(run_cfg: Config, split: str, records, table, device):
+    """Open (or build, if missing or stale) the true-label map cache of one test split."""
+    from sangal.aah.cache import AAHCache
+    from sangal.errors import CacheError
+
+    paths = default_paths(run_cfg)
+    cache_dir = oracle_cache_dir(run_cfg, split)
+    targets = Targets("labels", setup.attribute_targets(table, records, "test"))  # distractors: IGNORE -> predicted
+    try:
+        return AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records, targets=targets,
+                             normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah)
+    except CacheError:
+        return AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height, run_cfg.data.width,
+                              targets=targets, batch_size=run_cfg.data.test_batch_size, device=str(device),
+                              normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah, amp=run_cfg.train.amp,
+                              channels_last=gradcam_channels_last(run_cfg.train.amp, run_cfg.train.channels_last),
+                              progress=False)
+
 
 def oracle_evaluation(run_cfg: Config) -> dict:
     """Rank-1/mAP/mINP (percent) of one finished san-gal run with predicted-class and true-label test maps."""
-    from sangal.aah.cache import AAHCache
-    from sangal.aah.spec import Targets
-    from sangal.errors import CacheError
     from sangal.evaluate.predictor import Predictor
-    from sangal.evaluate.reid import cached_test_maps, evaluate_features
+    from sangal.evaluate.reid import evaluate_features, query_gallery
+    from sangal.runtime.distributed import resolve_device
 
+    device = resolve_device(run_cfg.train.device)
     paths = default_paths(run_cfg)
     predictor = Predictor.from_checkpoint(paths["reid_run"] / "checkpoints" / "final", paths["attr_checkpoint"],
-                                          flip=run_cfg.eval.flip)
+                                          device, flip=run_cfg.eval.flip)
     dataset = setup.load_reid_dataset(run_cfg)
     table = setup.load_attributes(run_cfg, dataset)
+    oracle = {split: _reader(oracle_maps(run_cfg, split, getattr(dataset, split), table, device))
+              for split in ("query", "gallery")}
     out: dict = {}
-    for kind in ("predicted", "true labels"):
-        sets = {}
-        for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
-            if kind == "predicted":
-                maps = cached_test_maps(predictor, records, split, paths["aah"])
-            else:
-                cache_dir = Path(paths["aah"]) / f"{split}_oracle_labels"
-                targets = Targets("labels", setup.attribute_targets(table, records, "test"))  # distractors: predicted
-                try:
-                    cache = AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                          targets=targets, normalize=run_cfg.model.aah_normalize)
-                except CacheError:  # missing or stale: build it
-                    cache = AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height,
-                                           run_cfg.data.width, targets=targets, batch_size=run_cfg.data.test_batch_size,
-                                           normalize=run_cfg.model.aah_normalize, amp=run_cfg.train.amp,
-                                           channels_last=gradcam_channels_last(run_cfg.train.amp,
-                                                                                run_cfg.train.channels_last))
-                maps = lambda batch, cache=cache: cache.get(batch["index"])  # noqa: E731
-            sets[split] = predictor.embed_loader(setup.test_loader(records, run_cfg), maps, progress=False)
-        q, g = sets["query"], sets["gallery"]
+    for kind, maps in (("predicted", None), ("true labels", oracle)):
+        q, g = query_gallery(predictor, dataset, run_cfg, paths["aah"], maps=maps, progress=False)
         m = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, run_cfg)
-        out[kind] = {k: 100.0 * float(m[k]) for k in ("rank1", "mAP", "mINP")}
+        out[kind] = {k: 100.0 * float(m[k]) for k in KEYS}
     log.info("label leak check: %s", out)
     return out
 
 
+def _reader(cache):
+    """The maps of a batch's images (their record positions) from a cache."""
+    return lambda batch: cache.get(batch["index"])
+
+
 def leak_summary(results: list[dict]) -> dict:
     """Mean over seeds of each evaluation and of the oracle-minus-predicted gap (percentage points)."""
-    keys = ("rank1", "mAP", "mINP")
-    summary = {kind: {k: float(np.mean([r[kind][k] for r in results])) for k in keys}
+    summary = {kind: {k: float(np.mean([r[kind][k] for r in results])) for k in KEYS}
                for kind in ("predicted", "true labels")}
-    summary["gap"] = {k: summary["true labels"][k] - summary["predicted"][k] for k in keys}
+    summary["gap"] = {k: summary["true labels"][k] - summary["predicted"][k] for k in KEYS}
     summary["seeds"] = len(results)
     return summary
+
+
+def leak_row(run_cfgs: list[Config]) -> dict:
+    """The check of one row over some of its finished runs (each kept in its run folder, so a study resumes)."""
+    per_seed = []
+    for run_cfg in run_cfgs:
+        path = Path(run_cfg.out) / RESULT_FILE
+        if path.is_file():
+            result = json.loads(path.read_text())
+        else:
+            result = {"seed": run_cfg.train.seed, **oracle_evaluation(run_cfg)}
+            write_json_atomic(path, result)
+        per_seed.append(result)
+    return {**leak_summary(per_seed), "per_seed": per_seed, "maps": run_cfgs[0].eval.aah}

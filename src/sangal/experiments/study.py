@@ -7,13 +7,21 @@ are pure functions of the seed and the schedule position). Each run records hash
 both (``pairing``), and the study checks they agree across variants.
 
 Steps: attribute net (trained once, if a variant needs it) -> heat-map caches of every
-map mode the variants use -> one Re-ID run per (seed, variant), each resumable and
-recorded in ``runs/<variant>/seed<s>/result.json`` -> ``study.json`` (rewritten
-atomically after every run, ``complete`` once all are done).
+map mode the variants use -> step-0 diagnostics of the san-gal rows (``step0``,
+:mod:`sangal.experiments.step0`) -> one Re-ID run per (seed, variant), each resumable and
+recorded in ``runs/<variant>/seed<s>/result.json`` (with its per-query AP and Rank-1 hits)
+-> the label-leak check of the san-gal rows (``leak``, :mod:`sangal.experiments.leak`) ->
+``study.json`` (rewritten atomically after every run, ``complete`` once all are done), whose
+``paired`` entries carry both noise sources (:mod:`sangal.experiments.noise`).
+
+What a study can vary is what a config can: a variant's overrides change one row (e.g.
+``train.ema=0.9``), the study's config changes every row (``optim.lr``, ``train.epochs``,
+``train.max_steps_per_epoch``), and the data (e.g. more test identities) is the data root's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shlex
@@ -26,11 +34,19 @@ import numpy as np
 from sangal.config import Config, parse_pretrained, to_dict, with_overrides
 from sangal.data import setup
 from sangal.errors import ConfigError
+from sangal.experiments.leak import applies as leak_applies
+from sangal.experiments.leak import leak_row
 from sangal.experiments.localisation import localisation_rows
-from sangal.store.files import write_json_atomic
+from sangal.experiments.noise import compact_per_query, paired_entries
+from sangal.experiments.step0 import step0_run, step0_summary
+from sangal.experiments.study_format import format_study, markdown_study
+from sangal.store.files import atomic_write_text, write_json_atomic
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PAPER", "PRESETS", "Variant", "format_study", "markdown_study", "parse_variant", "run_study",
+           "variant_config"]
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 FORMAT_VERSION = 1
@@ -103,8 +119,12 @@ def variant_config(cfg: Config, variant: Variant, seed: int) -> Config:
 
 
 def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds: list[int],
-              reference: str = "id", localisation_images: int = 600) -> dict:
-    """Run every (seed, variant) into ``cfg.out`` (resuming what is done) and write ``study.json``."""
+              reference: str = "id", localisation_images: int = 600, leak_seeds: int | None = None) -> dict:
+    """Run every (seed, variant) into ``cfg.out`` (resuming what is done) and write ``study.json``.
+
+    Besides the runs: step-0 diagnostics of each san-gal row (before training) and the label-leak check
+    of each san-gal row whose test maps follow a class, on the first ``leak_seeds`` seeds (None: all).
+    """
     from sangal.train.reid import train_reid
 
     names = [v.name for v in variants]
@@ -116,36 +136,55 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     configs = {v.name: with_overrides(cfg, list(v.overrides)) for v in variants}
-    attributes = None
+    sections: dict = {"attributes": None, "localisation": None}
     if any(c.model.mode != "id" for c in configs.values()):
         t = time.time()
-        attributes = ensure_attribute_net(cfg)
+        sections["attributes"] = ensure_attribute_net(cfg)
         timings["attribute net"] = time.time() - t
     distilled = _heat_maps(configs, timings)
+    sangal_rows = [v for v in variants if configs[v.name].model.mode == "san-gal"]
+    t = time.time()
+    memo: dict = {}
+    sections["step0"] = {v.name: [step0_run(variant_config(cfg, v, s), memo) for s in seeds] for v in sangal_rows}
+    timings["step-0 diagnostics"] = time.time() - t
 
     results: dict[str, list[dict]] = {v.name: [] for v in variants}
-    doc = _document(cfg, variants, seeds, reference, results, attributes, None, timings, complete=False)
     for seed in seeds:
         for variant in variants:
             t = time.time()
             results[variant.name].append(_run_one(variant_config(cfg, variant, seed), train_reid))
             timings[f"{variant.name} seed {seed}"] = time.time() - t
-            doc = _document(cfg, variants, seeds, reference, results, attributes, None, timings, complete=False)
-            write_json_atomic(out / "study.json", doc)
-    loc = None
-    if attributes is not None and (Path(cfg.data.root) / "masks").is_dir():  # the synthetic set's part masks
+            write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections,
+                                                            timings, complete=False))
+    t = time.time()
+    sections["leak"] = _leak(cfg, sangal_rows, configs, seeds[:leak_seeds] if leak_seeds else seeds)
+    timings["leak check"] = time.time() - t
+    if sections["attributes"] is not None and localisation_images and (Path(cfg.data.root) / "masks").is_dir():
         t = time.time()
-        rows, loc = localisation_rows(cfg, max_images=localisation_images)
+        rows, sections["localisation"] = localisation_rows(cfg, max_images=localisation_images)
         write_json_atomic(out / "localisation.json", rows)
         timings["localisation"] = time.time() - t
-    doc = _document(cfg, variants, seeds, reference, results, attributes, loc, timings, complete=True)
     if distilled is not None:
-        doc["distill"] = distilled
+        sections["distill"] = distilled
+    doc = _document(cfg, variants, seeds, reference, results, sections, timings, complete=True)
     write_json_atomic(out / "study.json", doc)
-    from sangal.store.files import atomic_write_text
-
     atomic_write_text(out / "study.md", markdown_study(doc))
     return doc
+
+
+def _leak(cfg: Config, rows: list[Variant], configs: dict[str, Config], seeds: list[int]) -> dict | None:
+    """``leak`` of study.json: the oracle gap of each san-gal row on ``seeds`` (``leak.seeds``); rows with
+    class-agnostic maps, which follow no class, are listed under ``not_applicable``."""
+    if not rows:
+        return None
+    return {"seeds": list(seeds),
+            "rows": {v.name: leak_row([variant_config(cfg, v, s) for s in seeds])
+                     for v in rows if leak_applies(configs[v.name])},
+            "not_applicable": [v.name for v in rows if not leak_applies(configs[v.name])]}
+
+
+def _by_seed(runs: list[dict]) -> dict[int, dict]:
+    return {r["seed"]: r for r in runs}
 
 
 def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | None:
@@ -173,11 +212,9 @@ def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | 
 
 
 def _run_one(run_cfg: Config, train_reid) -> dict:
-    """Train (or resume, or reuse) one run; its metrics in percent plus its pairing hashes."""
+    """Train (or resume, or reuse) one run; its metrics in percent, its pairing hashes and its per-query results."""
     result_file = Path(run_cfg.out) / "result.json"
     if result_file.is_file():
-        import json
-
         return json.loads(result_file.read_text())
     last = default_paths(run_cfg)["reid_run"] / "checkpoints" / "last"
     metrics = train_reid(run_cfg, resume=last.exists())
@@ -186,6 +223,7 @@ def _run_one(run_cfg: Config, train_reid) -> dict:
         result["reid_attr_mA"] = 100.0 * metrics["reid_attr_mA"]
     result["cmc"] = [100.0 * v for v in metrics["cmc"][:20]]
     result["pairing"] = metrics.get("pairing", {})
+    result["per_query"] = compact_per_query(metrics["per_query"])
     write_json_atomic(result_file, result)
     return result
 
@@ -211,15 +249,16 @@ def ensure_attribute_net(cfg: Config) -> dict:
                               for name, vals in metrics["per_attribute"].items()}}
 
 
-def _document(cfg, variants, seeds, reference, results, attributes, localisation, timings, complete) -> dict:
-    from sangal.metrics.paired import paired_difference
-
+def _document(cfg, variants, seeds, reference, results, sections, timings, complete) -> dict:
+    """study.json: runs, their mean ± std, the paired differences with both noise sources, the diagnostics."""
     doc: dict = {"format_version": FORMAT_VERSION, "complete": complete, "units": "percent",
                  "seeds": list(seeds), "reference": reference, "variants": {}, "paired": {}, "pairing": {},
-                 "attributes": attributes, "localisation": localisation, "timings": timings,
+                 **{k: v for k, v in sections.items() if k not in ("distill", "step0")},
+                 "step0": {n: step0_summary(r, _by_seed(results[n])) for n, r in sections.get("step0", {}).items()},
+                 "timings": timings,
                  "config": {**to_dict(cfg), "networks": networks(cfg)}}
     for v in variants:
-        runs = results[v.name]
+        runs = [{k: x for k, x in r.items() if k != "per_query"} for r in results[v.name]]  # arrays: result.json
         # the Re-ID net follows the variant's overrides; the attribute net is the study's, trained once from cfg
         entry: dict = {"overrides": list(v.overrides), "seeds": runs,
                        "networks": {**networks(cfg), "reid": networks(with_overrides(cfg, list(v.overrides)))["reid"]}}
@@ -227,23 +266,19 @@ def _document(cfg, variants, seeds, reference, results, attributes, localisation
             for stat, fn in (("mean", np.mean), ("std", lambda x: np.std(x, ddof=1) if len(x) > 1 else math.nan)):
                 entry[stat] = {k: _num(fn([r[k] for r in runs])) for k in METRICS}
         doc["variants"][v.name] = entry
-    ref_runs = {r["seed"]: r for r in results[reference]}
+    ref_runs = _by_seed(results[reference])
     for v in variants:
-        if v.name == reference:
-            continue
         pairs = [(ref_runs[r["seed"]], r) for r in results[v.name] if r["seed"] in ref_runs]
-        if not pairs:
+        if v.name == reference or not pairs:
             continue
-        doc["paired"][v.name] = {}
-        for k in METRICS:
-            d = paired_difference([a[k] for a, _ in pairs], [b[k] for _, b in pairs])
-            doc["paired"][v.name][k] = {"diff": d.diff, "ci95": [_num(d.lo), _num(d.hi)], "sd": _num(d.sd),
-                                        "n": d.n}
+        doc["paired"][v.name] = paired_entries(pairs, METRICS)
         doc["pairing"][v.name] = {
             "init_equal": all(a.get("pairing", {}).get("init_sha256") == b.get("pairing", {}).get("init_sha256")
                               for a, b in pairs),
             "batches_equal": all(a.get("pairing", {}).get("batches_sha256")
                                  == b.get("pairing", {}).get("batches_sha256") for a, b in pairs)}
+    if "distill" in sections:
+        doc["distill"] = sections["distill"]
     return doc
 
 
@@ -262,66 +297,3 @@ def _num(x: float) -> float | None:
     """JSON-safe float (NaN -> None)."""
     x = float(x)
     return None if math.isnan(x) else x
-
-
-def markdown_study(doc: dict) -> str:
-    """study.json as Markdown tables (written beside it as study.md): what a README or a paper quotes."""
-    ref = doc["reference"]
-    lines = ["| variant | Rank-1 | Rank-5 | mAP | mINP | seeds |", "|---|---|---|---|---|---|"]
-    for name, v in doc["variants"].items():
-        if "mean" not in v:
-            continue
-        cells = [f"{v['mean'][k]:.1f}" + (f" ± {v['std'][k]:.1f}" if v["std"][k] is not None else "")
-                 for k in ("rank1", "rank5", "mAP", "mINP")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {len(v['seeds'])} |")
-    if doc["paired"]:
-        lines += ["", f"| paired difference vs {ref} (95% CI) | Rank-1 | mAP | mINP |", "|---|---|---|---|"]
-        for name, p in doc["paired"].items():
-            cells = []
-            for k in ("rank1", "mAP", "mINP"):
-                lo, hi = p[k]["ci95"]
-                cells.append(f"{p[k]['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{p[k]['diff']:+.1f}")
-            lines.append(f"| {name} | {' | '.join(cells)} |")
-    if doc.get("attributes"):
-        a = doc["attributes"]
-        lines += ["", f"Attribute net: mean accuracy {a['mean_accuracy']:.1f} %, mA {a['mA']:.1f} %."]
-    if doc.get("localisation"):
-        lines += ["", "| stage | energy in part | uniform | ratio | pointing | chance | ratio |", "|---|---|---|---|---|---|---|"]
-        for stage, s in doc["localisation"].items():
-            lines.append(f"| {stage} | {s['energy']:.1f} % | {s['energy_uniform']:.1f} % | "
-                         f"{s['energy'] / s['energy_uniform']:.2f}× | {s['pointing']:.1f} % | "
-                         f"{s['pointing_chance']:.1f} % | {s['pointing'] / s['pointing_chance']:.2f}× |")
-    return "\n".join(lines) + "\n"
-
-
-def format_study(doc: dict) -> str:
-    """Plain-text tables: mean ± std per variant, then the paired differences against the reference."""
-    lines = [f"{'variant':<34}{'Rank-1':>13}{'Rank-5':>13}{'mAP':>13}{'mINP':>13}  seeds"]
-    for name, v in doc["variants"].items():
-        if "mean" not in v:
-            continue
-        cells = []
-        for k in ("rank1", "rank5", "mAP", "mINP"):
-            std = v["std"][k]
-            cells.append((f"{v['mean'][k]:.1f}" + (f" ± {std:.1f}" if std is not None else "")).rjust(13))
-        lines.append(f"{name:<34}{''.join(cells)}  {len(v['seeds'])}")
-    ref = doc["reference"]
-    lines += ["", f"paired difference against {ref!r} (mean, 95% CI), percentage points:",
-              f"{'variant':<34}{'Rank-1':>22}{'mAP':>22}{'mINP':>22}"]
-    for name, p in doc["paired"].items():
-        cells = []
-        for k in ("rank1", "mAP", "mINP"):
-            lo, hi = p[k]["ci95"]
-            ci = f"[{lo:+.1f}, {hi:+.1f}]" if lo is not None else "[n/a]"
-            cells.append(f"{p[k]['diff']:+.1f} {ci}".rjust(22))
-        lines.append(f"{name:<34}{''.join(cells)}")
-    if doc.get("attributes"):
-        a = doc["attributes"]
-        lines += ["", f"attribute net: mean accuracy {a['mean_accuracy']:.1f}%, mA {a['mA']:.1f}%"]
-    if doc.get("localisation"):
-        lines.append("localisation (energy in part vs uniform; pointing vs chance):")
-        for stage, s in doc["localisation"].items():
-            lines.append(f"  {stage}: energy {s['energy']:.1f}% vs {s['energy_uniform']:.1f}% "
-                         f"({s['energy'] / s['energy_uniform']:.1f}x); pointing {s['pointing']:.1f}% vs "
-                         f"{s['pointing_chance']:.1f}% ({s['pointing'] / s['pointing_chance']:.1f}x)")
-    return "\n".join(lines)

@@ -58,13 +58,15 @@ _DENSE_ROW_SHARE = 0.3
 
 @dataclass
 class RankResult:
-    """CMC curve (``cmc[r-1]`` = rank-r accuracy), mAP, mINP and query counts."""
+    """CMC (``cmc[r-1]`` = rank-r accuracy), mAP, mINP, query counts; per query: ``ap``, ``first_rank`` (0: skipped)."""
 
     cmc: np.ndarray
     mAP: float
     mINP: float
     num_valid: int
     num_skipped: int
+    ap: np.ndarray | None = None  # (Q,) in query order, 0 where skipped: what a bootstrap over queries resamples
+    first_rank: np.ndarray | None = None  # (Q,) 1-based rank of the first true match
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -130,7 +132,7 @@ def _summarise(
         mAP=float(np.mean(ap[valid])),
         mINP=float(np.mean(inp[valid])),
         num_valid=num_valid,
-        num_skipped=int(valid.size - num_valid),
+        num_skipped=int(valid.size - num_valid), ap=np.where(valid, ap, 0.0), first_rank=np.where(valid, first_rank, 0),
     )
 
 

@@ -4,6 +4,7 @@ A checkpoint is a directory (e.g. ``runs/x/checkpoints/epoch_003``)::
 
     model.safetensors      model state_dict (contiguous CPU tensors)
     optimizer.safetensors  optimizer state tensors as ``state.<param_idx>.<name>`` (optional)
+    extra.safetensors      other named tensors of the run, e.g. a weight EMA's shadow (optional)
     state.json             epoch, step, scheduler, RNG states, resolved config, ``arch``,
                            git commit, sangal version, creation time, optimizer scalars,
                            the sha256 of both weight files and of itself (``document_sha256``)
@@ -20,17 +21,14 @@ difference.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import random
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,6 +46,7 @@ from sangal.store.files import (
     to_json,
     verify_sha256,
 )
+from sangal.store.rng import capture_rng_state, restore_rng_state
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "restore_optimizer", "capture_rng_state",
@@ -59,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+EXTRA_FILE = "extra.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 #: what a checkpoint can hold: a Re-ID net, an attribute net, or a map predictor being distilled
@@ -71,7 +71,7 @@ _ARCH_DEFAULTS = {"asam_form": "paper"}
 #: arch entries that only describe the data; a mismatch is logged.
 _SOFT_KEYS = ("dataset", "colour_mode", "height", "width")
 _RESERVED = ("arch", "optimizer", "git_commit", "sangal_version", "created", "format_version",
-             "model_sha256", "optimizer_sha256", "document_sha256")
+             "model_sha256", "optimizer_sha256", "extra_sha256", "document_sha256")
 _RESTORE = "restore the checkpoint from a copy or train it again"
 _CKPT_NAME = re.compile(r"^(?:(?:epoch|step)_\d+|last|best|final)$")
 _MAX_SHOWN = 4
@@ -87,6 +87,7 @@ class Checkpoint:
         state: everything in state.json (epoch, step, rng, config, ...).
         weights: model state_dict (CPU tensors).
         optimizer_tensors: flattened optimizer tensors, or None without an optimizer.
+        extra_tensors: the ``extra`` tensors it was saved with, or None.
     """
 
     path: Path
@@ -94,6 +95,7 @@ class Checkpoint:
     state: dict[str, Any]
     weights: dict[str, Tensor]
     optimizer_tensors: dict[str, Tensor] | None = None
+    extra_tensors: dict[str, Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -105,8 +107,10 @@ def save_checkpoint(
     arch: Mapping[str, Any],
     state: Mapping[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    extra: Mapping[str, Tensor] | None = None,
 ) -> Path:
-    """Write ``model`` (+ ``optimizer``) and ``state`` as checkpoint ``directory``, atomically.
+    """Write ``model`` (+ ``optimizer``, + ``extra`` named tensors) and ``state`` as checkpoint ``directory``,
+    atomically.
 
     ``state`` is stored in state.json as is (epoch, step, config, scheduler
     ``state_dict()``, ...); tuples, bytes, non-string dict keys and small
@@ -128,6 +132,10 @@ def save_checkpoint(
             tensors, doc["optimizer"] = _flatten_optimizer(optimizer.state_dict())
             save_safetensors(tmp / OPTIMIZER_FILE, tensors, {})
             doc["optimizer_sha256"] = file_sha256(tmp / OPTIMIZER_FILE)
+        if extra:
+            save_safetensors(tmp / EXTRA_FILE, {k: t.detach().to("cpu", copy=True).contiguous()
+                                                for k, t in extra.items()}, {})
+            doc["extra_sha256"] = file_sha256(tmp / EXTRA_FILE)
         doc["model_sha256"] = file_sha256(tmp / MODEL_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(seal_json(to_json(doc)), indent=1), encoding="utf-8")
     logger.info("saved checkpoint %s", directory)
@@ -188,7 +196,8 @@ def load_checkpoint(directory: str | Path, expected_kind: str | None = None) -> 
         raise CheckpointError(
             f"checkpoint {directory} is kind {arch['kind']}, expected {expected_kind}"
         )
-    for name, key in ((MODEL_FILE, "model_sha256"), (OPTIMIZER_FILE, "optimizer_sha256")):
+    files = ((MODEL_FILE, "model_sha256"), (OPTIMIZER_FILE, "optimizer_sha256"), (EXTRA_FILE, "extra_sha256"))
+    for name, key in files:
         if state.get(key):  # checkpoints of older versions recorded no optimizer hash
             verify_sha256(directory / name, state[key], CheckpointError, _RESTORE)
     weights, meta = _read_safetensors(directory / MODEL_FILE)
@@ -203,7 +212,8 @@ def load_checkpoint(directory: str | Path, expected_kind: str | None = None) -> 
     optimizer_tensors = None
     if (directory / OPTIMIZER_FILE).exists():
         optimizer_tensors, _ = _read_safetensors(directory / OPTIMIZER_FILE)
-    return Checkpoint(directory, arch, state, weights, optimizer_tensors)
+    extra = _read_safetensors(directory / EXTRA_FILE)[0] if (directory / EXTRA_FILE).exists() else None
+    return Checkpoint(directory, arch, state, weights, optimizer_tensors, extra)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -250,47 +260,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
         raise CheckpointError(
             f"optimizer state in {ckpt.path} does not fit this optimizer: {exc}"
         ) from exc
-
-
-# ----------------------------------------------------------------------------- RNG
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """JSON-ready RNG states: python ``random``, numpy, torch CPU and CUDA (if available)."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    rng: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": _b64(torch.get_rng_state()),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return rng
-
-
-def restore_rng_state(rng: Mapping[str, Any]) -> None:
-    """Restore what :func:`capture_rng_state` returned."""
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(rng["torch"]))
-    if "cuda" in rng and torch.cuda.is_available():
-        states = [_unb64(s) for s in rng["cuda"]]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-        else:
-            logger.warning("saved %d CUDA RNG states but %d devices; CUDA RNG not restored",
-                           len(states), torch.cuda.device_count())
-
-
-def _b64(t: Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
 # ----------------------------------------------------------------------------- models

@@ -74,6 +74,9 @@ class Task:
         """Named loss terms of one batch, ``"total"`` among them (runs under the loop's autocast)."""
         raise NotImplementedError
 
+    def after_update(self) -> None:
+        """After every optimizer step (e.g. a weight EMA's update)."""
+
     def save(self, position: Position, name: str = "last") -> None:
         """Write a checkpoint of everything needed to resume at ``position``."""
 
@@ -110,6 +113,7 @@ def run_task(task: Task, schedule: Schedule, settings: LoopSettings, logger: Run
                 scaler.scale(terms["total"]).backward()
                 scaler.step(task.optimizer)
                 scaler.update()
+                task.after_update()
                 pos.step, pos.global_step = step + 1, pos.global_step + 1
                 bar.update(1)
                 _log(task, logger, settings, bar, terms, pos, last=step == schedule.steps - 1)

@@ -23,6 +23,7 @@ from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_w
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
+from sangal.train.ema import WeightEMA, ema_applied
 from sangal.train.engine import LoopSettings, Stopped, Task, run_task, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 from sangal.train.maps import AAHSource
@@ -96,6 +97,7 @@ class ReIDTask(Task):
         oc = cfg.optim
         self.optimizer = make_optimizer(param_groups(self.model, self.aah_source, oc.head_lr_scale), oc.optimizer,
                                         oc.warmup_start_lr, oc.weight_decay, oc.momentum, oc.nesterov)
+        self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema > 0 else None  # evaluation weights
         self.position = self._resume() if resume else Position()
         self.batch_digest = self.position.extra.get("batch_digest", "")  # chained hash of every batch seen
         self.net = self._wrap()
@@ -107,8 +109,10 @@ class ReIDTask(Task):
 
     def _resume(self) -> Position:
         last_dir = self.run_dir / "checkpoints" / "last"
-        position = resume_from(last_dir, self.model, self.optimizer, self.arch, "reid")[1]
+        ckpt, position = resume_from(last_dir, self.model, self.optimizer, self.arch, "reid")
         check_resume_config(position.extra.get("config"), to_dict(self.cfg), last_dir)
+        if self.ema is not None:
+            self.ema.load(ckpt.extra_tensors, ckpt.state.get("ema"), where=str(last_dir))
         if self.aah_source is not None and self.aah_source.attr_net is not None:
             _restore_attr_branch(self.aah_source.attr_net, last_dir, position.global_step)
         return position
@@ -148,6 +152,10 @@ class ReIDTask(Task):
             terms["total"] = terms["total"] + cfg.loss.attr * value
         return terms
 
+    def after_update(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def save(self, position: Position, name: str = "last") -> None:
         from sangal.store.checkpoint import capture_rng_state, save_checkpoint
 
@@ -158,6 +166,8 @@ class ReIDTask(Task):
                  "rng": capture_rng_state(), "batch_digest": self.batch_digest, "init_digest": self.init_digest,
                  "config": to_dict(cfg), "history": self.logger.history if self.logger else None,
                  "attr_checkpoint": str(self.paths["attr_checkpoint"]), "map_spec": MapSpec.from_config(cfg).to_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state()
         source = self.aah_source
         if source is not None and source.cache is not None:  # the weights the cached maps came from
             state["attr_checkpoint_sha256"] = source.cache.manifest["checkpoint_sha256"]
@@ -165,7 +175,8 @@ class ReIDTask(Task):
             attr_arch = arch_for(cfg, "attribute", attr_classes=self.arch["attr_classes"])
             save_checkpoint(checkpoints / f"{name}_attr_branch", source.attr_net, attr_arch,
                             {"global_step": position.global_step, "config": to_dict(cfg)})
-        save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=self.optimizer)
+        save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=self.optimizer,
+                        extra=self.ema.tensors() if self.ema is not None else None)
 
     def log_values(self) -> dict[str, float]:
         """The learned ASAM gates (forms gated and mixed): how much guidance training takes."""
@@ -178,11 +189,12 @@ class ReIDTask(Task):
         return False
 
     def evaluate(self, epoch: int) -> dict:
-        """Query/gallery scores of the model now, recorded in the run's metrics.json and TensorBoard."""
+        """Query/gallery scores of the model now (its weight EMA with train.ema), in metrics.json and TensorBoard."""
         from sangal.evaluate.reid import evaluate_predictor, training_predictor
 
-        predictor = training_predictor(self.model, self.cfg, self.paths["attr_checkpoint"])
-        metrics = evaluate_predictor(predictor, self.dataset, self.cfg, cache_root=self.paths["aah"])
+        with ema_applied(self.ema, self.model):
+            predictor = training_predictor(self.model, self.cfg, self.paths["attr_checkpoint"])
+            metrics = evaluate_predictor(predictor, self.dataset, self.cfg, cache_root=self.paths["aah"])
         assert self.logger is not None
         self.logger.scalars("eval", {k: v for k, v in metrics.items() if isinstance(v, float)}, epoch)
         self.logger.record("eval", {"epoch": epoch, **metrics})
@@ -220,7 +232,8 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
         return {}
     metrics = {}
     if info.is_main:
-        task.save(end, name="final")
+        with ema_applied(task.ema, task.model):  # with train.ema, the final checkpoint holds the weights evaluated
+            task.save(end, name="final")
         metrics = task.evaluate(cfg.train.epochs)
         metrics["pairing"] = {"init_sha256": task.init_digest, "batches_sha256": task.batch_digest}
     logger.close()

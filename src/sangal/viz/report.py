@@ -54,6 +54,8 @@ class ReportData:
     localisation: rows from ``sangal.viz.localisation.localisation_scores`` (+ optional "stage").
     map_agreement: rows {"stage", "pearson", "argmax", "maps"}: held-out agreement of the forward-only
         (distilled) heat maps with exact Grad-CAM (``sangal.train.distill.map_agreement``).
+    tables: ready-made text tables, one section each after the paired differences: {"id", "heading",
+        "explain", "header": [str], "rows": [[str]]} (the study's noise, step-0 and leak tables).
     config: resolved config, shown in a collapsed block as YAML (JSON without PyYAML).
     """
 
@@ -67,6 +69,7 @@ class ReportData:
     ranked: list[dict] = field(default_factory=list)
     localisation: list[dict] = field(default_factory=list)
     map_agreement: list[dict] = field(default_factory=list)
+    tables: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: dict | None = None
 
@@ -186,6 +189,15 @@ def _paired_table(rows: list[dict]) -> str:
         body.append(f"<tr><td>{_esc(v)}</td>{''.join(cells)}<td>{n}</td></tr>")
     return (f"<p class='explain'>{_esc(_PAIRED_EXPLAIN)}</p><table class='paired'><thead><tr><th>variant</th>"
             f"{head}<th>seeds</th></tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _text_table(t: dict) -> str:
+    """A table whose cells are already text: the first column left-aligned, the rest right-aligned."""
+    head = "".join(f"<th{' class=text' if i == 0 else ''}>{_esc(h)}</th>" for i, h in enumerate(t["header"]))
+    body = "".join("<tr>" + "".join(f"<td{' class=text' if i == 0 else ''}>{_esc(c)}</td>" for i, c in enumerate(r))
+                   + "</tr>" for r in t["rows"])
+    return (f"<p class='explain'>{_esc(t.get('explain', ''))}</p><table class='{_esc(t['id'])}'><thead><tr>{head}"
+            f"</tr></thead><tbody>{body}</tbody></table>")
 
 
 def _attribute_table(rows: list[dict]) -> str:
@@ -313,6 +325,8 @@ def render_report(data: ReportData) -> str:
         sections.append(("comparison", "Comparison", text))
     if data.paired:
         sections.append(("paired", "Paired differences", _paired_table(data.paired)))
+    for t in data.tables:
+        sections.append((f"table-{t['id']}", t["heading"], _text_table(t)))
     if data.cmc:
         uri = png_data_uri(cmc_figure(data.cmc))
         text = "CMC curves; shaded bands span the min-max over seeds where several were run."
