@@ -52,7 +52,8 @@ def fit(cfg, name: str) -> dict:
     distill_module.ACTIVATION_BUDGET_BYTES = 0 if name == "before" else budget
     try:
         start = time.perf_counter()
-        result = distill_module.distill(with_overrides(cfg, [f"out={cfg.out}/fit-{name}", *FITS[name]]),
+        shared = [f"train.attr_checkpoint={cfg.out}/attr/checkpoints/final", f"train.aah_cache={cfg.out}/aah"]
+        result = distill_module.distill(with_overrides(cfg, [f"out={cfg.out}/fit-{name}", *shared, *FITS[name]]),
                                         resume=False)
         result["seconds"] = time.perf_counter() - start
     finally:
