@@ -1,11 +1,11 @@
 """What distilling the forward-only map predictor costs, against one Re-ID run on the same data, side by side.
 
-A synthetic set of about 7,260 training images (the size of the held-out real set the issue measured on)
-is drawn, the demo's attribute net (MobileNetV2 from ImageNet, 128x64) is trained and its exact training
-maps cached; then, in this one process:
+A synthetic set is drawn (``--ids``, ``--images-per-cam``), the demo's attribute net (MobileNetV2 from
+ImageNet, 128x64) is trained and its exact training maps cached; then, in this one process:
 
-* ``before``: 15 epochs with the frozen net re-run every epoch, which is what happened on a 7,260-image set
-  before the inputs were kept in memory (its layer4 activations did not fit the 1 GB budget);
+* ``before``: 15 epochs with the frozen net re-run every epoch, which is what a 7,260-image set (the held-out
+  real set the issue measured on) got before the inputs were kept in memory: its layer4 activations
+  did not fit the 1 GB budget;
 * ``kept``: 15 epochs with the frozen inputs kept in memory (layer4 as its logit maps);
 * ``early``: kept in memory, and stopped once held-out Pearson r has not risen by 0.002 for 2 epochs;
 * one ``id`` Re-ID run on the same training set (the demo's recipe, 4 epochs, one seed).
