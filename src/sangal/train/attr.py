@@ -113,7 +113,8 @@ class AttrTask(Task):
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "config": to_dict(self.cfg),
                  "history": self.logger.history if self.logger else None, "attr_loss": self.loss_record, **extra}
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=self.optimizer)
+        optimizer = None if name == "final" else self.optimizer  # resume reads `last`; final is for use
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=optimizer)
 
 
 def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,

@@ -175,7 +175,8 @@ class ReIDTask(Task):
             attr_arch = arch_for(cfg, "attribute", attr_classes=self.arch["attr_classes"])
             save_checkpoint(checkpoints / f"{name}_attr_branch", source.attr_net, attr_arch,
                             {"global_step": position.global_step, "config": to_dict(cfg)})
-        save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=self.optimizer,
+        optimizer = None if name == "final" else self.optimizer  # resume reads `last`; final is for use
+        save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=optimizer,
                         extra=self.ema.tensors() if self.ema is not None else None)
 
     def log_values(self) -> dict[str, float]:
