@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from sangal.data.synthetic_labels import (
     BACKPACK,
@@ -40,7 +40,7 @@ from sangal.data.synthetic_labels import (
     UPPER,
     UPPER_DETAIL,
 )
-from sangal.data.synthetic_scene import CameraStyle, Shot
+from sangal.data.synthetic_scene import CameraStyle, Shot, draw_occluder, photograph
 
 logger = logging.getLogger(__name__)
 
@@ -277,19 +277,6 @@ def _draw_handbag(pen: _Pen, x: float) -> None:
     pen.poly([(x - 0.035, 0.535), (x + 0.035, 0.535), (x + 0.045, 0.6), (x - 0.045, 0.6)], HANDBAG)
 
 
-@functools.lru_cache(maxsize=4)
-def _noise_bank(height: int, width: int) -> np.ndarray:
-    """Fixed Gaussian noise, twice the image size; images take random crops (much faster than drawing anew)."""
-    return np.random.default_rng(height * 10007 + width).standard_normal((2 * height, 2 * width, 3), dtype=np.float32)
-
-
-def _noise_patch(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    bank = _noise_bank(height, width)
-    oy, ox = int(rng.integers(height)), int(rng.integers(width))
-    patch = bank[oy:oy + height, ox:ox + width]
-    return patch[:, ::-1] if rng.random() < 0.5 else patch
-
-
 @functools.lru_cache(maxsize=8)
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -342,7 +329,7 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
         pen = _Pen(ImageDraw.Draw(canvas), cx, y0, u)
         head = _draw_person(pen, look, shot.view, shot.stride)
     if shot.occluder is not None:
-        _draw_occluder(ImageDraw.Draw(canvas), shot, height, width, cx + head[0] * u, head[1] * u, y0 + 0.62 * u)
+        draw_occluder(ImageDraw.Draw(canvas), shot, height, width, cx + head[0] * u, head[1] * u, y0 + 0.62 * u)
     labels = np.asarray(canvas).copy()
 
     lut = np.zeros((NUM_LABELS, 3), np.float32)
@@ -358,41 +345,4 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
     img = np.take(lut, labels, axis=0)
     if pen is not None:
         _colour_person(img, labels, look, shot.view, cx, y0, u, rng)
-    scene = cam.scene
-    oy = int(shot.bg_offset[0] * (scene.shape[0] - height))
-    ox = int(shot.bg_offset[1] * (scene.shape[1] - width))
-    bg = labels == BG
-    img[bg] = scene[oy:oy + height, ox:ox + width][bg]
-    img *= np.asarray(cam.gain, np.float32) * shot.brightness
-    img += _noise_patch(rng, height, width) * np.float32(cam.noise)
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    radius = cam.blur * height / 128.0
-    if radius > 0.05:
-        out = out.filter(ImageFilter.GaussianBlur(radius))
-    return np.asarray(out), labels
-
-
-def _draw_occluder(draw: ImageDraw.ImageDraw, shot: Shot, height: int, width: int,
-                   head_x: float, head_half: float, box_top_min: float) -> None:
-    """A pole or a box in front of the person; never over the head, so the hat stays visible."""
-    kind, a, b, c = shot.occluder  # type: ignore[misc]
-    if kind == "pole":
-        w = (0.1 + 0.1 * b) * width
-        free_left = head_x - head_half - 1  # room left of the head
-        free_right = width - (head_x + head_half + 1)
-        if a < 0.5 and free_left > w * 0.5:
-            x1 = free_left * (0.4 + 0.6 * c)
-            x0 = x1 - w
-        elif free_right > w * 0.5:
-            x0 = width - free_right * (0.4 + 0.6 * c)
-            x1 = x0 + w
-        else:
-            return
-        draw.rectangle([x0, 0, x1, height], fill=OCCLUDER)
-    else:
-        top = max(box_top_min, (0.62 + 0.25 * a) * height)
-        if top > height - 2:
-            return
-        x0 = -1 if b < 0.5 else c * 0.5 * width
-        x1 = width if b >= 0.5 else width * (0.5 + 0.5 * c)
-        draw.rectangle([x0, top, x1, height], fill=OCCLUDER)
+    return photograph(img, labels == BG, cam, shot, rng), labels

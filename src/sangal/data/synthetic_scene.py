@@ -10,11 +10,14 @@ viewpoint, scale, position and walking phase. Drawing itself is in
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
+
+from sangal.data.synthetic_labels import OCCLUDER
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +143,59 @@ def sample_shot(cam: CameraStyle, rng: np.random.Generator, kind: str) -> Shot:
                 feet=feet, stride=float(rng.uniform(-1, 1)), brightness=float(rng.uniform(0.92, 1.08)),
                 occluder=occluder, occluder_colour=cam.occluder_colour,  # type: ignore[arg-type]
                 bg_offset=(float(rng.random()), float(rng.random())))
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(height: int, width: int) -> np.ndarray:
+    """Fixed Gaussian noise, twice the image size; images take random crops (much faster than drawing anew)."""
+    return np.random.default_rng(height * 10007 + width).standard_normal((2 * height, 2 * width, 3), dtype=np.float32)
+
+
+def _noise_patch(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    bank = _noise_bank(height, width)
+    oy, ox = int(rng.integers(height)), int(rng.integers(width))
+    patch = bank[oy:oy + height, ox:ox + width]
+    return patch[:, ::-1] if rng.random() < 0.5 else patch
+
+
+def photograph(img: np.ndarray, background: np.ndarray, cam: CameraStyle, shot: Shot,
+               rng: np.random.Generator) -> np.ndarray:
+    """What the camera makes of the (H, W, 3) float coloured person: scene behind, light, noise, blur -> uint8."""
+    height, width = background.shape
+    scene = cam.scene
+    oy = int(shot.bg_offset[0] * (scene.shape[0] - height))
+    ox = int(shot.bg_offset[1] * (scene.shape[1] - width))
+    img[background] = scene[oy:oy + height, ox:ox + width][background]
+    img *= np.asarray(cam.gain, np.float32) * shot.brightness
+    img += _noise_patch(rng, height, width) * np.float32(cam.noise)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    radius = cam.blur * height / 128.0
+    if radius > 0.05:
+        out = out.filter(ImageFilter.GaussianBlur(radius))
+    return np.asarray(out)
+
+
+def draw_occluder(draw: ImageDraw.ImageDraw, shot: Shot, height: int, width: int,
+                   head_x: float, head_half: float, box_top_min: float) -> None:
+    """A pole or a box in front of the person; never over the head, so the hat stays visible."""
+    kind, a, b, c = shot.occluder  # type: ignore[misc]
+    if kind == "pole":
+        w = (0.1 + 0.1 * b) * width
+        free_left = head_x - head_half - 1  # room left of the head
+        free_right = width - (head_x + head_half + 1)
+        if a < 0.5 and free_left > w * 0.5:
+            x1 = free_left * (0.4 + 0.6 * c)
+            x0 = x1 - w
+        elif free_right > w * 0.5:
+            x0 = width - free_right * (0.4 + 0.6 * c)
+            x1 = x0 + w
+        else:
+            return
+        draw.rectangle([x0, 0, x1, height], fill=OCCLUDER)
+    else:
+        top = max(box_top_min, (0.62 + 0.25 * a) * height)
+        if top > height - 2:
+            return
+        x0 = -1 if b < 0.5 else c * 0.5 * width
+        x1 = width if b >= 0.5 else width * (0.5 + 0.5 * c)
+        draw.rectangle([x0, top, x1, height], fill=OCCLUDER)
