@@ -4,16 +4,26 @@ What it is for: the demo, the tests and the heat-map localisation score need a
 Re-ID dataset that is small, free to redistribute, learnable but not trivial,
 and whose attributes are *visually grounded* with known pixel regions.
 
-How the task is made non-trivial: every identity is a coarse Market attribute
-combination (gender, hair, sleeves, lower garment, hat, bags, age, colours)
-drawn from a small pool, so many identities share it, plus identity-specific
-fine details (exact shades, stripes / grid / logo / yoke patterns, trouser
-stripes and cuffs, shoe, hair and skin colours, build, bag side). Each camera
-has its own background scene, illumination gain and colour cast, scale range,
-viewpoint mix, blur, noise and occlusion rate; per image the scale, position,
-viewpoint (front / back / side: a backpack is seen from behind or the side, only
-its straps from the front), walking phase and occluder (a pole or a box, never
-over the head) vary.
+Two styles (``style=``), one layout:
+
+* ``real`` (default, generator v2): attributes as hard as on real crops. Labels follow the real
+  label statistics (``synthetic_stats``: Lin et al.'s Market class ratios, so rare colours are as
+  rare as there, and the main co-occurrences); each identity is drawn on its own. Pictures make
+  attributes ambiguous (``synthetic_people``, ``synthetic_scene``): wide colour shades and colours
+  off Market's lists, small and mostly dark bags, dark hats on dark hair, tied-back hair, dim or
+  tinted light with flat contrast, small blurry detections scaled up (hats and shoes a few pixels),
+  feet, head top or a side cut by the box, passers-by in front or behind, and a few percent of
+  labels that the pictures contradict (annotator disagreement, ``DISAGREEMENT``).
+* ``easy`` (generator v1, bit for bit): every identity is a coarse Market attribute combination
+  drawn from a small pool with flat class ratios, so many identities share it, shown exactly as
+  labelled, under milder cameras.
+
+In both, identities also differ in fine details (exact shades, stripes / grid / logo / yoke
+patterns, trouser stripes and cuffs, shoe, hair and skin colours, build, bag side). Each camera
+has its own background scene, illumination gain and colour cast, scale range, viewpoint mix,
+blur, noise and occlusion rate; per image the scale, position, viewpoint (front / back / side: a
+backpack is seen from behind or the side, only its straps from the front), walking phase and
+occluder (never over the head in ``easy``) vary.
 
 Output (``generate_synthetic``), exactly as Market-1501 plus three extras::
 
@@ -24,7 +34,7 @@ Output (``generate_synthetic``), exactly as Market-1501 plus three extras::
       market_attribute.mat Lin et al. structure: market_attribute.{train,test}.<field> uint8 1xN
       masks/<split folder>/<image stem>.npz   bool (H, W) arrays: hat hair upper lower
                                               backpack bag handbag shoes (visible pixels)
-      synthetic.json       generator version, parameters, counts
+      synthetic.json       generator style and version, parameters, counts
 
 Everything is deterministic per seed, byte for byte (fixed JPEG quality, no
 timestamps in the .mat header or the .npz zip entries).
@@ -55,15 +65,28 @@ from sangal.data.synthetic_people import (  # noqa: F401 (the palettes are part 
     assign_pool,
     sample_attributes_easy,
     sample_look_easy,
+    sample_look_real,
     sample_pool,
+    written_labels_real,
 )
 from sangal.data.synthetic_labels import region_masks
-from sangal.data.synthetic_scene import CameraStyle, Shot, sample_camera, sample_shot
+from sangal.data.synthetic_scene import (
+    CameraStyle,
+    Shot,
+    sample_camera,
+    sample_camera_real,
+    sample_shot,
+    sample_shot_real,
+)
+from sangal.data.synthetic_stats import market_codes, sample_labels
 from sangal.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+#: Generator version per style: ``easy`` is version 1 bit for bit, ``real`` (the default) version 2.
+STYLE_VERSIONS = {"real": 2, "easy": 1}
+STYLES = tuple(STYLE_VERSIONS)
+GENERATOR_VERSION = max(STYLE_VERSIONS.values())
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JPEG_QUALITY = 92
 @dataclass(frozen=True)
@@ -93,8 +116,10 @@ class SyntheticPlan:
 
 
 def _check_params(num_ids: int, num_cams: int, height: int, width: int, images_per_cam: int,
-                  num_distractors: int, num_junk: int) -> None:
+                  num_distractors: int, num_junk: int, style: str) -> None:
     problems = []
+    if style not in STYLES:
+        problems.append(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if not 2 <= num_ids <= 9999:
         problems.append(f"num_ids must be 2..9999 (4-digit Market ids), got {num_ids}")
     if not 2 <= num_cams <= 9:
@@ -111,23 +136,31 @@ def _check_params(num_ids: int, num_cams: int, height: int, width: int, images_p
 
 def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height: int = 128, width: int = 64,
                    images_per_cam: int = 2, num_distractors: int | None = None,
-                   num_junk: int | None = None) -> SyntheticPlan:
-    """Identities, cameras and the list of images (names, splits, shots), deterministic per seed."""
+                   num_junk: int | None = None, style: str = "real") -> SyntheticPlan:
+    """Identities, cameras and the list of images (names, splits, shots), deterministic per seed and style."""
     n_test = num_ids - num_ids // 2
     num_distractors = max(1, n_test // 2) if num_distractors is None else num_distractors
     num_junk = max(1, n_test // 2) if num_junk is None else num_junk
-    _check_params(num_ids, num_cams, height, width, images_per_cam, num_distractors, num_junk)
+    _check_params(num_ids, num_cams, height, width, images_per_cam, num_distractors, num_junk, style)
     params = dict(num_ids=num_ids, num_cams=num_cams, seed=seed, height=height, width=width,
-                  images_per_cam=images_per_cam, num_distractors=num_distractors, num_junk=num_junk)
+                  images_per_cam=images_per_cam, num_distractors=num_distractors, num_junk=num_junk, style=style)
+    easy = style == "easy"
     rng = np.random.default_rng([seed, 0])
-    cameras = [sample_camera(np.random.default_rng([seed, 1, c]), height, width) for c in range(num_cams)]
-    pool = sample_pool(rng, max(2, math.ceil(num_ids / 3)))
+    camera = sample_camera if easy else sample_camera_real
+    cameras = [camera(np.random.default_rng([seed, 1, c]), height, width) for c in range(num_cams)]
+    pool = sample_pool(rng, max(2, math.ceil(num_ids / 3))) if easy else []
     pids = sorted(int(p) for p in rng.choice(np.arange(1, min(9999, max(1501, 2 * num_ids)) + 1), num_ids, replace=False))
     order = rng.permutation(num_ids)
     train_pids = sorted(pids[i] for i in order[: num_ids // 2])
     test_set = set(pids) - set(train_pids)
-    attributes = {p: dict(pool[i]) for ids in (train_pids, sorted(test_set)) for p, i in assign_pool(rng, ids, len(pool))}
-    looks = {p: sample_look_easy(attributes[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    if easy:
+        attributes = {p: dict(pool[i]) for ids in (train_pids, sorted(test_set)) for p, i in assign_pool(rng, ids, len(pool))}
+        looks = {p: sample_look_easy(attributes[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    else:  # each split on its own, so that a tiny test split also shows both values of every binary field
+        labels = {**written_labels_real(train_pids, seed, 0), **written_labels_real(sorted(test_set), seed, 1)}
+        attributes = {p: market_codes(labels[p]) for p in pids}
+        looks = {p: sample_look_real(labels[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    shot_of = sample_shot if easy else sample_shot_real
     images: list[SyntheticImage] = []
     used: set[str] = set()
 
@@ -137,7 +170,7 @@ def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height:
             box += 1
         used.add(name)
         k = len(images)
-        shot = sample_shot(cameras[cam - 1], np.random.default_rng([seed, 3, k]), kind)
+        shot = shot_of(cameras[cam - 1], np.random.default_rng([seed, 3, k]), kind)
         render_seed = int(np.random.SeedSequence([seed, 4, k]).generate_state(1)[0])
         images.append(SyntheticImage(split, name, pid, cam, look, shot, render_seed))
 
@@ -154,12 +187,19 @@ def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height:
     for i in range(num_distractors):
         cam, seq, frame = int(rng.integers(1, num_cams + 1)), int(rng.integers(1, 7)), int(rng.integers(50, 9000))
         person = i % 2 == 1  # half unknown passers-by, half false detections of background
-        stranger = sample_look_easy(sample_attributes_easy(rng), np.random.default_rng([seed, 5, i])) if person else None
+        stranger = _stranger(rng, np.random.default_rng([seed, 5, i]), easy) if person else None
         add("gallery", 0, cam, seq, frame, stranger, "person" if person else "background")
     for _ in range(num_junk):
         cam, seq, frame = int(rng.integers(1, num_cams + 1)), int(rng.integers(1, 7)), int(rng.integers(50, 9000))
         add("gallery", -1, cam, seq, frame, looks[test_pids[int(rng.integers(len(test_pids)))]], "fragment")
     return SyntheticPlan(params, attributes, looks, train_pids, test_pids, cameras, images)
+
+
+def _stranger(rng: np.random.Generator, own: np.random.Generator, easy: bool) -> Look:
+    """An unlabelled passer-by of the gallery (a distractor, pid 0)."""
+    if easy:
+        return sample_look_easy(sample_attributes_easy(rng), own)
+    return sample_look_real(sample_labels(own), own)
 
 
 def render_image(plan: SyntheticPlan, image: SyntheticImage) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -195,7 +235,8 @@ def _save_attribute_mat(path: Path, plan: SyntheticPlan) -> None:
     buf = io.BytesIO()
     scipy.io.savemat(buf, data, format="5", oned_as="row")
     raw = bytearray(buf.getvalue())
-    raw[:116] = f"MATLAB 5.0 MAT-file, sangal synthetic v{GENERATOR_VERSION}".encode().ljust(116, b" ")
+    version = STYLE_VERSIONS[plan.params["style"]]
+    raw[:116] = f"MATLAB 5.0 MAT-file, sangal synthetic v{version}".encode().ljust(116, b" ")
     path.write_bytes(bytes(raw))
 
 
@@ -208,8 +249,20 @@ def _manifest(plan: SyntheticPlan) -> dict:
         "gallery_images": count("gallery", lambda im: im.pid > 0),
         "distractors": count("gallery", lambda im: im.pid == 0), "junk": count("gallery", lambda im: im.pid == -1),
     }
-    return {"generator": "sangal.data.synthetic", "version": GENERATOR_VERSION, "params": plan.params,
+    return {"generator": "sangal.data.synthetic", "version": STYLE_VERSIONS[plan.params["style"]],
+            "style": plan.params["style"], "params": plan.params,
             "counts": counts, "layout": "market1501", "mask_keys": list(region_masks(np.zeros((1, 1), np.uint8)))}
+
+
+def synthetic_record(root: str | Path) -> dict:
+    """Generator, style, version and parameters of the synthetic dataset at ``root`` (its synthetic.json)."""
+    meta = Path(root) / "synthetic.json"
+    try:
+        manifest = json.loads(meta.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{meta}: not a readable synthetic dataset manifest ({err})") from err
+    params = manifest.get("params", {})
+    return {"style": manifest.get("style", "easy"), "version": manifest.get("version"), "params": params}
 
 
 def _existing(out: Path, manifest: dict) -> bool:
@@ -226,18 +279,20 @@ def _existing(out: Path, manifest: dict) -> bool:
         old = json.loads(meta.read_text())
     except (OSError, ValueError) as err:
         raise DatasetError(f"{meta}: unreadable ({err}); delete {out} to regenerate") from err
-    if old.get("version") == manifest["version"] and old.get("params") == manifest["params"]:
+    old_params = dict(old.get("params", {}))
+    if old.get("version") == 1:
+        old_params.setdefault("style", "easy")  # written before there were styles
+    if old.get("version") == manifest["version"] and old_params == manifest["params"]:
         return True
-    old_params = old.get("params", {})
     diff = ", ".join(f"{k}={old_params.get(k)!r} (wanted {v!r})" for k, v in manifest["params"].items()
-                     if old_params.get(k) != v) or f"generator version {old.get('version')} (now {GENERATOR_VERSION})"
+                     if old_params.get(k) != v) or f"generator version {old.get('version')} (now {manifest['version']})"
     raise DatasetError(f"{out}: already holds a synthetic dataset generated with different parameters: {diff}; "
                        "delete it or choose another output folder")
 
 
 def generate_synthetic(out: str | Path, num_ids: int = 100, num_cams: int = 6, seed: int = 0, height: int = 128,
                        width: int = 64, images_per_cam: int = 2, num_distractors: int | None = None,
-                       num_junk: int | None = None, progress: bool = False) -> Path:
+                       num_junk: int | None = None, progress: bool = False, style: str = "real") -> Path:
     """Write the synthetic dataset to ``out`` (Market-1501 layout, see module docstring) and return its path.
 
     Built in a temporary folder next to ``out`` and renamed into place at the end, so
@@ -248,7 +303,7 @@ def generate_synthetic(out: str | Path, num_ids: int = 100, num_cams: int = 6, s
     from tqdm import tqdm
 
     out = Path(out).expanduser()
-    plan = plan_synthetic(num_ids, num_cams, seed, height, width, images_per_cam, num_distractors, num_junk)
+    plan = plan_synthetic(num_ids, num_cams, seed, height, width, images_per_cam, num_distractors, num_junk, style)
     manifest = _manifest(plan)
     if _existing(out, manifest):
         logger.info("%s: synthetic dataset with these parameters already exists; reusing it", out)

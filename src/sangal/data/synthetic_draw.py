@@ -34,6 +34,9 @@ from sangal.data.synthetic_labels import (
     LOWER_DETAIL,
     NUM_LABELS,
     OCCLUDER,
+    PASSER_HEAD,
+    PASSER_LOWER,
+    PASSER_UPPER,
     SHOES,
     SKIN,
     STRAP,
@@ -66,6 +69,8 @@ class Look:
     head: float
     bag_side: int  # +1 person's right, -1 person's left
     handbag_side: int
+    carry_scale: float = 1.0  # size of backpack, bag and handbag (the real style's are often smaller)
+    hair_tied: bool = False  # long hair tied back: hidden from the front, a narrow tail from behind
 
 
 class _Pen:
@@ -212,18 +217,19 @@ def _draw_person(pen: _Pen, look: Look, view: str, stride: float) -> tuple[float
     right = -1.0 if view == "front" else 1.0  # front/back: image x sign of the person's right
     near_side = -face  # side views: walking right shows the person's left (-1)
     hair_len = b.shoulder_y + (0.12 if look.hair_long else 0.0)
-    sy, s = b.shoulder_y, b.shoulder
+    sy, s, k = b.shoulder_y, b.shoulder, look.carry_scale
 
-    if look.hair_long and view != "back":
+    if look.hair_long and view != "back" and not (look.hair_tied and view == "front"):
         pen.rect(-face * 0.25 * b.head_rx - b.head_rx * 1.05, b.head_ry, -face * 0.25 * b.head_rx + b.head_rx * 1.05,
                  hair_len, HAIR, r=0.02)
     if side:
         swing = 0.13 * stride * face
         if look.backpack:
-            pen.rect(-face * (s + 0.07), sy + 0.02, -face * (s - 0.03), sy + 0.27, BACKPACK, r=0.025)
+            pen.rect(-face * _span(s - 0.03, s + 0.07, k), sy + 0.02, -face * (s - 0.03), sy + _span(0.02, 0.27, k),
+                     BACKPACK, r=0.025)
         _draw_arm(pen, look, (0.0, sy + 0.02), (swing, 0.5))  # far arm
         if look.handbag and look.handbag_side != near_side:
-            _draw_handbag(pen, swing)
+            _draw_handbag(pen, swing, k)
         _draw_legs(pen, look, b, [(0.0, -0.11 * stride * face), (0.0, 0.11 * stride * face)], face)
     else:
         spread = 0.01 * stride
@@ -243,38 +249,47 @@ def _draw_person(pen: _Pen, look: Look, view: str, stride: float) -> tuple[float
         arm_x = -0.13 * stride * face
         if look.bag:
             pen.line((face * 0.02, sy), (-face * 0.04, 0.5), 0.014, STRAP)
-            pen.rect(-face * 0.11, 0.47, face * 0.01, 0.57, BAG, r=0.015)
+            pen.rect(-face * 0.11 * k, 0.47, face * 0.01, _span(0.47, 0.57, k), BAG, r=0.015)
         if look.backpack:
             pen.line((face * 0.03, sy), (-face * s, sy + 0.2), 0.02, STRAP)
         _draw_arm(pen, look, (0.0, sy + 0.02), (arm_x, 0.5))  # near arm
         if look.handbag and look.handbag_side == near_side:
-            _draw_handbag(pen, arm_x)
+            _draw_handbag(pen, arm_x, k)
     else:
         if look.backpack and view == "front":
             for sx in (-1, 1):
                 pen.line((sx * s * 0.55, sy - 0.005), (sx * s * 0.62, sy + 0.2), 0.022, STRAP)
         if look.backpack and view == "back":
-            pen.rect(-s * 0.78, sy + 0.015, s * 0.78, sy + 0.27, BACKPACK, r=0.03)
-            pen.rect(-s * 0.5, sy + 0.16, s * 0.5, sy + 0.25, BACKPACK_DETAIL, r=0.015)
+            pen.rect(-s * 0.78 * k, sy + 0.015, s * 0.78 * k, sy + _span(0.015, 0.27, k), BACKPACK, r=0.03)
+            pen.rect(-s * 0.5 * k, sy + _span(0.015, 0.16, k), s * 0.5 * k, sy + _span(0.015, 0.25, k),
+                     BACKPACK_DETAIL, r=0.015)
         if look.bag:
             bx = right * look.bag_side
             pen.line((-bx * s * 0.8, sy), (bx * b.hip, 0.5), 0.014, STRAP)
-            pen.rect(bx * (b.hip - 0.03), 0.47, bx * (b.hip + 0.075), 0.57, BAG, r=0.015)
+            pen.rect(bx * (b.hip - 0.03), 0.47, bx * _span(b.hip - 0.03, b.hip + 0.075, k), _span(0.47, 0.57, k),
+                     BAG, r=0.015)
         for sx in (-1, 1):
             _draw_arm(pen, look, (sx * (s - 0.022), sy + 0.025), (sx * (s + 0.012), 0.5))
         if look.handbag:
-            _draw_handbag(pen, right * look.handbag_side * (s + 0.012))
+            _draw_handbag(pen, right * look.handbag_side * (s + 0.012), k)
     if look.hair_long and view == "back":
-        pen.rect(-b.head_rx * 1.05, b.head_ry, b.head_rx * 1.05, hair_len, HAIR, r=0.02)
+        tail = b.head_rx * (0.4 if look.hair_tied else 1.05)
+        pen.rect(-tail, b.head_ry, tail, hair_len, HAIR, r=0.02)
     _draw_head(pen, look, b, view, face)
     return (face * 0.15 * b.head_rx if side else 0.0), b.head_rx * 1.3
 
 
-def _draw_handbag(pen: _Pen, x: float) -> None:
-    """A small bag with two handles hanging from the hand at ``x``."""
+def _draw_handbag(pen: _Pen, x: float, k: float) -> None:
+    """A small bag with two handles hanging from the hand at ``x``, ``k`` times the usual size."""
     pen.line((x - 0.022, 0.535), (x, 0.515), 0.01, HANDBAG)
     pen.line((x + 0.022, 0.535), (x, 0.515), 0.01, HANDBAG)
-    pen.poly([(x - 0.035, 0.535), (x + 0.035, 0.535), (x + 0.045, 0.6), (x - 0.045, 0.6)], HANDBAG)
+    bottom, w0, w1 = _span(0.535, 0.6, k), 0.035 * k, 0.045 * k
+    pen.poly([(x - w0, 0.535), (x + w0, 0.535), (x + w1, bottom), (x - w1, bottom)], HANDBAG)
+
+
+def _span(start: float, end: float, k: float) -> float:
+    """The end of [start, end] shrunk by ``k`` towards ``start``; exactly ``end`` at k = 1 (the easy style)."""
+    return end if k == 1.0 else start + (end - start) * k
 
 
 @functools.lru_cache(maxsize=8)
@@ -308,7 +323,7 @@ def _colour_person(img: np.ndarray, labels: np.ndarray, look: Look, view: str,
         lower = labels == LOWER
         fade = np.clip(1.0 - np.abs(rel_y - 0.64) / 0.1, 0, 1)[lower] * 0.16
         img[lower] = img[lower] * (1 - fade[:, None]) + 230.0 * fade[:, None]
-    body = (labels != BG) & (labels != OCCLUDER)
+    body = (labels != BG) & (labels != OCCLUDER) & (labels < PASSER_UPPER)
     shade = 1.0 - 0.55 * np.clip(rel_x / 0.17, -1, 1) ** 2 * 0.35 + 0.04 * np.clip(rel_x / 0.17, -1, 1)
     img[body] *= shade[body][:, None]
     hair = labels == HAIR
@@ -325,10 +340,13 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
     y0 = shot.feet * height - u
     cx = shot.cx * width
     head = (0.0, 0.0)
+    behind = shot.occluder is not None and shot.occluder[0] == "passer_behind"
+    if behind:
+        draw_occluder(ImageDraw.Draw(canvas), shot, height, width, 0.0, 0.0, 0.0)
     if look is not None and shot.kind != "background":
         pen = _Pen(ImageDraw.Draw(canvas), cx, y0, u)
         head = _draw_person(pen, look, shot.view, shot.stride)
-    if shot.occluder is not None:
+    if shot.occluder is not None and not behind:
         draw_occluder(ImageDraw.Draw(canvas), shot, height, width, cx + head[0] * u, head[1] * u, y0 + 0.62 * u)
     labels = np.asarray(canvas).copy()
 
@@ -342,6 +360,8 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
             lut[lab] = c[key]
         lut[FACE] = np.asarray(c["skin"], np.float32) * 0.35
     lut[OCCLUDER] = shot.occluder_colour
+    for lab, rgb in zip((PASSER_UPPER, PASSER_LOWER, PASSER_HEAD), shot.passer_colours):
+        lut[lab] = rgb
     img = np.take(lut, labels, axis=0)
     if pen is not None:
         _colour_person(img, labels, look, shot.view, cx, y0, u, rng)

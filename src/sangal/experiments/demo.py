@@ -64,12 +64,16 @@ def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | t
 
 
 def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
-             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS) -> dict:
-    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path."""
-    from sangal.data.synthetic import generate_synthetic
+             plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS, data: str = "real") -> dict:
+    """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path.
+
+    `data` is the synthetic generator's style (`generate_synthetic`): "real" or "easy"; each data folder's
+    synthetic.json records it."""
+    from sangal.data.synthetic import generate_synthetic, synthetic_record
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
+    from sangal.store.files import write_json_atomic
 
     t0 = time.time()
     out = Path(out)
@@ -79,18 +83,21 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     if budget_minutes is not None and not quick:
         scale = max(0.2, budget_minutes / 10.0)
         plan = replace(plan, epochs=max(2, round(plan.epochs * scale)))
-    log.info("demo plan: %s", plan)
+    log.info("demo plan: %s, %s synthetic data", plan, data)
     data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0,
                                    height=plan.height, width=plan.width, images_per_cam=plan.images_per_cam,
-                                   progress=True)
+                                   progress=True, style=data)
     extra = []
     if plan.attr_extra_ids:
         attr_root = generate_synthetic(out / "data_attr", num_ids=plan.attr_extra_ids, num_cams=plan.cams, seed=1,
-                                       height=plan.height, width=plan.width, images_per_cam=2, progress=True)
+                                       height=plan.height, width=plan.width, images_per_cam=2, progress=True,
+                                       style=data)
         extra = [f"attr_train.extra_roots=[{attr_root}]"]
     timings = {"data": time.time() - t0}
     cfg = demo_config(out, plan, data_root, extra)
     doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES)
+    doc["data"] = synthetic_record(data_root)  # which generator style and version drew the data
+    write_json_atomic(out / "study.json", doc)
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()
