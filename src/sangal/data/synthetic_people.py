@@ -193,8 +193,8 @@ def _shade_real(rgb: tuple[int, int, int], rng: np.random.Generator, achromatic:
         lo, hi = {"black": (0.04, 0.3), "white": (0.72, 0.97), "gray": (0.28, 0.7)}[achromatic]
         h, s, v = rng.uniform(0, 1), rng.uniform(0, 0.14), rng.uniform(lo, hi)
     else:
-        h = (h + rng.uniform(-0.05, 0.05)) % 1.0
-        s, v = min(1.0, s * rng.uniform(0.5, 1.1)), min(1.0, v * rng.uniform(0.55, 1.15))
+        h = (h + rng.uniform(-0.07, 0.07)) % 1.0  # washed-out, dark and off-hue garments of a colour name
+        s, v = min(1.0, s * rng.uniform(0.4, 1.1)), min(1.0, v * rng.uniform(0.5, 1.15))
     return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
 
 

@@ -40,6 +40,7 @@ class Shot:
     bg_offset: tuple[float, float]  # where the image is cut from the camera's scene, in [0, 1]
     resolution: float = 1.0  # the detection's native size as a fraction of the image size (real style < 1)
     passer_colours: tuple[tuple[int, int, int], ...] = ()  # a passer-by's upper, lower, head colours
+    cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-image white balance on top of the camera's
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def sample_shot_real(cam: CameraStyle, rng: np.random.Generator, kind: str) -> S
     return Shot(kind=kind, view=view, height=height, cx=cx, feet=feet, stride=float(rng.uniform(-1, 1)),
                 brightness=float(rng.uniform(0.8, 1.15)), occluder=occluder,  # type: ignore[arg-type]
                 occluder_colour=cam.occluder_colour, bg_offset=(float(rng.random()), float(rng.random())),
-                resolution=float(rng.uniform(*cam.resolution)), passer_colours=colours)  # type: ignore[arg-type]
+                resolution=float(rng.uniform(*cam.resolution)), passer_colours=colours,  # type: ignore[arg-type]
+                cast=tuple(float(c) for c in 1.0 + np.clip(rng.normal(0, 0.06, size=3), -0.12, 0.12)))  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=4)
@@ -255,9 +257,10 @@ def draw_occluder(draw: ImageDraw.ImageDraw, shot: Shot, height: int, width: int
 
 
 def _photograph_small(img: np.ndarray, cam: CameraStyle, shot: Shot, rng: np.random.Generator) -> np.ndarray:
-    """The real style's camera: flat contrast, then the detection at its native size with sensor noise there,
-    blurred and scaled up to the image size (hats and shoes end up a few pixels)."""
+    """The real style's camera: this picture's white balance, flat contrast, then the detection at its native
+    size with sensor noise there, blurred and scaled up to the image size (hats and shoes end up a few pixels)."""
     height, width = img.shape[:2]
+    img = img * np.asarray(shot.cast, np.float32)
     img = img * np.float32(cam.contrast) + np.float32(1.0 - cam.contrast) * img.mean(axis=(0, 1))
     small = (max(8, round(width * shot.resolution)), max(16, round(height * shot.resolution)))
     low = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize(small, Image.BOX), np.float32)
