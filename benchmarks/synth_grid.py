@@ -1,7 +1,9 @@
 """Draw a grid of synthetic identities across cameras (docs/synthetic_grid.png).
 
-Rows are identities in pairs that share the same coarse attributes (label: pid
-and attributes), so the grid shows that only details tell them apart; columns
+Rows are identities in pairs that share the same coarse attributes where the style
+has such pairs (label: pid and attributes), so the grid shows that only details
+tell them apart (``--style easy``; the real style rarely repeats a combination and
+fills the rows with other identities); columns
 are their images as written to disk (JPEG), one per camera first, with camera
 and view (f/b/l/r) in the corner; the last column paints the region masks of the
 row's first image over it (hat red, hair brown, upper green, lower blue,
@@ -27,8 +29,8 @@ MASK_COLOURS = {"hat": (255, 0, 0), "hair": (120, 60, 0), "upper": (0, 200, 0), 
 
 def describe(a: dict[str, int]) -> list[str]:
     """Two short lines of coarse attributes for a row label."""
-    up = next(c for c in UPPER_COLOURS if a["up" + c] == 2)
-    down = next(c for c in LOWER_COLOURS if a["down" + c] == 2)
+    up = next((c for c in UPPER_COLOURS if a["up" + c] == 2), "other")
+    down = next((c for c in LOWER_COLOURS if a["down" + c] == 2), "other")
     lower = {(1, 1): "long dress", (1, 2): "short dress", (2, 1): "trousers", (2, 2): "shorts"}[(a["clothes"], a["down"])]
     extras = [n for n in ("hat", "backpack", "bag", "handbag") if a[n] == 2]
     return [f"{'F' if a['gender'] == 2 else 'M'} age{a['age']} {'long' if a['hair'] == 2 else 'short'} hair",
@@ -49,7 +51,9 @@ def pick_pairs(plan, by_pid: dict[int, list], rows: int) -> list[int]:
         chosen.append(best)
         pairs.remove(best)
         covered |= set(plan.attributes[best[0]].items())
-    return [p for g in chosen for p in g][:rows]
+    picked = [p for g in chosen for p in g]
+    rest = [p for g in groups.values() for p in g if p not in picked]  # the real style rarely repeats a combination
+    return (picked + rest)[:rows]
 
 
 def spread(ims: list, cols: int) -> list:
@@ -68,8 +72,9 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=8, help="images per identity")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=1, help="pixel upscaling of each 128x64 image")
+    parser.add_argument("--style", choices=("real", "easy"), default="real", help="generator style")
     args = parser.parse_args()
-    params = dict(num_ids=40, num_cams=6, seed=args.seed, height=128, width=64)
+    params = dict(num_ids=40, num_cams=6, seed=args.seed, height=128, width=64, style=args.style)
     plan = plan_synthetic(**params)
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_synthetic(Path(tmp) / "synthetic", **params)

@@ -1,7 +1,13 @@
-"""Synthetic pedestrians: Market layout, determinism, attribute .mat, masks that match the pixels."""
+"""Synthetic pedestrians: Market layout, determinism, attribute .mat, masks that match the pixels, both styles.
+
+The pixel-exact checks (masks against drawn colours, hat and backpack masks against labels) run on the
+``easy`` style, where every label is drawn as written; the ``real`` style shows some labels otherwise
+on purpose (tests/data/test_synthetic_people.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,13 +25,21 @@ from sangal.data.synthetic import (
     UPPER_COLOURS,
     generate_synthetic,
     plan_synthetic,
+    render_image,
+    synthetic_record,
 )
 from sangal.errors import DatasetError
 
 NAME = re.compile(r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 REAL_MAT = Path("/work/shared/data/attributes/market_attribute.mat")
 MASK_KEYS = {"hat", "hair", "upper", "lower", "backpack", "bag", "handbag", "shoes"}
-PARAMS = dict(num_ids=12, num_cams=3, seed=0, height=128, width=64)
+PARAMS = dict(num_ids=12, num_cams=3, seed=0, height=128, width=64, style="easy")
+REAL = dict(PARAMS, style="real")
+#: Generator v1 (today's ``easy``) before the real style existed: sha256 prefixes of the plan (attributes
+#: and file names) and of every ~12th image's pixels and masks (Pillow 13.0.0, NumPy 2.4.6; another
+#: Pillow may rasterise or blur differently, which this test would then report).
+V1_FINGERPRINTS = [(dict(num_ids=12, num_cams=3, seed=0), "87016ec7e49f6800", "b8a731427118c967", 70),
+                   (dict(num_ids=20, num_cams=6, seed=1, height=64, width=32), "a1e3c611c707ae98", "c1e3cde2c2dd6006", 170)]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +50,35 @@ def synth(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def plan():
     return plan_synthetic(**PARAMS)
+
+
+@pytest.fixture(scope="module")
+def real_synth(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("synth") / "r", **REAL)
+
+
+@pytest.fixture(scope="module")
+def real_plan():
+    return plan_synthetic(**REAL)
+
+
+def _fingerprint(plan) -> tuple[str, str, int]:
+    head = hashlib.sha256()
+    head.update(json.dumps({str(p): a for p, a in sorted(plan.attributes.items())}, sort_keys=True).encode())
+    head.update(json.dumps([im.name for im in plan.images]).encode())
+    pixels = hashlib.sha256()
+    for im in plan.images[:: max(1, len(plan.images) // 12)]:
+        rgb, masks = render_image(plan, im)
+        pixels.update(rgb.tobytes())
+        for key in sorted(masks):
+            pixels.update(masks[key].tobytes())
+    return head.hexdigest()[:16], pixels.hexdigest()[:16], len(plan.images)
+
+
+@pytest.mark.parametrize("params, plan_hash, pixel_hash, images", V1_FINGERPRINTS)
+def test_easy_is_generator_v1_bit_for_bit(params: dict, plan_hash: str, pixel_hash: str, images: int) -> None:
+    assert _fingerprint(plan_synthetic(**params, style="easy")) == (plan_hash, pixel_hash, images)
+    assert _fingerprint(plan_synthetic(**params))[0] != plan_hash, "the default is the real style"
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -51,8 +94,9 @@ def _masks(root: Path, im) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def test_same_seed_gives_identical_bytes_other_seed_differs(synth: Path, tmp_path: Path) -> None:
-    params = dict(PARAMS, num_ids=4, height=64, width=32)
+@pytest.mark.parametrize("style", ["easy", "real"])
+def test_same_seed_gives_identical_bytes_other_seed_differs(tmp_path: Path, style: str) -> None:
+    params = dict(PARAMS, num_ids=4, height=64, width=32, style=style)
     a = _files(generate_synthetic(tmp_path / "a", **params))
     b = _files(generate_synthetic(tmp_path / "b", **params))
     c = _files(generate_synthetic(tmp_path / "c", **dict(params, seed=1)))
@@ -61,7 +105,12 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(synth: Path, tmp_pat
     assert not list(tmp_path.glob(".*tmp*")), "temporary build folders must be renamed or removed"
 
 
-def test_market_layout_and_protocol(synth: Path, plan) -> None:
+STYLES = [("synth", "plan"), ("real_synth", "real_plan")]
+
+
+@pytest.mark.parametrize("fixtures", STYLES, ids=["easy", "real"])
+def test_market_layout_and_protocol(request, fixtures: tuple[str, str]) -> None:
+    synth = request.getfixturevalue(fixtures[0])
     names = {split: sorted(p.name for p in (synth / folder).iterdir()) for split, folder in SPLIT_DIRS.items()}
     parsed = {split: [NAME.match(n) for n in ns] for split, ns in names.items()}
     for split, matches in parsed.items():
@@ -83,7 +132,10 @@ def test_market_layout_and_protocol(synth: Path, plan) -> None:
     assert all(p > 0 for p in pids["train"] + pids["query"])
     assert any(n.startswith("-1_c") for n in names["gallery"]) and any(n.startswith("0000_c") for n in names["gallery"])
     meta = json.loads((synth / "synthetic.json").read_text())
-    assert meta["params"]["num_ids"] == PARAMS["num_ids"] and meta["version"] >= 1
+    assert meta["params"]["num_ids"] == PARAMS["num_ids"]
+    style = "easy" if fixtures[0] == "synth" else "real"
+    assert meta["style"] == meta["params"]["style"] == style and meta["version"] == {"easy": 1, "real": 2}[style]
+    assert synthetic_record(synth) == {"style": style, "version": meta["version"], "params": meta["params"]}
     assert meta["counts"]["train_images"] == len(names["train"]) and meta["counts"]["query_images"] == len(names["query"])
     assert meta["counts"]["junk"] + meta["counts"]["distractors"] + meta["counts"]["gallery_images"] == len(names["gallery"])
     # one mask file per image, right keys, shapes and dtype
@@ -97,7 +149,9 @@ def test_market_layout_and_protocol(synth: Path, plan) -> None:
         assert im.format == "JPEG" and im.size == (PARAMS["width"], PARAMS["height"]) and im.mode == "RGB"
 
 
-def test_attribute_mat_has_the_real_structure(synth: Path, plan) -> None:
+@pytest.mark.parametrize("fixtures", STYLES, ids=["easy", "real"])
+def test_attribute_mat_has_the_real_structure(request, fixtures: tuple[str, str]) -> None:
+    synth, plan = (request.getfixturevalue(f) for f in fixtures)
     mine = scipy.io.loadmat(synth / "market_attribute.mat")["market_attribute"]
     assert mine.shape == (1, 1) and set(mine.dtype.names) == {"train", "test"}
     real = scipy.io.loadmat(REAL_MAT)["market_attribute"] if REAL_MAT.exists() else None
@@ -119,7 +173,14 @@ def test_attribute_mat_has_the_real_structure(synth: Path, plan) -> None:
             assert list(v[0]) == [plan.attributes[p][field] for p in pids]
         ups = np.stack([s["up" + c][0, 0][0] for c in UPPER_COLOURS])
         downs = np.stack([s["down" + c][0, 0][0] for c in LOWER_COLOURS])
-        assert ((ups == 2).sum(0) == 1).all() and ((downs == 2).sum(0) == 1).all()
+        if plan.params["style"] == "easy":
+            assert ((ups == 2).sum(0) == 1).all() and ((downs == 2).sum(0) == 1).all()
+        else:  # as in the real files: one colour or none marked (a shade off Market's list), never two
+            assert ((ups == 2).sum(0) <= 1).all() and ((downs == 2).sum(0) <= 1).all()
+            carried = sum((s[f][0, 0][0] == 2).astype(int) for f in ("backpack", "bag", "handbag"))
+            assert carried.max() <= 1
+    header = (synth / "market_attribute.mat").read_bytes()[:64]
+    assert f"sangal synthetic v{ {'easy': 1, 'real': 2}[plan.params['style']] }".encode() in header
 
 
 def test_hat_mask_exactly_for_hat_ids(synth: Path, plan) -> None:
@@ -206,3 +267,37 @@ def test_round_trip_through_the_dataset_and_attribute_readers(synth: Path, plan)
         for pid in pids:
             want = [plan.attributes[pid][name] - 1 for name in schema.names]
             assert list(table.lookup(split, pid)) == want
+
+
+def test_style_is_checked_and_old_easy_datasets_are_reused(synth: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="style must be one of real, easy"):
+        generate_synthetic(tmp_path / "x", num_ids=4, style="hard")
+    # a dataset written before styles existed (version 1, no style) is the easy one
+    old = tmp_path / "old"
+    generate_synthetic(old, **dict(PARAMS, num_ids=4, height=64, width=32))
+    meta = json.loads((old / "synthetic.json").read_text())
+    del meta["style"], meta["params"]["style"]
+    (old / "synthetic.json").write_text(json.dumps(meta))
+    stamp = (old / "synthetic.json").stat().st_mtime_ns
+    assert generate_synthetic(old, **dict(PARAMS, num_ids=4, height=64, width=32)) == old
+    assert (old / "synthetic.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DatasetError, match="style='easy' \\(wanted 'real'\\)"):
+        generate_synthetic(old, **dict(PARAMS, num_ids=4, height=64, width=32, style="real"))
+
+
+def test_real_style_masks_follow_what_the_pictures_show(real_synth: Path, real_plan) -> None:
+    """Masks come from the drawn look (hat, backpack), which differs from the written label only where the
+    style makes the annotator disagree; cropped heads can hide a hat, never invent one."""
+    shown_hat = {p for p, look in real_plan.looks.items() if look.hat is not None}
+    seen = []
+    for im in _person_images(real_plan):
+        masks = _masks(real_synth, im)
+        if masks["hat"].any():
+            assert im.pid in shown_hat, f"{im.name}: a hat mask on an identity drawn without a hat"
+        if im.pid in shown_hat:
+            seen.append(masks["hat"].any())
+        if not real_plan.looks[im.pid].backpack or im.shot.view == "front":
+            assert not masks["backpack"].any(), im.name
+    assert not shown_hat or np.mean(seen) > 0.6
+    images = [np.asarray(Image.open(real_synth / SPLIT_DIRS[im.split] / im.name)) for im in _person_images(real_plan)]
+    assert len({im.shape for im in images}) == 1 and images[0].shape == (PARAMS["height"], PARAMS["width"], 3)

@@ -19,13 +19,15 @@ def add_demo(sub) -> None:
                    help="paired training seeds per variant (default: the plan's, 3; mean ± std and paired 95%% CIs)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (about a minute)")
     p.add_argument("--budget", type=float, default=None, help="target wall time in minutes (scales epochs)")
+    p.add_argument("--data", choices=("real", "easy"), default="real",
+                   help="synthetic style: real (attributes as hard as on real crops, default) or easy (generator v1)")
     p.set_defaults(func=demo)
 
 
 def demo(args) -> int:
     from sangal.experiments.demo import run_demo
 
-    run_demo(Path(args.out), seeds=args.seeds, quick=args.quick, budget_minutes=args.budget)
+    run_demo(Path(args.out), seeds=args.seeds, quick=args.quick, budget_minutes=args.budget, data=args.data)
     return 0
 
 
@@ -38,6 +40,8 @@ def add_synth(sub) -> None:
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--images-per-cam", type=int, default=2)
+    p.add_argument("--style", choices=("real", "easy"), default="real",
+                   help="real: label statistics of the real files, ambiguous rendering (default); easy: generator v1")
     p.set_defaults(func=synth)
 
 
@@ -46,7 +50,7 @@ def synth(args) -> int:
     from sangal.data.synthetic import generate_synthetic
 
     root = generate_synthetic(args.out, num_ids=args.ids, num_cams=args.cams, seed=args.seed, height=args.height,
-                              width=args.width, images_per_cam=args.images_per_cam, progress=True)
+                              width=args.width, images_per_cam=args.images_per_cam, progress=True, style=args.style)
     print(load_dataset("synthetic", root).summary())
     return 0
 

@@ -4,16 +4,26 @@ What it is for: the demo, the tests and the heat-map localisation score need a
 Re-ID dataset that is small, free to redistribute, learnable but not trivial,
 and whose attributes are *visually grounded* with known pixel regions.
 
-How the task is made non-trivial: every identity is a coarse Market attribute
-combination (gender, hair, sleeves, lower garment, hat, bags, age, colours)
-drawn from a small pool, so many identities share it, plus identity-specific
-fine details (exact shades, stripes / grid / logo / yoke patterns, trouser
-stripes and cuffs, shoe, hair and skin colours, build, bag side). Each camera
-has its own background scene, illumination gain and colour cast, scale range,
-viewpoint mix, blur, noise and occlusion rate; per image the scale, position,
-viewpoint (front / back / side: a backpack is seen from behind or the side, only
-its straps from the front), walking phase and occluder (a pole or a box, never
-over the head) vary.
+Two styles (``style=``), one layout:
+
+* ``real`` (default, generator v2): attributes as hard as on real crops. Labels follow the real
+  label statistics (``synthetic_stats``: Lin et al.'s Market class ratios, so rare colours are as
+  rare as there, and the main co-occurrences); each identity is drawn on its own. Pictures make
+  attributes ambiguous (``synthetic_people``, ``synthetic_scene``): wide colour shades and colours
+  off Market's lists, small and mostly dark bags, dark hats on dark hair, tied-back hair, dim or
+  tinted light with flat contrast, small blurry detections scaled up (hats and shoes a few pixels),
+  feet, head top or a side cut by the box, passers-by in front or behind, and a few percent of
+  labels that the pictures contradict (annotator disagreement, ``DISAGREEMENT``).
+* ``easy`` (generator v1, bit for bit): every identity is a coarse Market attribute combination
+  drawn from a small pool with flat class ratios, so many identities share it, shown exactly as
+  labelled, under milder cameras.
+
+In both, identities also differ in fine details (exact shades, stripes / grid / logo / yoke
+patterns, trouser stripes and cuffs, shoe, hair and skin colours, build, bag side). Each camera
+has its own background scene, illumination gain and colour cast, scale range, viewpoint mix,
+blur, noise and occlusion rate; per image the scale, position, viewpoint (front / back / side: a
+backpack is seen from behind or the side, only its straps from the front), walking phase and
+occluder (never over the head in ``easy``) vary.
 
 Output (``generate_synthetic``), exactly as Market-1501 plus three extras::
 
@@ -24,7 +34,7 @@ Output (``generate_synthetic``), exactly as Market-1501 plus three extras::
       market_attribute.mat Lin et al. structure: market_attribute.{train,test}.<field> uint8 1xN
       masks/<split folder>/<image stem>.npz   bool (H, W) arrays: hat hair upper lower
                                               backpack bag handbag shoes (visible pixels)
-      synthetic.json       generator version, parameters, counts
+      synthetic.json       generator style and version, parameters, counts
 
 Everything is deterministic per seed, byte for byte (fixed JPEG quality, no
 timestamps in the .mat header or the .npz zip entries).
@@ -32,7 +42,6 @@ timestamps in the .mat header or the .npz zip entries).
 
 from __future__ import annotations
 
-import colorsys
 import io
 import json
 import logging
@@ -49,36 +58,37 @@ import scipy.io
 from PIL import Image
 
 from sangal.data.synthetic_draw import Look, render
+from sangal.data.synthetic_people import (  # noqa: F401 (the palettes are part of this module's interface)
+    ATTRIBUTE_FIELDS,
+    LOWER_COLOURS,
+    UPPER_COLOURS,
+    assign_pool,
+    sample_attributes_easy,
+    sample_look_easy,
+    sample_look_real,
+    sample_pool,
+    written_labels_real,
+)
 from sangal.data.synthetic_labels import region_masks
-from sangal.data.synthetic_scene import CameraStyle, Shot, sample_camera, sample_shot
+from sangal.data.synthetic_scene import (
+    CameraStyle,
+    Shot,
+    sample_camera,
+    sample_camera_real,
+    sample_shot,
+    sample_shot_real,
+)
+from sangal.data.synthetic_stats import market_codes, sample_labels
 from sangal.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+#: Generator version per style: ``easy`` is version 1 bit for bit, ``real`` (the default) version 2.
+STYLE_VERSIONS = {"real": 2, "easy": 1}
+STYLES = tuple(STYLE_VERSIONS)
+GENERATOR_VERSION = max(STYLE_VERSIONS.values())
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JPEG_QUALITY = 92
-UPPER_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (30, 30, 34), "white": (232, 232, 226), "red": (192, 34, 40), "purple": (112, 54, 150),
-    "yellow": (230, 196, 44), "gray": (128, 128, 132), "blue": (42, 74, 172), "green": (44, 132, 66),
-}
-LOWER_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (32, 32, 36), "white": (228, 228, 222), "pink": (228, 138, 170), "purple": (104, 56, 132),
-    "yellow": (222, 190, 60), "gray": (120, 120, 124), "blue": (48, 72, 138), "green": (58, 108, 62),
-    "brown": (110, 76, 48),
-}
-BINARY_FIELDS = ("gender", "hair", "up", "down", "clothes", "hat", "backpack", "bag", "handbag")
-ATTRIBUTE_FIELDS = (*BINARY_FIELDS, "age", *("up" + c for c in UPPER_COLOURS), *("down" + c for c in LOWER_COLOURS))
-_UPPER_P = (0.2, 0.2, 0.1, 0.05, 0.05, 0.15, 0.15, 0.1)
-_LOWER_P = (0.3, 0.08, 0.04, 0.03, 0.03, 0.15, 0.25, 0.04, 0.08)
-_SKIN = ((238, 200, 170), (224, 178, 140), (198, 148, 110), (160, 110, 78), (112, 76, 52))
-_HAIR = ((24, 20, 18), (52, 36, 26), (92, 62, 38), (140, 96, 54), (196, 164, 104))
-_GREY_HAIR = ((150, 150, 148), (206, 204, 198))
-_ACCENTS = ((240, 240, 236), (24, 24, 28), (200, 40, 40), (30, 50, 110), (235, 200, 60), (140, 140, 140),
-            (60, 150, 80), (230, 120, 40), (120, 170, 220))
-_SHOES = ((25, 25, 28), (235, 235, 235), (96, 60, 36), (110, 110, 115), (170, 40, 40))
-
-
 @dataclass(frozen=True)
 class SyntheticImage:
     """One planned image: where it goes, what it shows and how it is shot."""
@@ -105,107 +115,11 @@ class SyntheticPlan:
     images: list[SyntheticImage]
 
 
-def _shade(rgb: tuple[int, int, int], rng: np.random.Generator, achromatic: str | None) -> tuple[int, int, int]:
-    """An identity-specific shade that still reads as the same named colour."""
-    h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))
-    if achromatic is not None:
-        lo, hi = {"black": (0.08, 0.2), "white": (0.84, 0.96), "gray": (0.4, 0.6)}[achromatic]
-        h, s, v = rng.uniform(0, 1), rng.uniform(0, 0.07), rng.uniform(lo, hi)
-    else:
-        h = (h + rng.uniform(-0.025, 0.025)) % 1.0
-        s, v = min(1.0, s * rng.uniform(0.75, 1.08)), min(1.0, v * rng.uniform(0.8, 1.1))
-    return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(h, s, v))  # type: ignore[return-value]
-
-
-def _accent(rng: np.random.Generator, base: tuple[int, int, int], min_dist: float = 110.0) -> tuple[int, int, int]:
-    """A pattern colour clearly different from ``base``."""
-    far = [c for c in _ACCENTS if math.dist(c, base) > min_dist]
-    return far[int(rng.integers(len(far)))]
-
-
-def _sample_attributes(rng: np.random.Generator) -> dict[str, int]:
-    """One coarse Market attribute combination (1 = no / first class, 2 = yes / second class)."""
-    yes = lambda p: 2 if rng.random() < p else 1  # noqa: E731
-    female = rng.random() < 0.45
-    a = {"gender": 2 if female else 1, "hair": yes(0.8 if female else 0.08), "up": yes(0.55)}
-    a["clothes"] = 1 if female and rng.random() < 0.3 else 2
-    a["down"] = yes(0.5 if a["clothes"] == 1 else 0.28)
-    a.update(hat=yes(0.2), backpack=yes(0.3), bag=yes(0.25), handbag=yes(0.15))
-    a["age"] = int(rng.choice(4, p=(0.06, 0.2, 0.64, 0.1))) + 1
-    up = int(rng.choice(len(UPPER_COLOURS), p=_UPPER_P))
-    down = int(rng.choice(len(LOWER_COLOURS), p=_LOWER_P))
-    a.update({"up" + c: 2 if i == up else 1 for i, c in enumerate(UPPER_COLOURS)})
-    a.update({"down" + c: 2 if i == down else 1 for i, c in enumerate(LOWER_COLOURS)})
-    return a
-
-
-def _sample_pool(rng: np.random.Generator, size: int) -> list[dict[str, int]]:
-    """``size`` coarse combinations in which every binary attribute takes both values.
-
-    Without this a small dataset (tests, demo) easily has no hat or no backpack at
-    all, and those attributes could be neither learnt nor localised.
-    """
-    pool = [_sample_attributes(rng) for _ in range(size)]
-    for name in BINARY_FIELDS:
-        if len({a[name] for a in pool}) > 1:
-            continue
-        if name == "clothes":  # the dress goes to a woman's combination
-            a = next((a for a in pool if a["gender"] == 2), pool[0])
-            a["gender"] = 2
-        else:
-            a = pool[int(rng.integers(size))]
-        a[name] = 3 - a[name]
-        if name == "gender" and a["gender"] == 1:
-            a["clothes"] = 2
-    return pool
-
-
-def _assign(rng: np.random.Generator, pids: list[int], size: int) -> list[tuple[int, int]]:
-    """Pool index per pid: every combination once (as far as the ids go), the rest at random.
-
-    Done separately for train and test ids, so test ids share their coarse
-    attributes with train ids, as in real data, and only details tell them apart.
-    """
-    order = list(rng.permutation(size)) + [int(i) for i in rng.integers(size, size=max(0, len(pids) - size))]
-    return [(p, int(i)) for p, i in zip(rng.permutation(pids), order)]
-
-
-def _sample_look(a: dict[str, int], rng: np.random.Generator) -> Look:
-    """Fine, identity-specific details on top of a coarse attribute combination."""
-    up_name = next(c for c in UPPER_COLOURS if a["up" + c] == 2)
-    down_name = next(c for c in LOWER_COLOURS if a["down" + c] == 2)
-    grey = lambda n: n if n in ("black", "white", "gray") else None  # noqa: E731
-    upper = _shade(UPPER_COLOURS[up_name], rng, grey(up_name))
-    lower = _shade(LOWER_COLOURS[down_name], rng, grey(down_name))
-    kind = {(1, 1): "skirt_long", (1, 2): "skirt_short", (2, 1): "pants", (2, 2): "shorts"}[(a["clothes"], a["down"])]
-    hat = _shade(_ACCENTS[int(rng.integers(len(_ACCENTS)))], rng, None)
-    backpack = _shade(_ACCENTS[int(rng.integers(len(_ACCENTS)))], rng, None)
-    bag = _shade(_ACCENTS[int(rng.integers(len(_ACCENTS)))], rng, None)
-    colours = {
-        "skin": _SKIN[int(rng.integers(len(_SKIN)))],
-        "hair": (_GREY_HAIR if a["age"] == 4 else _HAIR)[int(rng.integers(2 if a["age"] == 4 else len(_HAIR)))],
-        "upper": upper, "upper2": _accent(rng, upper), "lower": lower, "lower2": _accent(rng, lower, 90.0),
-        "shoes": _SHOES[int(rng.integers(len(_SHOES)))], "hat": hat, "hat2": _accent(rng, hat, 60.0),
-        "backpack": backpack, "backpack2": tuple(int(c * 0.7) for c in backpack),
-        "bag": bag, "handbag": _shade(_ACCENTS[int(rng.integers(len(_ACCENTS)))], rng, None),
-        "strap": tuple(int(c * 0.7) for c in (backpack if a["backpack"] == 2 else bag)),
-    }
-    pattern = str(rng.choice(("plain", "hstripes", "vstripes", "grid", "logo", "yoke", "placket"),
-                             p=(0.3, 0.16, 0.1, 0.1, 0.14, 0.1, 0.1)))
-    lower_detail = str(rng.choice(("plain", "stripe", "cuffs", "belt", "faded"), p=(0.4, 0.15, 0.15, 0.15, 0.15)))
-    return Look(
-        female=a["gender"] == 2, age=a["age"], hair_long=a["hair"] == 2, sleeves_long=a["up"] == 1,
-        lower_kind=kind, hat=(("cap", "beanie")[int(rng.integers(2))] if a["hat"] == 2 else None),
-        backpack=a["backpack"] == 2, bag=a["bag"] == 2, handbag=a["handbag"] == 2, colours=colours,  # type: ignore[arg-type]
-        upper_pattern=pattern, pattern_period=float(rng.uniform(0.05, 0.085)), lower_detail=lower_detail,
-        shoulder=float(rng.uniform(0.9, 1.1)), head=float(rng.uniform(0.94, 1.06)),
-        bag_side=int(rng.choice((-1, 1))), handbag_side=int(rng.choice((-1, 1))),
-    )
-
-
 def _check_params(num_ids: int, num_cams: int, height: int, width: int, images_per_cam: int,
-                  num_distractors: int, num_junk: int) -> None:
+                  num_distractors: int, num_junk: int, style: str) -> None:
     problems = []
+    if style not in STYLES:
+        problems.append(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     if not 2 <= num_ids <= 9999:
         problems.append(f"num_ids must be 2..9999 (4-digit Market ids), got {num_ids}")
     if not 2 <= num_cams <= 9:
@@ -222,23 +136,31 @@ def _check_params(num_ids: int, num_cams: int, height: int, width: int, images_p
 
 def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height: int = 128, width: int = 64,
                    images_per_cam: int = 2, num_distractors: int | None = None,
-                   num_junk: int | None = None) -> SyntheticPlan:
-    """Identities, cameras and the list of images (names, splits, shots), deterministic per seed."""
+                   num_junk: int | None = None, style: str = "real") -> SyntheticPlan:
+    """Identities, cameras and the list of images (names, splits, shots), deterministic per seed and style."""
     n_test = num_ids - num_ids // 2
     num_distractors = max(1, n_test // 2) if num_distractors is None else num_distractors
     num_junk = max(1, n_test // 2) if num_junk is None else num_junk
-    _check_params(num_ids, num_cams, height, width, images_per_cam, num_distractors, num_junk)
+    _check_params(num_ids, num_cams, height, width, images_per_cam, num_distractors, num_junk, style)
     params = dict(num_ids=num_ids, num_cams=num_cams, seed=seed, height=height, width=width,
-                  images_per_cam=images_per_cam, num_distractors=num_distractors, num_junk=num_junk)
+                  images_per_cam=images_per_cam, num_distractors=num_distractors, num_junk=num_junk, style=style)
+    easy = style == "easy"
     rng = np.random.default_rng([seed, 0])
-    cameras = [sample_camera(np.random.default_rng([seed, 1, c]), height, width) for c in range(num_cams)]
-    pool = _sample_pool(rng, max(2, math.ceil(num_ids / 3)))
+    camera = sample_camera if easy else sample_camera_real
+    cameras = [camera(np.random.default_rng([seed, 1, c]), height, width) for c in range(num_cams)]
+    pool = sample_pool(rng, max(2, math.ceil(num_ids / 3))) if easy else []
     pids = sorted(int(p) for p in rng.choice(np.arange(1, min(9999, max(1501, 2 * num_ids)) + 1), num_ids, replace=False))
     order = rng.permutation(num_ids)
     train_pids = sorted(pids[i] for i in order[: num_ids // 2])
     test_set = set(pids) - set(train_pids)
-    attributes = {p: dict(pool[i]) for ids in (train_pids, sorted(test_set)) for p, i in _assign(rng, ids, len(pool))}
-    looks = {p: _sample_look(attributes[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    if easy:
+        attributes = {p: dict(pool[i]) for ids in (train_pids, sorted(test_set)) for p, i in assign_pool(rng, ids, len(pool))}
+        looks = {p: sample_look_easy(attributes[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    else:  # each split on its own, so that a tiny test split also shows both values of every binary field
+        labels = {**written_labels_real(train_pids, seed, 0), **written_labels_real(sorted(test_set), seed, 1)}
+        attributes = {p: market_codes(labels[p]) for p in pids}
+        looks = {p: sample_look_real(labels[p], np.random.default_rng([seed, 2, p])) for p in pids}
+    shot_of = sample_shot if easy else sample_shot_real
     images: list[SyntheticImage] = []
     used: set[str] = set()
 
@@ -248,7 +170,7 @@ def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height:
             box += 1
         used.add(name)
         k = len(images)
-        shot = sample_shot(cameras[cam - 1], np.random.default_rng([seed, 3, k]), kind)
+        shot = shot_of(cameras[cam - 1], np.random.default_rng([seed, 3, k]), kind)
         render_seed = int(np.random.SeedSequence([seed, 4, k]).generate_state(1)[0])
         images.append(SyntheticImage(split, name, pid, cam, look, shot, render_seed))
 
@@ -265,12 +187,19 @@ def plan_synthetic(num_ids: int = 100, num_cams: int = 6, seed: int = 0, height:
     for i in range(num_distractors):
         cam, seq, frame = int(rng.integers(1, num_cams + 1)), int(rng.integers(1, 7)), int(rng.integers(50, 9000))
         person = i % 2 == 1  # half unknown passers-by, half false detections of background
-        stranger = _sample_look(_sample_attributes(rng), np.random.default_rng([seed, 5, i])) if person else None
+        stranger = _stranger(rng, np.random.default_rng([seed, 5, i]), easy) if person else None
         add("gallery", 0, cam, seq, frame, stranger, "person" if person else "background")
     for _ in range(num_junk):
         cam, seq, frame = int(rng.integers(1, num_cams + 1)), int(rng.integers(1, 7)), int(rng.integers(50, 9000))
         add("gallery", -1, cam, seq, frame, looks[test_pids[int(rng.integers(len(test_pids)))]], "fragment")
     return SyntheticPlan(params, attributes, looks, train_pids, test_pids, cameras, images)
+
+
+def _stranger(rng: np.random.Generator, own: np.random.Generator, easy: bool) -> Look:
+    """An unlabelled passer-by of the gallery (a distractor, pid 0)."""
+    if easy:
+        return sample_look_easy(sample_attributes_easy(rng), own)
+    return sample_look_real(sample_labels(own), own)
 
 
 def render_image(plan: SyntheticPlan, image: SyntheticImage) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -306,7 +235,8 @@ def _save_attribute_mat(path: Path, plan: SyntheticPlan) -> None:
     buf = io.BytesIO()
     scipy.io.savemat(buf, data, format="5", oned_as="row")
     raw = bytearray(buf.getvalue())
-    raw[:116] = f"MATLAB 5.0 MAT-file, sangal synthetic v{GENERATOR_VERSION}".encode().ljust(116, b" ")
+    version = STYLE_VERSIONS[plan.params["style"]]
+    raw[:116] = f"MATLAB 5.0 MAT-file, sangal synthetic v{version}".encode().ljust(116, b" ")
     path.write_bytes(bytes(raw))
 
 
@@ -319,8 +249,20 @@ def _manifest(plan: SyntheticPlan) -> dict:
         "gallery_images": count("gallery", lambda im: im.pid > 0),
         "distractors": count("gallery", lambda im: im.pid == 0), "junk": count("gallery", lambda im: im.pid == -1),
     }
-    return {"generator": "sangal.data.synthetic", "version": GENERATOR_VERSION, "params": plan.params,
+    return {"generator": "sangal.data.synthetic", "version": STYLE_VERSIONS[plan.params["style"]],
+            "style": plan.params["style"], "params": plan.params,
             "counts": counts, "layout": "market1501", "mask_keys": list(region_masks(np.zeros((1, 1), np.uint8)))}
+
+
+def synthetic_record(root: str | Path) -> dict:
+    """Generator, style, version and parameters of the synthetic dataset at ``root`` (its synthetic.json)."""
+    meta = Path(root) / "synthetic.json"
+    try:
+        manifest = json.loads(meta.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{meta}: not a readable synthetic dataset manifest ({err})") from err
+    params = manifest.get("params", {})
+    return {"style": manifest.get("style", "easy"), "version": manifest.get("version"), "params": params}
 
 
 def _existing(out: Path, manifest: dict) -> bool:
@@ -337,18 +279,20 @@ def _existing(out: Path, manifest: dict) -> bool:
         old = json.loads(meta.read_text())
     except (OSError, ValueError) as err:
         raise DatasetError(f"{meta}: unreadable ({err}); delete {out} to regenerate") from err
-    if old.get("version") == manifest["version"] and old.get("params") == manifest["params"]:
+    old_params = dict(old.get("params", {}))
+    if old.get("version") == 1:
+        old_params.setdefault("style", "easy")  # written before there were styles
+    if old.get("version") == manifest["version"] and old_params == manifest["params"]:
         return True
-    old_params = old.get("params", {})
     diff = ", ".join(f"{k}={old_params.get(k)!r} (wanted {v!r})" for k, v in manifest["params"].items()
-                     if old_params.get(k) != v) or f"generator version {old.get('version')} (now {GENERATOR_VERSION})"
+                     if old_params.get(k) != v) or f"generator version {old.get('version')} (now {manifest['version']})"
     raise DatasetError(f"{out}: already holds a synthetic dataset generated with different parameters: {diff}; "
                        "delete it or choose another output folder")
 
 
 def generate_synthetic(out: str | Path, num_ids: int = 100, num_cams: int = 6, seed: int = 0, height: int = 128,
                        width: int = 64, images_per_cam: int = 2, num_distractors: int | None = None,
-                       num_junk: int | None = None, progress: bool = False) -> Path:
+                       num_junk: int | None = None, progress: bool = False, style: str = "real") -> Path:
     """Write the synthetic dataset to ``out`` (Market-1501 layout, see module docstring) and return its path.
 
     Built in a temporary folder next to ``out`` and renamed into place at the end, so
@@ -359,7 +303,7 @@ def generate_synthetic(out: str | Path, num_ids: int = 100, num_cams: int = 6, s
     from tqdm import tqdm
 
     out = Path(out).expanduser()
-    plan = plan_synthetic(num_ids, num_cams, seed, height, width, images_per_cam, num_distractors, num_junk)
+    plan = plan_synthetic(num_ids, num_cams, seed, height, width, images_per_cam, num_distractors, num_junk, style)
     manifest = _manifest(plan)
     if _existing(out, manifest):
         logger.info("%s: synthetic dataset with these parameters already exists; reusing it", out)

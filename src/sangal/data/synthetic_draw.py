@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from sangal.data.synthetic_labels import (
     BACKPACK,
@@ -34,13 +34,16 @@ from sangal.data.synthetic_labels import (
     LOWER_DETAIL,
     NUM_LABELS,
     OCCLUDER,
+    PASSER_HEAD,
+    PASSER_LOWER,
+    PASSER_UPPER,
     SHOES,
     SKIN,
     STRAP,
     UPPER,
     UPPER_DETAIL,
 )
-from sangal.data.synthetic_scene import CameraStyle, Shot
+from sangal.data.synthetic_scene import CameraStyle, Shot, draw_occluder, photograph
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class Look:
     head: float
     bag_side: int  # +1 person's right, -1 person's left
     handbag_side: int
+    carry_scale: float = 1.0  # size of backpack, bag and handbag (the real style's are often smaller)
+    hair_tied: bool = False  # long hair tied back: hidden from the front, a narrow tail from behind
 
 
 class _Pen:
@@ -212,23 +217,61 @@ def _draw_person(pen: _Pen, look: Look, view: str, stride: float) -> tuple[float
     right = -1.0 if view == "front" else 1.0  # front/back: image x sign of the person's right
     near_side = -face  # side views: walking right shows the person's left (-1)
     hair_len = b.shoulder_y + (0.12 if look.hair_long else 0.0)
-    sy, s = b.shoulder_y, b.shoulder
+    sy, s, k = b.shoulder_y, b.shoulder, look.carry_scale
 
-    if look.hair_long and view != "back":
+    if look.hair_long and view != "back" and not (look.hair_tied and view == "front"):
         pen.rect(-face * 0.25 * b.head_rx - b.head_rx * 1.05, b.head_ry, -face * 0.25 * b.head_rx + b.head_rx * 1.05,
                  hair_len, HAIR, r=0.02)
     if side:
         swing = 0.13 * stride * face
         if look.backpack:
-            pen.rect(-face * (s + 0.07), sy + 0.02, -face * (s - 0.03), sy + 0.27, BACKPACK, r=0.025)
+            pen.rect(-face * _span(s - 0.03, s + 0.07, k), sy + 0.02, -face * (s - 0.03), sy + _span(0.02, 0.27, k),
+                     BACKPACK, r=0.025)
         _draw_arm(pen, look, (0.0, sy + 0.02), (swing, 0.5))  # far arm
         if look.handbag and look.handbag_side != near_side:
-            _draw_handbag(pen, swing)
+            _draw_handbag(pen, swing, k)
         _draw_legs(pen, look, b, [(0.0, -0.11 * stride * face), (0.0, 0.11 * stride * face)], face)
     else:
         spread = 0.01 * stride
         _draw_legs(pen, look, b, [(-0.046, -0.05 - spread), (0.046, 0.05 + spread)], 0.0)
-    # torso (upper garment over the waistband)
+    _draw_torso(pen, look, b, view, right)
+    if side:
+        arm_x = -0.13 * stride * face
+        if look.bag:
+            pen.line((face * 0.02, sy), (-face * 0.04, 0.5), 0.014, STRAP)
+            pen.rect(-face * 0.11 * k, 0.47, face * 0.01, _span(0.47, 0.57, k), BAG, r=0.015)
+        if look.backpack:
+            pen.line((face * 0.03, sy), (-face * s, sy + 0.2), 0.02, STRAP)
+        _draw_arm(pen, look, (0.0, sy + 0.02), (arm_x, 0.5))  # near arm
+        if look.handbag and look.handbag_side == near_side:
+            _draw_handbag(pen, arm_x, k)
+    else:
+        if look.backpack and view == "front":
+            for sx in (-1, 1):
+                pen.line((sx * s * 0.55, sy - 0.005), (sx * s * 0.62, sy + 0.2), 0.022, STRAP)
+        if look.backpack and view == "back":
+            pen.rect(-s * 0.78 * k, sy + 0.015, s * 0.78 * k, sy + _span(0.015, 0.27, k), BACKPACK, r=0.03)
+            pen.rect(-s * 0.5 * k, sy + _span(0.015, 0.16, k), s * 0.5 * k, sy + _span(0.015, 0.25, k),
+                     BACKPACK_DETAIL, r=0.015)
+        if look.bag:
+            bx = right * look.bag_side
+            pen.line((-bx * s * 0.8, sy), (bx * b.hip, 0.5), 0.014, STRAP)
+            pen.rect(bx * (b.hip - 0.03), 0.47, bx * _span(b.hip - 0.03, b.hip + 0.075, k), _span(0.47, 0.57, k),
+                     BAG, r=0.015)
+        for sx in (-1, 1):
+            _draw_arm(pen, look, (sx * (s - 0.022), sy + 0.025), (sx * (s + 0.012), 0.5))
+        if look.handbag:
+            _draw_handbag(pen, right * look.handbag_side * (s + 0.012), k)
+    if look.hair_long and view == "back":
+        tail = b.head_rx * (0.4 if look.hair_tied else 1.05)
+        pen.rect(-tail, b.head_ry, tail, hair_len, HAIR, r=0.02)
+    _draw_head(pen, look, b, view, face)
+    return (face * 0.15 * b.head_rx if side else 0.0), b.head_rx * 1.3
+
+
+def _draw_torso(pen: _Pen, look: Look, b, view: str, right: float) -> None:
+    """The upper garment over the waistband, its belt, logo or placket, and the neckline."""
+    sy, s = b.shoulder_y, b.shoulder
     pen.poly([(-s * 0.75, sy - 0.012), (s * 0.75, sy - 0.012), (s, sy + 0.02), (b.waist, 0.42),
               (b.hip * 0.98, 0.535), (-b.hip * 0.98, 0.535), (-b.waist, 0.42), (-s, sy + 0.02)], UPPER)
     if look.lower_detail == "belt" and look.lower_kind in ("pants", "shorts"):
@@ -237,57 +280,21 @@ def _draw_person(pen: _Pen, look: Look, view: str, stride: float) -> tuple[float
         pen.ell(0.35 * s * right, sy + 0.08, 0.028, 0.024, UPPER_DETAIL)
     if view == "front" and look.upper_pattern == "placket":
         pen.rect(-0.009, sy, 0.009, 0.52, UPPER_DETAIL)
-    if view != "back" and not side:
+    if view == "front":
         pen.poly([(-0.035, sy - 0.012), (0.035, sy - 0.012), (0.0, sy + 0.035)], SKIN)  # neckline
-    if side:
-        arm_x = -0.13 * stride * face
-        if look.bag:
-            pen.line((face * 0.02, sy), (-face * 0.04, 0.5), 0.014, STRAP)
-            pen.rect(-face * 0.11, 0.47, face * 0.01, 0.57, BAG, r=0.015)
-        if look.backpack:
-            pen.line((face * 0.03, sy), (-face * s, sy + 0.2), 0.02, STRAP)
-        _draw_arm(pen, look, (0.0, sy + 0.02), (arm_x, 0.5))  # near arm
-        if look.handbag and look.handbag_side == near_side:
-            _draw_handbag(pen, arm_x)
-    else:
-        if look.backpack and view == "front":
-            for sx in (-1, 1):
-                pen.line((sx * s * 0.55, sy - 0.005), (sx * s * 0.62, sy + 0.2), 0.022, STRAP)
-        if look.backpack and view == "back":
-            pen.rect(-s * 0.78, sy + 0.015, s * 0.78, sy + 0.27, BACKPACK, r=0.03)
-            pen.rect(-s * 0.5, sy + 0.16, s * 0.5, sy + 0.25, BACKPACK_DETAIL, r=0.015)
-        if look.bag:
-            bx = right * look.bag_side
-            pen.line((-bx * s * 0.8, sy), (bx * b.hip, 0.5), 0.014, STRAP)
-            pen.rect(bx * (b.hip - 0.03), 0.47, bx * (b.hip + 0.075), 0.57, BAG, r=0.015)
-        for sx in (-1, 1):
-            _draw_arm(pen, look, (sx * (s - 0.022), sy + 0.025), (sx * (s + 0.012), 0.5))
-        if look.handbag:
-            _draw_handbag(pen, right * look.handbag_side * (s + 0.012))
-    if look.hair_long and view == "back":
-        pen.rect(-b.head_rx * 1.05, b.head_ry, b.head_rx * 1.05, hair_len, HAIR, r=0.02)
-    _draw_head(pen, look, b, view, face)
-    return (face * 0.15 * b.head_rx if side else 0.0), b.head_rx * 1.3
 
 
-def _draw_handbag(pen: _Pen, x: float) -> None:
-    """A small bag with two handles hanging from the hand at ``x``."""
+def _draw_handbag(pen: _Pen, x: float, k: float) -> None:
+    """A small bag with two handles hanging from the hand at ``x``, ``k`` times the usual size."""
     pen.line((x - 0.022, 0.535), (x, 0.515), 0.01, HANDBAG)
     pen.line((x + 0.022, 0.535), (x, 0.515), 0.01, HANDBAG)
-    pen.poly([(x - 0.035, 0.535), (x + 0.035, 0.535), (x + 0.045, 0.6), (x - 0.045, 0.6)], HANDBAG)
+    bottom, w0, w1 = _span(0.535, 0.6, k), 0.035 * k, 0.045 * k
+    pen.poly([(x - w0, 0.535), (x + w0, 0.535), (x + w1, bottom), (x - w1, bottom)], HANDBAG)
 
 
-@functools.lru_cache(maxsize=4)
-def _noise_bank(height: int, width: int) -> np.ndarray:
-    """Fixed Gaussian noise, twice the image size; images take random crops (much faster than drawing anew)."""
-    return np.random.default_rng(height * 10007 + width).standard_normal((2 * height, 2 * width, 3), dtype=np.float32)
-
-
-def _noise_patch(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    bank = _noise_bank(height, width)
-    oy, ox = int(rng.integers(height)), int(rng.integers(width))
-    patch = bank[oy:oy + height, ox:ox + width]
-    return patch[:, ::-1] if rng.random() < 0.5 else patch
+def _span(start: float, end: float, k: float) -> float:
+    """The end of [start, end] shrunk by ``k`` towards ``start``; exactly ``end`` at k = 1 (the easy style)."""
+    return end if k == 1.0 else start + (end - start) * k
 
 
 @functools.lru_cache(maxsize=8)
@@ -321,7 +328,7 @@ def _colour_person(img: np.ndarray, labels: np.ndarray, look: Look, view: str,
         lower = labels == LOWER
         fade = np.clip(1.0 - np.abs(rel_y - 0.64) / 0.1, 0, 1)[lower] * 0.16
         img[lower] = img[lower] * (1 - fade[:, None]) + 230.0 * fade[:, None]
-    body = (labels != BG) & (labels != OCCLUDER)
+    body = (labels != BG) & (labels != OCCLUDER) & (labels < PASSER_UPPER)
     shade = 1.0 - 0.55 * np.clip(rel_x / 0.17, -1, 1) ** 2 * 0.35 + 0.04 * np.clip(rel_x / 0.17, -1, 1)
     img[body] *= shade[body][:, None]
     hair = labels == HAIR
@@ -338,11 +345,14 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
     y0 = shot.feet * height - u
     cx = shot.cx * width
     head = (0.0, 0.0)
+    behind = shot.occluder is not None and shot.occluder[0] == "passer_behind"
+    if behind:
+        draw_occluder(ImageDraw.Draw(canvas), shot, height, width, 0.0, 0.0, 0.0)
     if look is not None and shot.kind != "background":
         pen = _Pen(ImageDraw.Draw(canvas), cx, y0, u)
         head = _draw_person(pen, look, shot.view, shot.stride)
-    if shot.occluder is not None:
-        _draw_occluder(ImageDraw.Draw(canvas), shot, height, width, cx + head[0] * u, head[1] * u, y0 + 0.62 * u)
+    if shot.occluder is not None and not behind:
+        draw_occluder(ImageDraw.Draw(canvas), shot, height, width, cx + head[0] * u, head[1] * u, y0 + 0.62 * u)
     labels = np.asarray(canvas).copy()
 
     lut = np.zeros((NUM_LABELS, 3), np.float32)
@@ -355,44 +365,9 @@ def render(look: Look | None, shot: Shot, cam: CameraStyle, height: int, width: 
             lut[lab] = c[key]
         lut[FACE] = np.asarray(c["skin"], np.float32) * 0.35
     lut[OCCLUDER] = shot.occluder_colour
+    for lab, rgb in zip((PASSER_UPPER, PASSER_LOWER, PASSER_HEAD), shot.passer_colours):
+        lut[lab] = rgb
     img = np.take(lut, labels, axis=0)
     if pen is not None:
         _colour_person(img, labels, look, shot.view, cx, y0, u, rng)
-    scene = cam.scene
-    oy = int(shot.bg_offset[0] * (scene.shape[0] - height))
-    ox = int(shot.bg_offset[1] * (scene.shape[1] - width))
-    bg = labels == BG
-    img[bg] = scene[oy:oy + height, ox:ox + width][bg]
-    img *= np.asarray(cam.gain, np.float32) * shot.brightness
-    img += _noise_patch(rng, height, width) * np.float32(cam.noise)
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    radius = cam.blur * height / 128.0
-    if radius > 0.05:
-        out = out.filter(ImageFilter.GaussianBlur(radius))
-    return np.asarray(out), labels
-
-
-def _draw_occluder(draw: ImageDraw.ImageDraw, shot: Shot, height: int, width: int,
-                   head_x: float, head_half: float, box_top_min: float) -> None:
-    """A pole or a box in front of the person; never over the head, so the hat stays visible."""
-    kind, a, b, c = shot.occluder  # type: ignore[misc]
-    if kind == "pole":
-        w = (0.1 + 0.1 * b) * width
-        free_left = head_x - head_half - 1  # room left of the head
-        free_right = width - (head_x + head_half + 1)
-        if a < 0.5 and free_left > w * 0.5:
-            x1 = free_left * (0.4 + 0.6 * c)
-            x0 = x1 - w
-        elif free_right > w * 0.5:
-            x0 = width - free_right * (0.4 + 0.6 * c)
-            x1 = x0 + w
-        else:
-            return
-        draw.rectangle([x0, 0, x1, height], fill=OCCLUDER)
-    else:
-        top = max(box_top_min, (0.62 + 0.25 * a) * height)
-        if top > height - 2:
-            return
-        x0 = -1 if b < 0.5 else c * 0.5 * width
-        x1 = width if b >= 0.5 else width * (0.5 + 0.5 * c)
-        draw.rectangle([x0, top, x1, height], fill=OCCLUDER)
+    return photograph(img, labels == BG, cam, shot, rng), labels

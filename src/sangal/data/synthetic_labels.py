@@ -10,8 +10,8 @@ import numpy as np
 
 # Label values of the label map (painter's order decides which one a pixel keeps).
 (BG, SKIN, HAIR, HAT, UPPER, LOWER, SHOES, BACKPACK, BAG, HANDBAG, STRAP, OCCLUDER,
- UPPER_DETAIL, LOWER_DETAIL, HAT_DETAIL, FACE, BACKPACK_DETAIL) = range(17)
-NUM_LABELS = 17
+ UPPER_DETAIL, LOWER_DETAIL, HAT_DETAIL, FACE, BACKPACK_DETAIL, PASSER_UPPER, PASSER_LOWER, PASSER_HEAD) = range(20)
+NUM_LABELS = 20
 # Region masks (the keys of the .npz files) and the labels that make them up.
 # Straps (of backpacks and shoulder bags) are deliberately in no region: a
 # backpack seen from the front shows only its straps, so its mask is empty there.

@@ -67,7 +67,7 @@ def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | t
 
 def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[str]]:
     """The plan's synthetic data under ``out`` (reused when it exists) and the overrides that point the
-    attribute net at its extra identities; ``generator``: more options of ``generate_synthetic``."""
+    attribute net at its extra identities; ``generator``: more options of ``generate_synthetic`` (``style``)."""
     from sangal.data.synthetic import generate_synthetic
 
     data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,
@@ -81,15 +81,18 @@ def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[s
 
 def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_minutes: float | None = None,
              plan: DemoPlan | None = None, variants: tuple[Variant, ...] = VARIANTS,
-             overrides: tuple[str, ...] = ()) -> dict:
+             overrides: tuple[str, ...] = (), data: str = "real") -> dict:
     """Run the whole pipeline into `out` (resuming what is done); returns the study and the report path.
 
     ``overrides``: dotted config overrides of every row (e.g. ``train.ema=0.9``, ``optim.lr=5e-4``); sizes
     and budgets are the plan's (``DemoPlan``: ``ids`` for more test identities, ``epochs`` and
-    ``steps_per_epoch`` for more steps)."""
+    ``steps_per_epoch`` for more steps). ``data``: the synthetic generator's style, "real" or "easy"
+    (recorded in each data folder's synthetic.json and in study.json)."""
+    from sangal.data.synthetic import synthetic_record
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
+    from sangal.store.files import write_json_atomic
 
     t0 = time.time()
     out = Path(out)
@@ -99,12 +102,14 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     if budget_minutes is not None and not quick:
         scale = max(0.2, budget_minutes / 10.0)
         plan = replace(plan, epochs=max(2, round(plan.epochs * scale)))
-    log.info("demo plan: %s", plan)
-    data_root, extra = demo_data(out, plan)
+    log.info("demo plan: %s, %s synthetic data", plan, data)
+    data_root, extra = demo_data(out, plan, style=data)
     timings = {"data": time.time() - t0}
     cfg = demo_config(out, plan, data_root, [*extra, *overrides])
     doc = run_study(cfg, variants, list(range(plan.seeds)), localisation_images=LOCALISATION_IMAGES,
                     leak_seeds=plan.leak_seeds or None)
+    doc["data"] = synthetic_record(data_root)  # which generator style and version drew the data
+    write_json_atomic(out / "study.json", doc)
     timings.update(doc["timings"])
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()
