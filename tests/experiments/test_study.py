@@ -234,3 +234,12 @@ def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_pat
     assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
     cache = AAHCache.open(tmp_path / "aah" / "query_oracle_labels_fast")
     assert cache.manifest["method"] == "fast" and cache.manifest["targets"]["mode"] == "labels"
+
+
+def test_the_maps_preset_has_one_row_per_training_map_mode():
+    from sangal.config.checks import CHOICES
+
+    rows = {v.name: dict(o.split("=", 1) for o in v.overrides) for v in PRESETS["maps"]}
+    modes = [r["train.aah_targets"] for r in rows.values() if r.get("model.mode") == "san-gal"]
+    assert sorted(modes) == sorted(CHOICES["train.aah_targets"])
+    assert {"id", "id+attr"} <= set(rows)

@@ -126,7 +126,8 @@ def add_study(sub) -> None:
     p = sub.add_parser("study", help="Table-1 variants over N paired seeds: mean ± std and paired 95%% CIs vs id")
     p.add_argument("--seeds", type=at_least(1), default=3, help="paired seeds 0..N-1 (each variant runs every seed)")
     p.add_argument("--variants", default="table1",
-                   help="a preset (table1: id, id+attr, san-gal; hypotheses: one san-gal row per hypothesis)")
+                   help="a preset (table1: id, id+attr, san-gal; maps: one san-gal row per training-map mode; "
+                        "hypotheses: one san-gal row per hypothesis)")
     p.add_argument("--variant", action="append", default=[], metavar="'NAME: KEY=VALUE ...'",
                    help="add a row, e.g. --variant 'san-gal pred: model.mode=san-gal train.aah_targets=predicted'")
     p.add_argument("--reference", default="id", help="variant the paired differences are taken against")

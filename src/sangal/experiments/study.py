@@ -67,6 +67,10 @@ PAPER = "san-gal (paper: label-guided maps)"
 PRESETS: dict[str, tuple[Variant, ...]] = {
     "table1": (Variant("id", ("model.mode=id",)), Variant("id+attr", ("model.mode=id+attr",)),
                Variant("san-gal", ("model.mode=san-gal",))),
+    # One row per training-map mode (issue 21): the noisy row needs an attribute net trained with attr_train.holdout.
+    "maps": (Variant("id", ("model.mode=id",)), Variant("id+attr", ("model.mode=id+attr",)),
+             *(Variant(f"san-gal, {t} maps", ("model.mode=san-gal", f"train.aah_targets={t}"))
+               for t in ("labels", "predicted", "agnostic", "noisy", "soft"))),
     # One row per hypothesis for why SAN-GAL can trail `id` (README "What the study says").
     "hypotheses": (
         Variant("id", ("model.mode=id",)),
