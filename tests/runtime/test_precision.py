@@ -39,8 +39,9 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     assert a.manifest["precision"] == {"bf16_autocast": True, "channels_last": True}
     for stage_a, stage_b in zip(a.arrays, b.arrays):
         x, y = np.asarray(stage_a, dtype=np.float64).ravel(), np.asarray(stage_b, dtype=np.float64).ravel()
-        # measured on this barely trained net: r 0.963 / 0.976 / 0.984, mean |diff| 0.040 / 0.029 / 0.011
-        assert np.corrcoef(x, y)[0, 1] > 0.95
+        # measured on this barely trained net, real-style data: r 0.939 / 0.944 / 0.957, mean |diff| 0.043 /
+        # 0.039 / 0.020 (easy data: r 0.963 / 0.976 / 0.984); a broken bf16 or channels-last path gives r near 0
+        assert np.corrcoef(x, y)[0, 1] > 0.9
         assert np.abs(x - y).mean() < 0.06  # max-normalised maps in [0, 1]
     metrics = train_reid(load_config(None, tiny_overrides(tiny_synth, tmp_path / "r") + fast + [
         "model.mode=san-gal", f"train.attr_checkpoint={tmp_path / 'a' / 'attr' / 'checkpoints' / 'final'}",
