@@ -78,11 +78,11 @@ def test_paper_learning_rate_schedule():
     assert lr(15.0) == pytest.approx(3e-5) and lr(19.9) == pytest.approx(3e-5)
 
 
-def test_default_training_maps_are_the_papers_and_predictions_are_one_flag_away():
+def test_default_training_maps_follow_no_class_and_the_papers_are_one_flag_away():
     from sangal.config import load_config
 
-    assert load_config(None).train.aah_targets == "labels"  # the paper's; README "What the study says"
-    assert load_config(None, ["train.aah_targets=predicted"]).train.aah_targets == "predicted"
+    assert load_config(None).train.aah_targets == "agnostic"  # no label shortcut; README "What the study says"
+    assert load_config(None, ["train.aah_targets=labels"]).train.aah_targets == "labels"
 
 
 def test_attribute_net_backbone_defaults_to_the_reid_one_and_can_differ():

@@ -48,8 +48,9 @@ class ModelConfig:
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
     asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
     asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
-    asam_form: str = "paper"  # how alpha multiplies x2: paper (eqs. 3-4) | mean1 | residual | gated | mixed
-    # (sangal.models.asam; gated/mixed start as the identity and learn how much guidance to take)
+    asam_form: str = "mean1"  # how alpha multiplies x2: paper (eqs. 3-4) | mean1 (alpha / its spatial mean, the
+    # default: README "What the study says") | residual | gated | mixed (sangal.models.asam; gated/mixed start as
+    # the identity and learn how much guidance to take)
 
     def attribute_backbone(self) -> str:
         """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
@@ -94,8 +95,8 @@ class TrainConfig:
 
     epochs: int = 20
     aah: str = "offline"  # offline (cached heat maps from a pretrained attribute net) | online (dual-trace)
-    aah_targets: str = "labels"  # Grad-CAM class of the training maps: labels (the paper) | predicted (as at test
-    # time) | agnostic (|S|) | soft (every class weighted by its probability, as at test time) | noisy (labels with
+    aah_targets: str = "agnostic"  # Grad-CAM class of the training maps: agnostic (|S|, no class: no label shortcut;
+    # the default, README "What the study says") | labels (the paper) | predicted (as at test time) | soft (every class weighted by its probability, as at test time) | noisy (labels with
     # classes drawn from the attribute net's held-out confusion; needs attr_train.holdout > 0). sangal.aah.modes
     aah_align: bool = True  # move cached maps with the pad-and-crop shift of their training image
     attr_checkpoint: str | None = None  # default: <out>/attr/checkpoints/final

@@ -62,7 +62,14 @@ def demo_config(out: Path, plan: DemoPlan, data_root: Path, extra: list[str] | t
         return load_config(path, [
             f"out={out}", f"data.root={data_root}", f"data.height={plan.height}", f"data.width={plan.width}",
             f"data.p={plan.p}", f"data.k={plan.k}", f"train.epochs={plan.epochs}",
-            f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}", *extra])
+            f"train.max_steps_per_epoch={plan.steps_per_epoch}", f"attr_train.epochs={plan.attr_epochs}",
+            f"optim.milestones=[{milestone(plan.epochs)}]", *extra])
+
+
+def milestone(epochs: int) -> int:
+    """The epoch of the learning-rate drop: four fifths of the run (the standard plan's 4 of 5), so that a
+    longer budget (``--budget``) stretches the schedule instead of adding epochs at the low rate."""
+    return max(1, round(epochs * 0.8))
 
 
 def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[str]]:

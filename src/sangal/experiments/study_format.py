@@ -57,13 +57,15 @@ def diagnostic_tables(doc: dict) -> list[dict]:
              f"{r['true labels']['rank1']:.1f} / {r['true labels']['mAP']:.1f}",
              f"{r['gap']['rank1']:+.1f} / {r['gap']['mAP']:+.1f}", str(r["seeds"])]
             for name, r in leak.get("rows", {}).items()]
+    rows += [[name, "–", "–", "–", "none: maps follow no class", "–"] for name in leak.get("not_applicable", [])]
     if rows:
         seeds = ", ".join(str(s) for s in leak["seeds"])
         tables.append(_table("leak", "Label-leak check",
                              f"Each san-gal row evaluated (seeds {seeds}) with the test maps deployment allows "
                              "(predicted classes) and with maps guided by the test identities' true labels (an "
                              "oracle), made as the row's test maps are (maps: exact or fast); Rank-1 / mAP in %. "
-                             "A large gap means the net reads identity from the label pattern of its maps.",
+                             "A large gap means the net reads identity from the label pattern of its maps; rows with "
+                             "class-agnostic training maps have nothing to leak.",
                              ["row", "maps", "predicted", "true labels", "oracle gap", "seeds"], rows))
     return tables
 
