@@ -102,11 +102,7 @@ def markdown_study(doc: dict) -> str:
     if doc["paired"]:
         lines += ["", f"| paired difference vs {ref} (95% CI) | Rank-1 | mAP | mINP |", "|---|---|---|---|"]
         for name, p in doc["paired"].items():
-            cells = []
-            for k in ("rank1", "mAP", "mINP"):
-                lo, hi = p[k]["ci95"]
-                cells.append(f"{p[k]['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]" if lo is not None else f"{p[k]['diff']:+.1f}")
-            lines.append(f"| {name} | {' | '.join(cells)} |")
+            lines.append(f"| {name} | {' | '.join(_ci(p[k]) for k in ('rank1', 'mAP', 'mINP'))} |")
     if doc.get("attributes"):
         a = doc["attributes"]
         lines += ["", f"Attribute net: mean accuracy {a['mean_accuracy']:.1f} %, mA {a['mA']:.1f} %."]

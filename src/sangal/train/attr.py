@@ -14,7 +14,7 @@ from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
-from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
+from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, saved_optimizer, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 from sangal.train.losses import attribute_class_weights
 
@@ -113,8 +113,8 @@ class AttrTask(Task):
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "config": to_dict(self.cfg),
                  "history": self.logger.history if self.logger else None, "attr_loss": self.loss_record, **extra}
-        optimizer = None if name == "final" else self.optimizer  # resume reads `last`; final is for use
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state, optimizer=optimizer)
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state,
+                        optimizer=saved_optimizer(self.optimizer, name))
 
 
 def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,

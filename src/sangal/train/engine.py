@@ -60,6 +60,12 @@ class Stopped(Exception):
         self.position, self.signal = position, signal
 
 
+def saved_optimizer(optimizer: torch.optim.Optimizer, name: str) -> torch.optim.Optimizer | None:
+    """The optimizer a checkpoint called ``name`` stores: none in ``final``, which is for use (resume reads
+    ``last``), so a finished run does not keep a second copy of the optimizer state."""
+    return None if name == "final" else optimizer
+
+
 class Task:
     """One training: its optimizer, batches and loss. Subclasses override :meth:`batches` and :meth:`step`."""
 

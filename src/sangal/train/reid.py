@@ -24,7 +24,7 @@ from sangal.runtime.precision import channels_last
 from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.ema import WeightEMA, ema_applied
-from sangal.train.engine import LoopSettings, Stopped, Task, run_task, step_schedule
+from sangal.train.engine import LoopSettings, Stopped, Task, run_task, saved_optimizer, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
 from sangal.train.maps import AAHSource
 
@@ -175,8 +175,8 @@ class ReIDTask(Task):
             attr_arch = arch_for(cfg, "attribute", attr_classes=self.arch["attr_classes"])
             save_checkpoint(checkpoints / f"{name}_attr_branch", source.attr_net, attr_arch,
                             {"global_step": position.global_step, "config": to_dict(cfg)})
-        optimizer = None if name == "final" else self.optimizer  # resume reads `last`; final is for use
-        save_checkpoint(checkpoints / name, self.model, self.arch, state, optimizer=optimizer,
+        save_checkpoint(checkpoints / name, self.model, self.arch, state,
+                        optimizer=saved_optimizer(self.optimizer, name),
                         extra=self.ema.tensors() if self.ema is not None else None)
 
     def log_values(self) -> dict[str, float]:
