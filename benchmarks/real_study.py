@@ -35,11 +35,16 @@ GAP_LIMIT = 1.0  # points, Rank-1 and mAP
 COST_LIMIT = 1.1  # test-time seconds per image relative to id
 
 SAN_GAL = "model.mode=san-gal"
-#: The rows, most important first (runs go seed by seed, every row within a seed). Only the `labels` and
-#: `agnostic` training caches are needed (the map predictor distils from the labels cache anyway).
+#: The rows, most important first (runs go seed by seed, every row within a seed; `--rows 4` runs the first four
+#: on every seed first). Only the `labels` and `agnostic` training caches are needed (the map predictor distils
+#: from the labels cache anyway).
 ROWS: tuple[Variant, ...] = (
     Variant("id", ("model.mode=id",)),
     Variant("san-gal, default (agnostic maps, mean1)", (SAN_GAL, "train.aah_targets=agnostic", "model.asam_form=mean1")),
+    # issue 25 item 3a: guidance at training time only (attention transfer toward the maps, beta = 1000 as in
+    # Zagoruyko & Komodakis); test time is the id net alone, so no test-time map can leak a label
+    Variant("id, guided by agnostic maps", ("model.mode=id", "loss.guide=1000", "train.aah_targets=agnostic")),
+    Variant("id, guided by labels maps", ("model.mode=id", "loss.guide=1000", "train.aah_targets=labels")),
     Variant(PAPER, (SAN_GAL, "train.aah_targets=labels", "model.asam_form=paper")),
     Variant("id+attr", ("model.mode=id+attr",)),
     Variant("san-gal, agnostic maps, paper form", (SAN_GAL, "train.aah_targets=agnostic", "model.asam_form=paper")),

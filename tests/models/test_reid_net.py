@@ -279,3 +279,17 @@ def test_the_step_0_identity_holds_in_the_demos_channels_last_and_under_bf16_aut
             a, b = ident(x), san_gal(x, maps)
         assert b.features.dtype == (torch.bfloat16 if amp else torch.float32)
         assert torch.equal(a.features, b.features) and torch.equal(a.global_features, b.global_features)
+
+
+def test_stage_attention_on_request_leaves_the_features_as_they_are():
+    from sangal.models.reid_net import ReIDNet
+
+    torch.manual_seed(0)
+    net = ReIDNet(num_ids=5, attr_classes=None, mode="id", backbone="resnet18", pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 32)
+    plain = net(x)
+    seen = net(x, attention=True)
+    assert plain.attention is None
+    assert torch.equal(plain.features, seen.features)
+    assert [tuple(a.shape) for a in seen.attention] == [(2, 8, 4), (2, 4, 2), (2, 4, 2)]  # stride 8, 16, 16
+    assert all((a >= 0).all() for a in seen.attention)

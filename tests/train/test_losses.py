@@ -210,3 +210,40 @@ def test_reid_losses_attr_only_when_available():
     assert "attr" not in terms
     with pytest.raises(ValueError, match="unknown loss weights \\['center'\\]"):
         reid_losses(_output(with_attrs=False), pids, None, {"center": 1.0})
+
+
+def test_attention_guidance_is_zero_on_the_target_shape_and_pulls_toward_it():
+    from sangal.train.losses import attention_guidance
+
+    torch.manual_seed(0)
+    maps = [torch.rand(2, 5, 8, 4), torch.rand(2, 5, 4, 2), torch.rand(2, 5, 4, 2)]
+    target = [m.mean(dim=1) for m in maps]  # (B, h, w): the mean over attributes
+    assert attention_guidance([3.0 * t for t in target], maps).item() < 1e-6  # scale-free: normalised per image
+    attention = [torch.rand_like(t).requires_grad_() for t in target]
+    loss = attention_guidance(attention, maps)
+    assert loss.item() > 1e-3
+    loss.backward()
+    with torch.no_grad():  # one step down the gradient moves every stage's attention toward its target
+        stepped = [a - 0.5 * a.grad for a in attention]
+    assert attention_guidance(stepped, maps).item() < loss.item()
+    # a stage whose maps come at another size is resized to the attention's
+    coarse = [torch.full((2, 5, 2, 1), 0.7)] * 3
+    assert attention_guidance([torch.ones(2, 8, 4)] * 3, coarse).item() < 1e-6  # upsampled constant = uniform
+
+
+def test_reid_losses_weigh_the_guide_term_only_when_maps_are_given():
+    from sangal.models.reid_net import ReIDOutput
+    from sangal.train.losses import reid_losses
+
+    torch.manual_seed(0)
+    feats = torch.randn(8, 16)
+    pids = torch.arange(4).repeat_interleave(2)
+    att = tuple(torch.rand(8, 4, 2) for _ in range(3))
+    maps = tuple(torch.rand(8, 3, 4, 2) for _ in range(3))
+    out = ReIDOutput(feats, feats, torch.randn(8, 4), None, att)
+    plain = reid_losses(out, pids, None, {"guide": 5.0})
+    assert "guide" not in plain
+    guided = reid_losses(out, pids, None, {"guide": 5.0}, guide_maps=maps)
+    assert guided["guide"].item() > 0
+    assert torch.allclose(guided["total"], plain["total"] + 5.0 * guided["guide"])
+    assert "guide" not in reid_losses(out, pids, None, {"guide": 0.0}, guide_maps=maps)

@@ -276,3 +276,30 @@ def test_noisy_training_maps_need_a_held_out_confusion_and_draw_from_it(prepared
     train_attribute_net(held)
     build_caches(held)
     assert 0.0 <= train_reid(held)["mAP"] <= 1.0
+
+
+def test_attention_guidance_trains_an_id_net_from_the_cache_and_tests_like_id(prepared, tmp_path):
+    """loss.guide > 0 in mode id: the training maps are a loss target only. The run starts from id's weights, sees
+    id's batches, logs the guide term, ends elsewhere than id, and its checkpoint is a plain id model."""
+    from sangal.evaluate.predictor import Predictor
+    from sangal.train.reid import train_reid
+
+    plain = train_reid(cfg_for(prepared, tmp_path / "plain", "model.mode=id"))
+    guided = train_reid(cfg_for(prepared, tmp_path / "guided", "model.mode=id", "loss.guide=1000"))
+    assert guided["pairing"] == plain["pairing"]  # same initial weights, same batches
+    history = json.loads((tmp_path / "guided/reid/id/metrics.json").read_text())
+    assert all(e["guide"] > 0 for e in history["train"])
+    assert "guide" not in json.loads((tmp_path / "plain/reid/id/metrics.json").read_text())["train"][0]
+    a = load_file(tmp_path / "plain/reid/id/checkpoints/final/model.safetensors")
+    b = load_file(tmp_path / "guided/reid/id/checkpoints/final/model.safetensors")
+    assert a.keys() == b.keys()  # no extra parameters
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("backbone."))
+    predictor = Predictor.from_checkpoint(tmp_path / "guided/reid/id/checkpoints/final")
+    assert predictor.mode == "id" and predictor.attr_net is None  # test time costs what id costs
+
+
+def test_attention_guidance_refuses_a_missing_cache(prepared, tmp_path):
+    from sangal.train.reid import train_reid
+
+    with pytest.raises((CacheError, CheckpointError)):
+        train_reid(cfg_for(prepared, tmp_path, "model.mode=id", "loss.guide=1", f"train.aah_cache={tmp_path / 'none'}"))

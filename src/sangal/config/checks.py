@@ -39,7 +39,7 @@ RANGES: dict[str, str] = {  # data.p, data.k >= 2: triplet mining needs a positi
     "optim.warmup_epochs": ">= 0", "optim.milestones": ">= 0", "optim.milestone_lrs": ">= 0",
     "optim.momentum": "[0, 1)", "optim.weight_decay": ">= 0", "optim.head_lr_scale": "> 0", "loss.id": ">= 0",
     "loss.triplet": ">= 0", "loss.attr": ">= 0", "loss.margin": ">= 0", "loss.label_smoothing": "[0, 1)",
-    "train.epochs": ">= 1", "train.seed": "[0, 4294967295]", "train.checkpoint_every": ">= 0",
+    "loss.guide": ">= 0", "train.epochs": ">= 1", "train.seed": "[0, 4294967295]", "train.checkpoint_every": ">= 0",
     "train.log_every": ">= 1", "train.eval_every": ">= 0", "train.max_steps_per_epoch": ">= 0",
     "attr_train.epochs": ">= 1", "attr_train.batch_size": ">= 2", "attr_train.lr": ">= 0",
     "attr_train.warmup_epochs": ">= 0", "attr_train.milestones": ">= 0", "attr_train.gamma": "(0, 1]",

@@ -87,6 +87,9 @@ class LossConfig:
     attr: float = 1.0
     margin: float = 0.3
     label_smoothing: float = 0.0
+    guide: float = 0.0  # beta of the attention-guidance loss (0 = off): the Re-ID net's own spatial attention at
+    # stages 2-4 is pulled toward the training heat maps (attention transfer, sangal.train.losses.attention_guidance);
+    # training time only, so any mode can use it and test time costs what the mode costs. 1000: Zagoruyko & Komodakis
 
 
 @dataclass

@@ -42,6 +42,7 @@ from sangal.experiments.step0 import step0_run, step0_summary
 from sangal.experiments.study_format import format_study, markdown_study
 from sangal.store.files import atomic_write_text, write_json_atomic
 from sangal.store.paths import default_paths
+from sangal.train.maps import uses_training_maps
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     timings: dict[str, float] = {}
     configs = {v.name: with_overrides(cfg, list(v.overrides)) for v in variants}
     sections: dict = {"attributes": None, "localisation": None}
-    if any(c.model.mode != "id" for c in configs.values()):
+    if any(c.model.mode != "id" or uses_training_maps(c) for c in configs.values()):
         t = time.time()
         sections["attributes"] = ensure_attribute_net(cfg)
         timings["attribute net"] = time.time() - t
@@ -195,14 +196,16 @@ def _by_seed(runs: list[dict]) -> dict[int, dict]:
 
 
 def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | None:
-    """Every cache the san-gal variants read; with eval.aah=fast, the map predictor is distilled from the exact
+    """Every cache the variants read (training maps of san-gal and ``loss.guide`` rows; test maps of san-gal rows);
+    with eval.aah=fast, the map predictor is distilled from the exact
     train maps before the (forward-only) query/gallery caches are built. Returns the predictor's figures."""
     from sangal.train.distill import ensure_distilled
     from sangal.aah.job import build_caches
 
-    offline = [c for c in configs.values() if c.model.mode == "san-gal" and c.train.aah == "offline"]
+    guided = [c for c in configs.values() if uses_training_maps(c) and c.train.aah == "offline"]
+    offline = [c for c in guided if c.model.mode == "san-gal"]  # test-time maps too
     t = time.time()
-    for c in offline:
+    for c in guided:
         build_caches(c, splits=["train"])  # one cache per (split, map mode); up-to-date ones are left alone
     timings["heat-map caches"] = time.time() - t
     fast = [c for c in offline if c.eval.aah == "fast"]

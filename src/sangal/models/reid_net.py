@@ -33,7 +33,7 @@ from sangal.errors import ConfigError
 from sangal.models.asam import ASAM, FORMS
 from sangal.models.backbone import build_backbone
 
-__all__ = ["MODES", "ReIDNet", "ReIDOutput"]
+__all__ = ["MODES", "ReIDNet", "ReIDOutput", "stage_attention"]
 
 #: Valid ``mode`` values: Table 1's IDonly, ID+attr and SAN-GAL.
 MODES = ("id", "id+attr", "san-gal")
@@ -48,12 +48,21 @@ class ReIDOutput:
         global_features: (B, D) pooled feature before the BN neck (triplet loss).
         logits: (B, num_ids) identity logits.
         attr_logits: K tensors (B, C_k), or None in mode ``"id"``.
+        attention: the net's own spatial attention after layer2, layer3 and layer4 (before ASAM), each
+            (B, h, w) (:func:`stage_attention`); only when ``forward(..., attention=True)``, else None.
     """
 
     features: Tensor
     global_features: Tensor
     logits: Tensor | None
     attr_logits: list[Tensor] | None
+    attention: tuple[Tensor, ...] | None = None
+
+
+def stage_attention(activation: Tensor) -> Tensor:
+    """Activation-based spatial attention (Zagoruyko & Komodakis 2017): the channel mean of the squared
+    activation, (B, C, h, w) -> (B, h, w) float32; what the attention-guidance loss pulls toward the heat maps."""
+    return activation.float().pow(2).mean(dim=1)
 
 
 class ReIDNet(nn.Module):
@@ -135,7 +144,7 @@ class ReIDNet(nn.Module):
                              stage_channels=stage_channels)  # created last: zero gates, no random draws
 
     def forward(
-        self, x: Tensor, aah: Sequence[Tensor] | None = None
+        self, x: Tensor, aah: Sequence[Tensor] | None = None, attention: bool = False
     ) -> ReIDOutput:
         """Embed a batch of images.
 
@@ -143,6 +152,7 @@ class ReIDNet(nn.Module):
             x: (B, 3, H, W) normalised images.
             aah: mode ``"san-gal"`` only: heat maps at layer2, layer3 and layer4,
                 each (B, K, h, w) (any h, w: ASAM resizes them).
+            attention: also return the net's own stage attention (training with ``loss.guide``).
 
         Raises:
             ValueError: heat maps missing in mode ``"san-gal"``, given in another
@@ -151,22 +161,20 @@ class ReIDNet(nn.Module):
         aah = self._check_aah(x, aah)
         bb = self.backbone
         a = bb.layer1(bb.forward_stem(x))  # (B, C1, H/4, W/4)
-        a = bb.layer2(a)  # (B, C2, H/8, W/8)
-        if aah is not None and 2 in self.asam_stages:
-            a = self._attend(a, aah[0], "layer2")
-        a = bb.layer3(a)  # (B, C3, H/16, W/16)
-        if aah is not None and 3 in self.asam_stages:
-            a = self._attend(a, aah[1], "layer3")
-        a = bb.layer4(a)  # (B, D, H/16, W/16) with last stride 1
-        if aah is not None and 4 in self.asam_stages:
-            a = self._attend(a, aah[2], "layer4")
+        seen: list[Tensor] = []
+        for stage, layer in ((2, bb.layer2), (3, bb.layer3), (4, bb.layer4)):  # H/8, H/16, H/16 (last stride 1)
+            a = layer(a)
+            if attention:
+                seen.append(stage_attention(a))
+            if aah is not None and stage in self.asam_stages:
+                a = self._attend(a, aah[stage - 2], f"layer{stage}")
         global_features = F.adaptive_avg_pool2d(a, 1).flatten(1)  # (B, D)
         features = self.bottleneck(global_features)  # (B, D)
         logits = self.classifier(features)  # (B, num_ids)
         attr_logits = None
         if self.attr_heads is not None:
             attr_logits = [head(global_features) for head in self.attr_heads]  # K x (B, C_k)
-        return ReIDOutput(features, global_features, logits, attr_logits)
+        return ReIDOutput(features, global_features, logits, attr_logits, tuple(seen) if attention else None)
 
     def _check_aah(self, x: Tensor, aah: Sequence[Tensor] | None) -> Sequence[Tensor] | None:
         if self.asam is None:

@@ -32,6 +32,7 @@ __all__ = [
     "batch_hard_triplet",
     "cross_entropy_ls",
     "reid_losses",
+    "attention_guidance",
     "LOSS_TERMS",
 ]
 
@@ -39,7 +40,7 @@ __all__ = [
 IGNORE_INDEX = -1
 
 #: Names of the weighted terms :func:`reid_losses` knows.
-LOSS_TERMS = ("id", "triplet", "attr")
+LOSS_TERMS = ("id", "triplet", "attr", "guide")
 
 #: ``attr_train.loss`` values: ``ce`` (the paper's plain cross-entropy) | ``balanced`` (DeepMAR weights).
 ATTR_LOSSES = ("ce", "balanced")
@@ -199,6 +200,30 @@ def attribute_class_weights(loss: str, targets: Tensor | Sequence,
     return weights, record
 
 
+def attention_guidance(attention: Sequence[Tensor], maps: Sequence[Tensor]) -> Tensor:
+    """Attention transfer (Zagoruyko & Komodakis 2017) toward the attribute heat maps, unweighted.
+
+    Per stage j: the target is the mean over the K attribute maps, resized to the stage's (h, w); both it and the
+    net's attention are flattened and L2-normalised per image, and the term is mean_b ||a_b - t_b||^2 / (2 h w)
+    (the paper's code: beta / 2 times the mean squared difference; ``loss.guide`` is beta, 1000 there). Summed over
+    stages.
+
+    Args:
+        attention: the net's (B, h, w) maps per stage (:func:`sangal.models.reid_net.stage_attention`).
+        maps: the training heat maps per stage, (B, K, h', w').
+    """
+    total = attention[0].new_zeros(())
+    for a, m in zip(attention, maps, strict=True):
+        h, w = a.shape[-2:]
+        target = m.float().mean(dim=1, keepdim=True)  # (B, 1, h', w')
+        if target.shape[-2:] != (h, w):
+            target = F.interpolate(target, size=(h, w), mode="bilinear", align_corners=False)
+        a_hat = F.normalize(a.flatten(1), dim=1)  # (B, h*w)
+        t_hat = F.normalize(target.flatten(1), dim=1)
+        total = total + (a_hat - t_hat).pow(2).sum(dim=1).mean() / (2 * h * w)
+    return total
+
+
 def reid_losses(
     out: ReIDOutput,
     pids: Tensor,
@@ -209,6 +234,7 @@ def reid_losses(
     margin: float | None = 0.3,
     triplet_features: Tensor | None = None,
     triplet_pids: Tensor | None = None,
+    guide_maps: Sequence[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Named Re-ID training losses (§4.1.2) and their weighted sum ``"total"``: the one loss API of training.
 
@@ -217,7 +243,8 @@ def reid_losses(
     * ``"id"``: :func:`cross_entropy_ls` on ``out.logits`` (when present);
     * ``"triplet"``: :func:`batch_hard_triplet` on ``out.global_features`` (or ``triplet_features``);
     * ``"attr"``: :func:`attribute_ce` on ``out.attr_logits`` — only when the model
-      has attribute heads and ``attrs`` is given.
+      has attribute heads and ``attrs`` is given;
+    * ``"guide"``: :func:`attention_guidance` of ``out.attention`` toward ``guide_maps`` — only when both are given.
 
     Args:
         out: the model's :class:`~sangal.models.reid_net.ReIDOutput`.
@@ -228,6 +255,7 @@ def reid_losses(
         margin: triplet margin (None = soft margin).
         triplet_features, triplet_pids: the batch the triplet mines over, (N, D) and (N,); under DDP the
             global batch gathered from every rank (default: this batch).
+        guide_maps: the batch's training heat maps (3 x (B, K, h, w)) for the ``"guide"`` term.
     """
     unknown = sorted(set(weights) - set(LOSS_TERMS))
     if unknown:
@@ -240,6 +268,8 @@ def reid_losses(
         terms["triplet"] = batch_hard_triplet(features, pids if triplet_pids is None else triplet_pids, margin)
     if out.attr_logits is not None and attrs is not None and weights.get("attr", 1.0) != 0:
         terms["attr"] = attribute_ce(out.attr_logits, attrs)
+    if out.attention is not None and guide_maps is not None and weights.get("guide", 1.0) != 0:
+        terms["guide"] = attention_guidance(out.attention, guide_maps)
     if not terms:
         raise ValueError("reid_losses: every loss term is disabled or unavailable")
     terms["total"] = sum(weights.get(name, 1.0) * value for name, value in terms.items())

@@ -15,6 +15,12 @@ from sangal.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def uses_training_maps(cfg: Config) -> bool:
+    """Whether a Re-ID run reads training heat maps: ASAM takes them (san-gal) or the attention-guidance loss pulls
+    the net's own attention toward them (``loss.guide`` > 0, any mode; nothing of them is used at test time)."""
+    return cfg.model.mode == "san-gal" or cfg.loss.guide > 0
+
+
 class AAHSource:
     """Heat maps for a training batch: read from the offline cache or computed online (dual trace)."""
 

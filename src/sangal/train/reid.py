@@ -26,7 +26,7 @@ from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.ema import WeightEMA, ema_applied
 from sangal.train.engine import LoopSettings, Stopped, Task, run_task, saved_optimizer, step_schedule
 from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
-from sangal.train.maps import AAHSource
+from sangal.train.maps import AAHSource, uses_training_maps
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,17 @@ AAH = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def step_losses(model: nn.Module, images: torch.Tensor, pids: torch.Tensor, attrs: torch.Tensor | None,
                 aah: AAH | None, loss_cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Named loss terms for one batch; triplet mining runs over the global batch under DDP."""
+    """Named loss terms for one batch; triplet mining runs over the global batch under DDP. ``aah``: the batch's
+    training maps, which ASAM takes (san-gal) and the attention-guidance term pulls toward (``loss.guide``)."""
     from sangal.train.losses import reid_losses
 
-    out = model(images, aah)
-    weights = {"id": loss_cfg.id, "triplet": loss_cfg.triplet, "attr": loss_cfg.attr}
+    guided = loss_cfg.guide > 0 and aah is not None  # maps as a training target (loss.guide), any mode
+    attends = aah is not None and (model.module if hasattr(model, "module") else model).mode == "san-gal"
+    out = model(images, aah if attends else None, attention=guided)
+    weights = {"id": loss_cfg.id, "triplet": loss_cfg.triplet, "attr": loss_cfg.attr, "guide": loss_cfg.guide}
     return reid_losses(out, pids, attrs, weights, epsilon=loss_cfg.label_smoothing, margin=loss_cfg.margin,
-                       triplet_features=gather_with_grad(out.global_features), triplet_pids=gather_plain(pids))
+                       triplet_features=gather_with_grad(out.global_features), triplet_pids=gather_plain(pids),
+                       guide_maps=aah if guided else None)
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -85,15 +89,16 @@ class ReIDTask(Task):
         self.name, self.run_dir = cfg.model.mode, self.paths["reid_run"]
         torch.manual_seed(cfg.train.seed)
         self.dataset = setup.load_reid_dataset(cfg)
-        table = setup.load_attributes(cfg, self.dataset) if cfg.model.mode != "id" else None
+        maps = uses_training_maps(cfg)
+        table = setup.load_attributes(cfg, self.dataset) if cfg.model.mode != "id" or maps else None
         attrs = setup.attribute_targets(table, self.dataset.train, "train") if table is not None else None
-        self.arch = arch_for(cfg, "reid", self.dataset.num_train_pids, table.schema.num_classes if table else None)
+        self.arch = arch_for(cfg, "reid", self.dataset.num_train_pids,
+                             table.schema.num_classes if table and cfg.model.mode != "id" else None)
         model = build_model(self.arch, parse_pretrained(cfg.model.pretrained) if not resume else False)
         model = model.to(info.device)
         self.init_digest = shared_init_digest(model)  # paired seeds: equal across variants (`sangal study`)
         self.model = channels_last(model, cfg.train.channels_last)
-        self.aah_source = AAHSource(cfg, self.dataset.train, attrs, info.device, self.paths) \
-            if cfg.model.mode == "san-gal" else None
+        self.aah_source = AAHSource(cfg, self.dataset.train, attrs, info.device, self.paths) if maps else None
         oc = cfg.optim
         self.optimizer = make_optimizer(param_groups(self.model, self.aah_source, oc.head_lr_scale), oc.optimizer,
                                         oc.warmup_start_lr, oc.weight_decay, oc.momentum, oc.nesterov)
