@@ -243,3 +243,17 @@ def test_the_maps_preset_has_one_row_per_training_map_mode():
     modes = [r["train.aah_targets"] for r in rows.values() if r.get("model.mode") == "san-gal"]
     assert sorted(modes) == sorted(CHOICES["train.aah_targets"])
     assert {"id", "id+attr"} <= set(rows)
+
+
+def test_a_guided_id_row_gets_the_attribute_net_and_training_maps_it_needs(tiny_synth, tiny_overrides, tmp_path):
+    """A study without san-gal rows still trains the attribute net and caches the training maps a loss.guide row
+    pulls toward; the guided row pairs with id and, having no test-time maps, has no leak check or step 0."""
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path))
+    rows = (Variant("id", ("model.mode=id",)), Variant("id guided", ("model.mode=id", "loss.guide=1000")))
+    doc = run_study(cfg, rows, [0], localisation_images=0)
+    assert doc["attributes"] is not None and (tmp_path / "aah" / "train" / "manifest.json").is_file()  # labels maps
+    assert not (tmp_path / "aah" / "query").exists()  # test maps: none needed
+    assert doc["pairing"]["id guided"] == {"init_equal": True, "batches_equal": True}
+    assert doc["step0"] == {} and doc["leak"] is None
+    assert doc["variants"]["id guided"]["seeds"][0]["rank1"] != doc["variants"]["id"]["seeds"][0]["rank1"] or \
+        doc["variants"]["id guided"]["seeds"][0]["mAP"] != doc["variants"]["id"]["seeds"][0]["mAP"]
