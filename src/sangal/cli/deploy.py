@@ -89,7 +89,8 @@ def search(args) -> int:
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="a local web page and JSON API to search an index by clicking")
     p.add_argument("--index", required=True, help="index folder from `sangal index`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only); requests "
+                                                       "must name it, 127.0.0.1 or localhost in their Host header")
     p.add_argument("--port", type=at_least(1, 65535), default=8000, help="TCP port, 1 to 65535 (default 8000)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=serve)
