@@ -52,3 +52,25 @@ def test_a_failed_write_is_one_line_and_leaves_the_old_file_and_no_temp(tmp_path
             raise KeyboardInterrupt
     assert (tmp_path / "page.html").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
         "page.html", "taken"]
+
+
+def test_the_next_write_removes_only_temp_files_whose_writer_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    from sangal.store.files import _writer_tag
+
+    host = _writer_tag().split("@", 1)[1]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = tmp_path / f".e.onnx.tmp-{dead.pid}@{host}-0123abcd"  # a writer killed before its rename
+        kept = tmp_path / f".e.onnx.tmp-{live.pid}@{host}-0123abce"  # a writer still at work
+        gone.write_bytes(b"half")
+        kept.write_bytes(b"half")
+        atomic_write_text(tmp_path / "e.onnx", "new")
+        assert not gone.exists() and kept.exists() and (tmp_path / "e.onnx").read_text() == "new"
+    finally:
+        live.kill()
+        live.wait()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -153,9 +154,12 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path`` to write; on success fsync it and rename it over ``path``.
 
     The old file stays whole until the new one is (a kill leaves one or the other); the temp file is removed
-    on failure. An OSError (a read-only folder, a full disk) becomes one OutputError line naming ``path``.
+    on failure, and those of killed writers by the next write. An OSError (a read-only folder, a full disk) becomes one OutputError line naming ``path``.
     """
     path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        if stale.is_file() and _writer_gone(stale):  # left by a writer killed before its rename
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{_writer_tag()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
