@@ -220,7 +220,8 @@ def create_app(service: SearchService, host: str = "127.0.0.1") -> FastAPI:
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host``:``port``; ConfigError (one line) when that address cannot be had."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = found[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, OverflowError) as exc:
         raise ConfigError(f"cannot listen on {host} port {port}: {getattr(exc, 'strerror', None) or exc}; "
