@@ -33,6 +33,10 @@ class BusyError(SangalError):
     """An output another live process is writing."""
 
 
+class OutputError(SangalError):
+    """An output that cannot be written where asked, or that would overwrite one of the command's own inputs."""
+
+
 def printable(text: str, keep: str = "") -> str:
     """``text`` with every non-printable character (terminal control codes, ESC, BEL, CR, bidi overrides, ...)
     escaped as Python's repr does (``\\x1b``, ``\\u202e``), except those in ``keep`` (e.g. "\\n").

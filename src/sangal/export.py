@@ -35,6 +35,8 @@ import torch
 
 from sangal.errors import CheckpointError
 from sangal.evaluate.predictor import Predictor
+from sangal.store.files import atomic_file
+from sangal.store.outputs import check_output
 
 __all__ = ["OPSET", "export_onnx", "load_predictor"]
 
@@ -59,6 +61,7 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
     ckpt = load_checkpoint(checkpoint, expected_kind="reid")
     if ckpt.arch.get("mode", "san-gal") == "san-gal":
         attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
+        load_checkpoint(attr_checkpoint, expected_kind="attribute")  # a Re-ID checkpoint here: "is kind reid"
         if not (Path(attr_checkpoint) / PREDICTOR_FILE).is_file():
             raise CheckpointError(f"cannot export san-gal checkpoint {checkpoint}: exact Grad-CAM needs a backward "
                                   f"pass, which ONNX graphs lack, and attribute checkpoint {attr_checkpoint} has no "
@@ -78,7 +81,9 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | Path | None = None,
                 opset: int = OPSET, flip: bool = False, check: bool = True) -> dict[str, Any]:
-    """Write the ONNX graph of a Re-ID checkpoint to ``out``; returns its metadata.
+    """Write the ONNX graph of a Re-ID checkpoint to ``out`` (atomically); returns its metadata.
+
+    ``out`` is refused before any work when it is one of the checkpoints' files or cannot be written.
 
     With ``check`` (and onnxruntime installed) the file is run on a batch of
     another size than the trace's and compared with PyTorch: ``max_abs_diff``.
@@ -87,23 +92,27 @@ def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | 
 
     from sangal.version import __version__
 
+    inputs = {"--checkpoint": checkpoint, "--attr-checkpoint": attr_checkpoint}
+    out = check_output(out, inputs, "--out")  # before any work: never onto a checkpoint's own files
     graph, meta = load_predictor(checkpoint, attr_checkpoint, flip=flip)
-    out = Path(out)
+    check_output(out, {"the attribute checkpoint": graph.attr_checkpoint}, "--out")  # the one training recorded
     out.parent.mkdir(parents=True, exist_ok=True)
     outputs = ["embedding", "attr_probs"] if graph.attr_source == "reid" else ["embedding"]
     example = torch.randn(2, 3, meta["height"], meta["width"], generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(graph, (example,), str(out), dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]})
-    model = onnx.load(str(out))
-    meta.update(opset=opset, outputs=outputs, sangal_version=__version__)
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(model, str(out))
-    if check:
-        meta["max_abs_diff"] = check_onnx(out, graph, meta["height"], meta["width"])
+    with atomic_file(out) as tmp:  # graph, metadata and check on a temp file; an existing `out` stays whole
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]})
+        model = onnx.load(str(tmp))
+        meta.update(opset=opset, outputs=outputs, sangal_version=__version__)
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(model, str(tmp))
+        if check:
+            meta["max_abs_diff"] = check_onnx(tmp, graph, meta["height"], meta["width"])
     log.info("exported %s model to %s (opset %d)", meta["mode"], out, opset)
     return meta
 

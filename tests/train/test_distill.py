@@ -72,7 +72,7 @@ def test_distill_saves_a_predictor_that_learns(run) -> None:
 
 
 def test_predictor_of_other_attribute_weights_is_refused(run, tmp_path) -> None:
-    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.aah.predictor import PREDICTOR_FILE, PREDICTOR_RECORD, load_map_predictor
     from sangal.store.checkpoint import load_model, save_checkpoint
 
     _distilled(run)
@@ -80,7 +80,8 @@ def test_predictor_of_other_attribute_weights_is_refused(run, tmp_path) -> None:
     with torch.no_grad():
         net.heads[0].fc.bias.add_(1.0)  # the attribute net changed after distillation
     other = save_checkpoint(tmp_path / "other", net, ckpt.arch, {})
-    shutil.copy(run["ckpt"] / PREDICTOR_FILE, other / PREDICTOR_FILE)
+    for name in (PREDICTOR_FILE, PREDICTOR_RECORD):
+        shutil.copy(run["ckpt"] / name, other / name)
     with pytest.raises(CheckpointError, match="distilled for other attribute weights"):
         load_map_predictor(other)
 

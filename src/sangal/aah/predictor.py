@@ -3,14 +3,12 @@
 Fitted by :mod:`sangal.train.distill`, read by fast heat maps (cache build, evaluation, search, export).
 The file binds itself to the attribute weights it was fitted to (their sha256 in its metadata), and
 fast AAH caches bind themselves to the file's own sha256 (:func:`predictor_sha256`), which
-``map_predictor.json`` beside it records and loading checks.
+``map_predictor.json`` beside it records and loading checks (a predictor without its record is refused).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from sangal.errors import CheckpointError
 from sangal.models.map_predictor import MapPredictor
 from sangal.store.checkpoint import MODEL_FILE
 from sangal.store.files import (
+    atomic_file,
     atomic_write_text,
     cached_sha256,
     file_sha256,
@@ -42,11 +41,10 @@ def save_map_predictor(attr_ckpt_dir: str | Path, predictor: MapPredictor, info:
     meta = {"config": predictor.config(), "attr_sha256": cached_sha256(directory / MODEL_FILE),
             **info, **provenance()}
     path = directory / PREDICTOR_FILE
-    tmp = path.with_name(f".{PREDICTOR_FILE}.tmp-{uuid.uuid4().hex[:8]}")
     weights = {k: v.detach().cpu().contiguous() for k, v in predictor.state_dict().items()}
-    save_safetensors(tmp, weights, {"sangal": json.dumps(meta)})
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_safetensors(tmp, weights, {"sangal": json.dumps(meta)})
+        digest = file_sha256(tmp)
     atomic_write_text(directory / PREDICTOR_RECORD, json.dumps({"sha256": digest, "file": PREDICTOR_FILE}))
     return path
 
@@ -88,10 +86,12 @@ def load_map_predictor(attr_ckpt_dir: str | Path, device: str | torch.device = "
 
 
 def _verify(directory: Path) -> None:
-    """The predictor file against the sha256 its record holds (predictors of older versions have no record)."""
+    """The predictor file against the sha256 its record holds; a predictor without its record is refused, as a
+    checkpoint without its state.json is (nothing would say whether its bytes are the ones written)."""
     record = directory / PREDICTOR_RECORD
     if not record.is_file():
-        return
+        raise CheckpointError(f"{record} is missing, so {PREDICTOR_FILE} beside it cannot be checked against the "
+                              f"sha256 recorded when it was written; {DISTILL_HINT}")
     try:
         expected = str(json.loads(record.read_text(encoding="utf-8"))["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:

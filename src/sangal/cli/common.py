@@ -8,8 +8,8 @@ OVERRIDE_HELP = "dotted overrides, e.g. optim.lr=1e-3 data.root=/data/Market-150
 OVERWRITE_HELP = "replace the finished or interrupted run in the run folder (its checkpoints and logs are deleted)"
 
 
-def at_least(minimum: int):
-    """argparse type: an int >= ``minimum``, so a bad count is a one-line usage error, not a traceback."""
+def at_least(minimum: int, maximum: int | None = None):
+    """argparse type: an int >= ``minimum`` (and <= ``maximum``), so a bad count is a one-line usage error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -17,6 +17,8 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
     return parse
 
@@ -39,11 +41,18 @@ def overrides(args) -> list[str]:
     return found
 
 
-def load_cfg(args):
-    """The command's resolved Config: defaults, the YAML file, then the overrides."""
-    from sangal.config import load_config
+def load_cfg(args, writes_out: bool = False):
+    """The command's resolved Config: defaults, the YAML file, then the overrides.
 
-    return load_config(args.config, overrides(args))
+    ``writes_out``: the command writes under ``out`` (a run folder), which is checked writable before any work.
+    """
+    from sangal.config import load_config
+    from sangal.store.outputs import check_output
+
+    cfg = load_config(args.config, overrides(args))
+    if writes_out:
+        check_output(cfg.out, flag="out", folder=True)
+    return cfg
 
 
 def print_metrics(title: str, metrics: dict) -> None:

@@ -71,8 +71,13 @@ def add_search(sub) -> None:
 
 def search(args) -> int:
     from sangal.search import Searcher, format_matches, parse_where, search_html
+    from sangal.store.outputs import check_output
 
+    if args.html:  # the page never lands on the index, the query or (once the index names it) the gallery
+        check_output(args.html, {"--index": args.index, "the query image": args.image}, "--html")
     searcher = Searcher(args.index, device=args.device)
+    if args.html:
+        check_output(args.html, {"the gallery": searcher.index.gallery_dir}, "--html")
     where = parse_where(args.where) if args.where else None
     matches = searcher.search(args.image, k=args.k, where=where)
     print(format_matches(matches))
@@ -84,8 +89,9 @@ def search(args) -> int:
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="a local web page and JSON API to search an index by clicking")
     p.add_argument("--index", required=True, help="index folder from `sangal index`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=at_least(1), default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only); requests "
+                                                       "must name it, 127.0.0.1 or localhost in their Host header")
+    p.add_argument("--port", type=at_least(1, 65535), default=8000, help="TCP port, 1 to 65535 (default 8000)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=serve)
 

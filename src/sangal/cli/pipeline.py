@@ -48,7 +48,9 @@ def add_synth(sub) -> None:
 def synth(args) -> int:
     from sangal.data import load_dataset
     from sangal.data.synthetic import generate_synthetic
+    from sangal.store.outputs import check_output
 
+    check_output(args.out, flag="--out", folder=True)  # before a single image is drawn
     root = generate_synthetic(args.out, num_ids=args.ids, num_cams=args.cams, seed=args.seed, height=args.height,
                               width=args.width, images_per_cam=args.images_per_cam, progress=True, style=args.style)
     print(load_dataset("synthetic", root).summary())
@@ -66,7 +68,7 @@ def add_train_attr(sub) -> None:
 def train_attr(args) -> int:
     from sangal.train.attr import train_attribute_net
 
-    print_metrics("attribute net", train_attribute_net(load_cfg(args), resume=args.resume, overwrite=args.overwrite))
+    print_metrics("attribute net", train_attribute_net(load_cfg(args, writes_out=True), resume=args.resume, overwrite=args.overwrite))
     return 0
 
 
@@ -80,7 +82,7 @@ def add_aah(sub) -> None:
 def aah(args) -> int:
     from sangal.aah.job import build_caches
 
-    for split, path in build_caches(load_cfg(args), splits=args.splits.split(",")).items():
+    for split, path in build_caches(load_cfg(args, writes_out=True), splits=args.splits.split(",")).items():
         print(f"{split}: {path}")
     return 0
 
@@ -98,7 +100,7 @@ def add_train(sub) -> None:
 def train(args) -> int:
     from sangal.train.reid import train_reid
 
-    metrics = train_reid(load_cfg(args), resume=args.resume, overwrite=args.overwrite)
+    metrics = train_reid(load_cfg(args, writes_out=True), resume=args.resume, overwrite=args.overwrite)
     if metrics:
         print_metrics("re-id", metrics)
     return 0
@@ -141,7 +143,7 @@ def study(args) -> int:
     if args.variants not in PRESETS:
         raise SangalError(f"unknown variant preset {args.variants!r}; choose from {', '.join(PRESETS)}")
     variants = [*PRESETS[args.variants], *(parse_variant(v) for v in args.variant)]
-    cfg = load_cfg(args)
+    cfg = load_cfg(args, writes_out=True)
     doc = run_study(cfg, variants, list(range(args.seeds)), reference=args.reference)
     print(format_study(doc))
     print(f"study: {Path(cfg.out) / 'study.json'}")
@@ -184,7 +186,7 @@ def add_distill(sub) -> None:
 def distill(args) -> int:
     from sangal.train.distill import distill as fit
 
-    result = fit(load_cfg(args))
+    result = fit(load_cfg(args, writes_out=True))
     agreement = "  ".join(f"{stage} r {v['pearson']:.3f} argmax {100 * v['argmax']:.1f}%"
                           for stage, v in result.get("val", {}).items())
     print(f"map predictor: {result['path']}" + (f" (held-out agreement: {agreement})" if agreement else ""))

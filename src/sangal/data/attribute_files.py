@@ -1,6 +1,6 @@
 """Writing identity-level attribute labels as Lin et al. ``.mat`` files (the inverse of the reader).
 
-``write_attribute_mat`` produces the exact structure :func:`~sangal.data.attributes.read_attribute_mat`
+``attribute_mat_bytes`` produces the exact structure :func:`~sangal.data.attributes.read_attribute_mat`
 reads: a ``market_attribute`` (or ``duke_attribute``) struct with ``train`` and ``test``,
 one uint8 row per field (1 = no / first class, 2 = yes / second class, ..., 0 =
 unlabelled) and ``image_index`` as 4-digit identity strings. Used by ``sangal label``
@@ -10,7 +10,6 @@ for pseudo-labels, so a dataset that had none trains ``id+attr`` and ``san-gal``
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +43,8 @@ def decode_labels(labels: np.ndarray, schema: AttributeSchema) -> dict[str, np.n
     return out
 
 
-def write_attribute_mat(path: str | Path, schema: AttributeSchema,
-                        splits: dict[str, tuple[list[int], np.ndarray]]) -> Path:
-    """Write ``{"train": (ids, labels (N, K)), "test": (...)}`` as a Lin et al. file, atomically."""
+def attribute_mat_bytes(schema: AttributeSchema, splits: dict[str, tuple[list[int], np.ndarray]]) -> bytes:
+    """The Lin et al. file of ``{"train": (ids, labels (N, K)), "test": (...)}``, as bytes (the caller writes them)."""
     struct = {}
     for split in FILE_SPLITS:
         ids, labels = splits.get(split, ([], np.zeros((0, len(schema)), np.int64)))
@@ -58,9 +56,5 @@ def write_attribute_mat(path: str | Path, schema: AttributeSchema,
         struct[split] = node
     buf = io.BytesIO()
     scipy.io.savemat(buf, {_STRUCT_NAMES[schema.dataset]: struct}, format="5", oned_as="row")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return buf.getvalue()
+

@@ -31,9 +31,13 @@ from sangal.config import Config
 from sangal.data import setup
 from sangal.data.attributes import schema_name
 from sangal.errors import ConfigError
-from sangal.store.files import atomic_write_text
+from sangal.store.files import atomic_write_bytes, atomic_write_text
+from sangal.store.outputs import check_output
 
 log = logging.getLogger(__name__)
+
+#: What ``label_dataset`` writes into its output folder.
+OUTPUT_FILES = ("attributes.mat", "images.csv", "identities.csv", "dataset.csv", "summary.json")
 
 
 @torch.no_grad()
@@ -83,11 +87,16 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
     ``compare``: a Lin et al. file of true labels; the summary then holds the mA of the
     per-image predictions and of the identity labels on the train images.
     """
-    from sangal.data.attribute_files import write_attribute_mat
+    from sangal.data.attribute_files import attribute_mat_bytes
     from sangal.data.attributes import get_schema
     from sangal.runtime.distributed import resolve_device
     from sangal.store.checkpoint import load_model
 
+    out = Path(out) if out is not None else Path(cfg.out) / "labels"
+    inputs = {"--checkpoint": checkpoint, "data.root": cfg.data.root, "data.attributes": cfg.data.attributes,
+              "--compare": compare}
+    for name in OUTPUT_FILES:  # before any work: no pseudo-label file lands on an input
+        check_output(out / name, inputs, "--out")
     device = resolve_device(cfg.train.device)
     model, ckpt = load_model(checkpoint, expected_kind="attribute", device=str(device))
     cfg.data.height, cfg.data.width = ckpt.arch["height"], ckpt.arch["width"]
@@ -98,7 +107,6 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
                           f"data.dataset={cfg.data.dataset} trains with the {wanted} schema; label with a "
                           f"{wanted}-schema attribute net")
     dataset = setup.load_reid_dataset(cfg)
-    out = Path(out) if out is not None else Path(cfg.out) / "labels"
     out.mkdir(parents=True, exist_ok=True)
     groups = {"train": list(dataset.train),
               "test": [r for r in list(dataset.query) + list(dataset.gallery) if r.raw_pid > 0]}
@@ -117,7 +125,7 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
             id_rows.append([split, int(pid), int(counts[j])] + [
                 x for k in range(len(schema)) for x in (_name(schema, k, int(labels[j, k])), f"{conf[j, k]:.4f}")])
     pairs = [x for n in schema.names for x in (n, f"{n}_confidence")]
-    write_attribute_mat(out / "attributes.mat", schema, mat_splits)
+    atomic_write_bytes(out / "attributes.mat", attribute_mat_bytes(schema, mat_splits))
     atomic_write_text(out / "images.csv", _csv_text(["path", "pid", "camid", "split", *pairs], image_rows))
     atomic_write_text(out / "identities.csv", _csv_text(["split", "pid", "images", *pairs], id_rows))
     atomic_write_text(out / "dataset.csv", _dataset_csv(dataset, schema, per_id))

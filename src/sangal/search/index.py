@@ -56,6 +56,7 @@ from sangal.store.files import (
     staged_dir,
     verify_sha256,
 )
+from sangal.store.outputs import check_output
 
 __all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
@@ -209,11 +210,11 @@ def list_gallery(gallery_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _check_out(out: Path, gallery: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
+def _check_out(out: Path, inputs: dict[str, Any]) -> None:
+    """Before any work: ``out`` is writable, neither an input nor inside or around one, and empty or an index."""
+    check_output(out, inputs, "--out", folder=True)
+    if out.exists() and any(out.iterdir()) and not (out / META_FILE).is_file():
         raise ConfigError(f"{out} exists and is not a sangal index; choose another --out or remove it")
-    if out.resolve() == gallery.resolve():
-        raise ConfigError(f"the index folder {out} must not be the gallery folder itself")
 
 
 def _schema_json(schema: AttributeSchema, source: str) -> dict[str, Any]:
@@ -273,7 +274,7 @@ def build_index(
 
     gallery = Path(gallery_dir).resolve()
     out = Path(out)
-    _check_out(out, gallery)
+    _check_out(out, {"the gallery": gallery, "--checkpoint": checkpoint, "--attr-checkpoint": attr_checkpoint})
     with output_lock(out, wait=False):  # a second writer of `out` stops here, naming the first
         recover_aside(out)  # a killed swap: the old index is back before the long part starts
         files = list_gallery(gallery)

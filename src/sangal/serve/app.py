@@ -1,13 +1,16 @@
 """`sangal serve`: the page and the JSON API over a :class:`~sangal.serve.service.SearchService` (FastAPI + uvicorn).
 
-Every error is one JSON line ``{"error": "..."}`` with a 4xx status (5xx only for a bug, logged with its
-traceback); the server keeps answering after any of them. Bodies are refused before they are read when
+Every error is one JSON line ``{"error": "..."}`` with a 4xx status (5xx for a bug or a broken index, logged
+with the details); no error body names a file or folder, and the server keeps answering after any of them. A
+request whose ``Host`` header names another server is refused (400): a page elsewhere cannot reach the gallery
+by pointing its own name at this machine (DNS rebinding). Bodies are refused before they are read when
 they declare more than the upload limit, or declare no length at all. The API is described by its
 OpenAPI schema (``/api/openapi.json``), rendered offline at ``/api`` (FastAPI's own pages load a CDN).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -31,13 +34,14 @@ except ImportError as exc:  # the optional extra
     raise ConfigError(f"`sangal serve` needs FastAPI, uvicorn and python-multipart ({exc}); "
                       f"pip install 'sangal[serve]'") from None
 
-__all__ = ["ServerThread", "create_app", "serve"]
+__all__ = ["HostCheck", "ServerThread", "allowed_hosts", "create_app", "host_name", "listen", "serve"]
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(str(resources.files("sangal.serve") / "static"))
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small form fields around the image
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_WILDCARD = ("0.0.0.0", "::", "")
 
 K = Query(20, ge=1, le=MAX_RESULTS, description="hits per page")
 OFFSET = Query(0, ge=0, le=MAX_RESULTS - 1, description="hits to skip (paging); offset + k <= max_results")
@@ -66,6 +70,56 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, lowercased, without its port: ``[::1]:8000`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    name, colon, port = header.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else header
+
+
+def allowed_hosts(host: str) -> frozenset[str]:
+    """The names a server started on ``host`` answers to: this machine's loopback names and ``host`` itself.
+
+    A wildcard ``host`` (0.0.0.0, ::) serves other machines, which name it by address or by its host name.
+    """
+    names = {*_LOOPBACK, host.strip().strip("[]").lower()}
+    if host in _WILDCARD:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """ASGI middleware: 400 unless the ``Host`` header names this server.
+
+    A web page on another site can point its own name at 127.0.0.1 (DNS rebinding) and read the answers; its
+    requests then carry that name, which this server was not started for. With a wildcard address any IP
+    address is accepted too: a rebinding page can only send a name.
+    """
+
+    def __init__(self, app: Any, names: frozenset[str], any_address: bool = False) -> None:
+        self.app, self.names, self.any_address = app, names, any_address
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            name = host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+            if name not in self.names and not (self.any_address and _is_address(name)):
+                message = (f"this server answers only requests addressed to {', '.join(sorted(self.names))}; "
+                           f"open it by one of those names")
+                await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -75,9 +129,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
         return _error(exc.status, str(exc))
 
+    @app.exception_handler(ConfigError)
+    async def bad_filter(_: Request, exc: ConfigError) -> JSONResponse:
+        return _error(400, str(exc))  # an unknown filter attribute or class: names from the index, never a path
+
     @app.exception_handler(SangalError)
-    async def sangal_error(_: Request, exc: SangalError) -> JSONResponse:
-        return _error(400, str(exc))  # an unknown filter attribute or class, an unreadable query
+    async def sangal_error(request: Request, exc: SangalError) -> JSONResponse:
+        logger.warning("cannot answer %s %s: %s", request.method, request.url.path, exc)  # may name files: log only
+        return _error(500, f"the server cannot answer this ({type(exc).__name__}); the server log has the details")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,14 +161,16 @@ def _read_upload(image: UploadFile) -> bytes:
     return data
 
 
-def create_app(service: SearchService) -> FastAPI:
-    """The page (``/``), its offline API documentation (``/api``) and the JSON API (``/api/...``)."""
+def create_app(service: SearchService, host: str = "127.0.0.1") -> FastAPI:
+    """The page (``/``), its offline API documentation (``/api``) and the JSON API (``/api/...``), answering
+    only requests whose ``Host`` names the server started on ``host`` (:class:`HostCheck`)."""
     app = FastAPI(title="sangal serve", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="Person search over a gallery index: by upload or by gallery id, with attribute "
                               "filters. Images are named by gallery id (their row in the index), never by path.")
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + _FORM_OVERHEAD)
+    app.add_middleware(HostCheck, names=allowed_hosts(host), any_address=host in _WILDCARD)  # outermost: first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -156,19 +217,44 @@ def create_app(service: SearchService) -> FastAPI:
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``; ConfigError (one line) when that address cannot be had."""
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = found[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, OverflowError) as exc:
+        raise ConfigError(f"cannot listen on {host} port {port}: {getattr(exc, 'strerror', None) or exc}; "
+                          f"check --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror or exc}; choose another --port "
+                          f"or stop what holds it") from None
+    return sock
+
+
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> None:
-    """Load the index and its model once, then answer on http://host:port/ until interrupted."""
+    """Load the index and its model once, bind ``host``:``port``, then answer until interrupted."""
     import uvicorn
 
     from sangal.search import Searcher
 
+    sock = listen(host, port)  # before the model loads: a taken port is one line, at once
     service = SearchService(Searcher(index_dir, device=device))
     logging.getLogger("sangal.evaluate.features").setLevel(logging.WARNING)  # one INFO line per query otherwise
     if host not in _LOOPBACK:
         logger.warning("listening on %s: anyone who can reach this machine can search the gallery", host)
-    print(f"sangal serve: {len(service.index)} images of {index_dir} on http://{host}:{port}/ "
-          f"(API: http://{host}:{port}/api); Ctrl-C stops", flush=True)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"sangal serve: {len(service.index)} images of {index_dir} on http://{shown}:{port}/ "
+          f"(API: http://{shown}:{port}/api); Ctrl-C stops", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(service, host), log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class ServerThread:
@@ -180,8 +266,7 @@ class ServerThread:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
         import uvicorn
 
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind((host, 0))
+        self._socket = listen(host, 0)
         self.url = f"http://{host}:{self._socket.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)

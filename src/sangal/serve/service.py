@@ -17,6 +17,7 @@ search sets the shared ``efSearch`` first.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ import numpy as np
 
 from sangal.data.custom import camera_of
 from sangal.data.market1501 import MARKET1501_LAYOUT
-from sangal.errors import RequestError
+from sangal.errors import CacheError, RequestError
 from sangal.search import Searcher, parse_where
 from sangal.search.where import colour_groups, predicted_attributes, where_mask
 from sangal.serve.images import decode_image, thumbnail_jpeg
@@ -36,6 +37,8 @@ from sangal.serve.model import QueryEmbedding, describe, embed_image, image_maps
 from sangal.viz.heatmap import STAGE_NAMES
 
 __all__ = ["MAX_RESULTS", "SearchService", "camera_label"]
+
+logger = logging.getLogger(__name__)
 
 #: The deepest hit a request may reach (offset + k).
 MAX_RESULTS = 1000
@@ -192,9 +195,12 @@ class SearchService:
         return self._maps_json(embedded.maps)
 
     def _gallery_image(self, gallery_id: int):
-        path = Path(self.index.absolute_path(self._check_id(gallery_id)))
         try:
-            data = path.read_bytes()
+            data = Path(self.index.absolute_path(self._check_id(gallery_id))).read_bytes()
+        except CacheError as exc:  # a link swapped in that leads outside the gallery: the log names it, not the body
+            logger.warning("%s", exc)
+            raise RequestError(f"gallery image {gallery_id} is not served: its file now leads outside the gallery "
+                               f"(the server log says where)", 403) from None
         except OSError:
             raise RequestError(f"gallery image {gallery_id} can no longer be read", 410) from None
         return decode_image(data, f"gallery image {gallery_id}")

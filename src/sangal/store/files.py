@@ -1,6 +1,7 @@
 """Durable storage primitives shared by checkpoints and the AAH cache.
 
-* atomic writes: :func:`atomic_write_text` (temp file + fsync + rename),
+* atomic writes: :func:`atomic_file` / :func:`atomic_write_bytes` / :func:`atomic_write_text` (temp file +
+  fsync + rename; the one writer of every file a command writes),
   :func:`staged_dir` (build a directory in a hidden sibling, then rename it
   into place), :func:`replace_dir` / :func:`recover_aside` (replace an
   existing directory so that a crash leaves the old or the new one);
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -29,7 +31,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -50,12 +51,12 @@ except ImportError:  # not POSIX: outputs are written without a lock
     fcntl = None
 
 from sangal.data.verify import cached_sha256, file_sha256, verify_sha256
-from sangal.errors import BusyError, SangalError
+from sangal.errors import BusyError, OutputError, SangalError
 from sangal.version import __version__
 
 __all__ = [
     "file_sha256", "cached_sha256", "verify_sha256", "seal_json", "check_seal", "output_lock",
-    "atomic_write_text", "replace_dir", "recover_aside", "staged_dir",
+    "atomic_file", "atomic_write_bytes", "atomic_write_text", "replace_dir", "recover_aside", "staged_dir",
     "save_safetensors", "git_commit", "provenance", "to_json", "from_json", "write_json_atomic",
 ]
 
@@ -148,15 +149,38 @@ def _acquire(lock: Path, path: Path, wait: bool) -> int:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + fsync + rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` to write; on success fsync it and rename it over ``path``.
+
+    The old file stays whole until the new one is (a kill leaves one or the other); the temp file is removed
+    on failure, and those of killed writers by the next write. An OSError (a read-only folder, a full disk) becomes one OutputError line naming ``path``.
+    """
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        if stale.is_file() and _writer_gone(stale):  # left by a writer killed before its rename
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{_writer_tag()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc}); choose another output") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -357,19 +381,9 @@ def from_json(obj: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file + rename so readers never see half a file."""
+    """Write JSON through :func:`atomic_file`, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:

@@ -12,6 +12,7 @@ from sangal.data import setup
 from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import channels_last
+from sangal.store.files import atomic_write_text
 from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, saved_optimizer, step_schedule
@@ -128,7 +129,7 @@ def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int
     device = resolve_device(cfg.train.device)
     task = AttrTask(cfg, device, resume)
     task.run_dir.mkdir(parents=True, exist_ok=True)
-    (task.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    atomic_write_text(task.run_dir / "config.yaml", dump_yaml(cfg))
     task.logger = logger = RunLogger(task.run_dir, history=task.position.history)
     settings = LoopSettings(device, cfg.train.amp, cfg.train.checkpoint_every, cfg.train.log_every)
     try:

@@ -21,6 +21,7 @@ from sangal.errors import CheckpointError, ConfigError
 from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
+from sangal.store.files import atomic_write_text
 from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config, guard_run_folder
 from sangal.train.ema import WeightEMA, ema_applied
@@ -221,7 +222,7 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
     task.logger = logger = RunLogger(task.run_dir, enabled=info.is_main, history=task.position.history)
     if info.is_main:
         task.run_dir.mkdir(parents=True, exist_ok=True)
-        (task.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        atomic_write_text(task.run_dir / "config.yaml", dump_yaml(cfg))
     oc = cfg.optim
     schedule = step_schedule(cfg.train.epochs, task.steps, oc.lr, oc.warmup_start_lr, oc.warmup_epochs,
                              oc.milestones, oc.milestone_lrs)
