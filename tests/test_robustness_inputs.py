@@ -117,6 +117,16 @@ def test_case10_dangling_symlink_is_listed_under_skip(tiny_synth, tmp_path):
     assert listing.read_text().startswith(f"{link}\t")
 
 
+def test_case10_dangling_symlink_in_a_gallery_is_listed_as_skipped(ckpt, tiny_synth, tmp_path, capsys):
+    import json
+
+    gallery = Path(shutil.copytree(tiny_synth / "bounding_box_test", tmp_path / "gallery"))
+    (gallery / "zz_gone.jpg").symlink_to(gallery / "deleted.jpg")
+    code, _, _ = play(capsys, "index", gallery, "--checkpoint", ckpt, "--out", tmp_path / "index")
+    skipped = json.loads((tmp_path / "index" / "meta.json").read_text())["skipped"]
+    assert code == 0 and [s["path"] for s in skipped] == ["zz_gone.jpg"]
+
+
 # ----------------------------------------------------------------------------- 12. devices that do not exist
 
 

@@ -43,7 +43,7 @@ def overrides(args) -> list[str]:
 
 def device_arg(p: argparse.ArgumentParser) -> None:
     """``--device`` for the commands that take it instead of train.device (checked by :func:`device`)."""
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (a GPU when there is one)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (a GPU if there is one)")
 
 
 def device(args) -> str:

@@ -32,8 +32,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "attr_train.loss": ("ce", "balanced"),
 }
 
-#: Learning rates above 10 and schedules past 10000 epochs are typing slips (optim.lr=1e308 overflows the first
-#: step), not experiments: the bounds of every rate and epoch count below.
+#: Learning rates above 10 and schedules past 10000 epochs are typing slips (optim.lr=1e308 overflows in training),
+#: not experiments: the bounds of every rate and epoch count below.
 MAX_LR, MAX_EPOCHS = 10, 10000
 LR, EPOCHS, EPOCH_SPAN = f"[0, {MAX_LR}]", f"[1, {MAX_EPOCHS}]", f"[0, {MAX_EPOCHS}]"
 
@@ -62,7 +62,7 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def device_problem(value: str, setting: str = "train.device") -> str | None:
-    """One line when ``value`` names no kind of device (e.g. ``potato``); ``setting`` is the key or flag that gave it."""
+    """One line when ``value`` names no kind of device (e.g. ``potato``); ``setting``: the key or flag giving it."""
     if DEVICE.fullmatch(str(value)):
         return None
     return f"{setting}={value} is not a device: use auto, cpu, cuda, cuda:N or mps"
