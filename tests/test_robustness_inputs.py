@@ -102,7 +102,7 @@ def test_case10_dangling_symlink_in_a_dataset_is_an_error(ckpt, tiny_synth, tiny
     root = dataset_copy(tiny_synth, tmp_path)
     link = root / "bounding_box_test" / "0025_c2s1_009999_01.jpg"
     os.symlink(tmp_path / "gone.jpg", link)
-    refused(evaluate(capsys, tiny_overrides, ckpt, root, tmp_path), link, "does not exist")
+    refused(evaluate(capsys, tiny_overrides, ckpt, root, tmp_path), link, "a link to a file that does not exist")
 
 
 def test_case10_dangling_symlink_is_listed_under_skip(tiny_synth, tmp_path):
