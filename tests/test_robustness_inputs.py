@@ -187,13 +187,27 @@ def test_case15_base_that_is_not_a_path_is_one_line(base, kind, tmp_path, capsys
 # ----------------------------------------------------------------------------- 18. log lines
 
 
-def test_case18_log_lines_keep_their_own_line_breaks_and_escape_names():
-    from sangal.cli import _PrintableLog
+def test_case18_log_lines_keep_their_own_line_breaks_and_escape_names(tiny_synth, tmp_path):
+    import io
 
-    record = logging.LogRecord("sangal.data", logging.INFO, __file__, 1, "loaded %s from %s\n%s",
-                               ("market1501", "syn\nth\x1b[2J", "train   | 4 ids"), None)
-    text = _PrintableLog("%(levelname)s %(message)s").format(record)
-    assert text == "INFO loaded market1501 from syn\\nth\\x1b[2J\ntrain   | 4 ids"
+    from sangal.cli import _PrintableLog
+    from sangal.data import load_dataset
+
+    root = Path(shutil.copytree(tiny_synth, tmp_path / "syn\nth\x1b[2J"))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_PrintableLog("%(levelname)s %(message)s"))
+    logger, level = logging.getLogger("sangal.data.records"), logging.getLogger("sangal.data.records").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        load_dataset("synthetic", root)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    escaped = str(root).replace("\n", "\\n").replace("\x1b", "\\x1b")
+    assert stream.getvalue().startswith(f"INFO loaded synthetic from {escaped}\ntrain   | 4 ids | 22 images")
+    assert stream.getvalue().count("\n") == 4  # the header and three split lines
 
 
 def test_case18_synth_prints_its_summary_once(tmp_path, capsys):

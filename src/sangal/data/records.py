@@ -221,7 +221,7 @@ def build_dataset(name: str, root: Path, splits: dict[str, list[ImageRecord]], a
     dataset = ReIDDataset(name=name, root=Path(root), train=splits["train"], query=splits["query"],
                           gallery=splits["gallery"], num_train_pids=len({r.pid for r in splits["train"]}),
                           attributes=attributes)
-    logger.info("loaded %s from %s\n%s", name, root, dataset.summary())
+    logger.info("loaded %s from %s\n" + dataset.summary(), name, root)  # the summary's lines are our own text
     return dataset
 
 
