@@ -156,7 +156,7 @@ def add_label(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="attribute checkpoint (e.g. runs/x/attr/checkpoints/final)")
     p.add_argument("--out", default=None, help="output folder (default <out>/labels): attributes.mat, dataset.csv, ...")
     p.add_argument("--min-confidence", type=float, default=0.0,
-                   help="leave an identity's attribute unlabelled below this mean probability, in [0, 1] (0: label all)")
+                   help="in [0, 1]: leave an identity's attribute unlabelled below this mean probability (0: all)")
     p.add_argument("--compare", default=None, help="true-label .mat of the same dataset: print the pseudo-labels' mA")
     config_args(p)
     p.set_defaults(func=label)
