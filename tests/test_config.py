@@ -154,6 +154,6 @@ def test_each_wrong_value_is_one_line_and_nan_is_refused():
     assert str(err.value).splitlines() == [
         "model.mode='x' is not one of: id, id+attr, san-gal",
         "data.flip=1.5 is out of range: must be in [0, 1]",
-        "optim.lr=nan is out of range: must be >= 0",
-        "train.epochs=-2 is out of range: must be >= 1",
+        "optim.lr=nan is out of range: must be in [0, 10]",
+        "train.epochs=-2 is out of range: must be in [1, 10000]",
     ]

@@ -317,7 +317,7 @@ def truncated_attributes_without_a_recorded_hash(world, tmp_path, capsys, reques
 @case("6 out-of-range config accepted")
 def negative_epochs(world, tmp_path, capsys, request):
     refused(play(capsys, "train", "--mode", "id", *world["over"](tmp_path / "out"), "train.epochs=-2"),
-            "train.epochs=-2", "must be >= 1")
+            "train.epochs=-2", "must be in [1, 10000]")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,5 +1,9 @@
 """User-facing errors: each message is one line naming the file and what is wrong."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class SangalError(Exception):
     """Base for errors the CLI reports as one line (``error: ...``) instead of a traceback."""
@@ -45,6 +49,27 @@ def printable(text: str, keep: str = "") -> str:
     or clear the screen.
     """
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def read_text(path: str | Path, error: type[SangalError], what: str) -> str:
+    """The UTF-8 text of a file the user named, else ``error`` in one line: missing, a folder, unreadable or binary.
+
+    ``what`` names the file's role ("config file", "CSV dataset file"); the one reader of user text files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    if not path.exists():
+        raise error(f"{what} {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                    "is it a binary file?") from None
 
 
 class RequestError(SangalError):

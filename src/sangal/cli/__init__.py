@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import re
 import sys
+from collections.abc import Mapping
 
 from sangal.cli import deploy, pipeline
 from sangal.errors import ConfigError, SangalError, printable
@@ -76,10 +78,24 @@ def _error_text(exc: BaseException, verbose: bool) -> str:
 
 
 class _PrintableLog(logging.Formatter):
-    """Log lines pass :func:`sangal.errors.printable`, as everything else the CLI prints."""
+    """Log lines keep the library's own line breaks and tabs (its format strings); what fills a ``%s`` (a file
+    name, a user's string, an error) passes :func:`sangal.errors.printable` whole, as everything the CLI prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            record = copy.copy(record)  # other handlers see the record as it was logged
+            args = record.args
+            record.args = ({k: _outside(v) for k, v in args.items()} if isinstance(args, Mapping)
+                           else tuple(_outside(a) for a in args))
+        return super().format(record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        return printable(super().formatMessage(record), keep="\n\t")
+
+
+def _outside(value):
+    """A log argument: numbers as they are (for %d, %.1f), anything else as escaped text (no call logs with %r)."""
+    return value if isinstance(value, (int, float)) else printable(str(value))
 
 
 class _PrintableOut:

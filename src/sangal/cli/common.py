@@ -41,6 +41,18 @@ def overrides(args) -> list[str]:
     return found
 
 
+def device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` for the commands that take it instead of train.device (checked by :func:`device`)."""
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (a GPU if there is one)")
+
+
+def device(args) -> str:
+    """The command's ``--device``, checked against this machine: a ConfigError line when it has no such device."""
+    from sangal.runtime.distributed import resolve_device
+
+    return str(resolve_device(args.device, setting="--device"))
+
+
 def load_cfg(args, writes_out: bool = False):
     """The command's resolved Config: defaults, the YAML file, then the overrides.
 
@@ -57,4 +69,7 @@ def load_cfg(args, writes_out: bool = False):
 
 def print_metrics(title: str, metrics: dict) -> None:
     keys = [k for k in ("rank1", "rank5", "rank10", "mAP", "mINP", "mA", "reid_attr_mA") if k in metrics]
-    print(title + ": " + "  ".join(f"{k} {100 * metrics[k]:.2f}%" for k in keys))
+    skipped = metrics.get("num_skipped_queries", 0)
+    total = skipped + metrics.get("num_valid_queries", 0)
+    note = f"; {skipped} of {total} queries skipped (no true match in the gallery)" if skipped else ""
+    print(title + ": " + "  ".join(f"{k} {100 * metrics[k]:.2f}%" for k in keys) + note)

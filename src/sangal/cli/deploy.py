@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sangal.cli.common import at_least
+from sangal.cli.common import at_least, device, device_arg
 
 
 def add_export(sub) -> None:
@@ -38,7 +38,7 @@ def add_index(sub) -> None:
     p.add_argument("--attr-checkpoint", help="attribute checkpoint (san-gal models; default: the one training used)")
     p.add_argument("--out", default=None, help="index folder (default: <gallery>.sangal-index)")
     p.add_argument("--batch-size", type=at_least(1), default=64)
-    p.add_argument("--device", default="cpu")
+    device_arg(p)
     p.add_argument("--faiss-threshold", type=int, default=50000, help="use FAISS at or above this many images")
     p.add_argument("--num-workers", type=at_least(0), default=0, help="DataLoader workers decoding images")
     p.add_argument("--aah", choices=["exact", "fast"], default=None,
@@ -52,7 +52,7 @@ def index(args) -> int:
 
     out = args.out or str(Path(args.gallery).resolve()) + ".sangal-index"
     built = build_index(args.gallery, args.checkpoint, out, attr_checkpoint=args.attr_checkpoint,
-                        batch_size=args.batch_size, device=args.device, faiss_threshold=args.faiss_threshold,
+                        batch_size=args.batch_size, device=device(args), faiss_threshold=args.faiss_threshold,
                         num_workers=args.num_workers, aah=args.aah)
     print(f"indexed {len(built)} images into {out}")
     return 0
@@ -65,7 +65,7 @@ def add_search(sub) -> None:
     p.add_argument("-k", type=at_least(1), default=10, help="matches to return")
     p.add_argument("--where", default=None, help="attribute filter, e.g. upper_color=red,backpack=yes")
     p.add_argument("--html", default=None, help="also write an HTML page with the heat maps and matches")
-    p.add_argument("--device", default="cpu")
+    device_arg(p)
     p.set_defaults(func=search)
 
 
@@ -75,7 +75,7 @@ def search(args) -> int:
 
     if args.html:  # the page never lands on the index, the query or (once the index names it) the gallery
         check_output(args.html, {"--index": args.index, "the query image": args.image}, "--html")
-    searcher = Searcher(args.index, device=args.device)
+    searcher = Searcher(args.index, device=device(args))
     if args.html:
         check_output(args.html, {"the gallery": searcher.index.gallery_dir}, "--html")
     where = parse_where(args.where) if args.where else None
@@ -92,12 +92,12 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only); requests "
                                                        "must name it, 127.0.0.1 or localhost in their Host header")
     p.add_argument("--port", type=at_least(1, 65535), default=8000, help="TCP port, 1 to 65535 (default 8000)")
-    p.add_argument("--device", default="cpu")
+    device_arg(p)
     p.set_defaults(func=serve)
 
 
 def serve(args) -> int:
     from sangal.serve.app import serve as run_server  # ConfigError naming the `serve` extra when FastAPI is missing
 
-    run_server(args.index, host=args.host, port=args.port, device=args.device)
+    run_server(args.index, host=args.host, port=args.port, device=device(args))
     return 0

@@ -53,7 +53,8 @@ def synth(args) -> int:
     check_output(args.out, flag="--out", folder=True)  # before a single image is drawn
     root = generate_synthetic(args.out, num_ids=args.ids, num_cams=args.cams, seed=args.seed, height=args.height,
                               width=args.width, images_per_cam=args.images_per_cam, progress=True, style=args.style)
-    print(load_dataset("synthetic", root).summary())
+    load_dataset("synthetic", root)  # reads it back; its log line is the summary
+    print(f"wrote a synthetic dataset to {root}")
     return 0
 
 
@@ -155,7 +156,7 @@ def add_label(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="attribute checkpoint (e.g. runs/x/attr/checkpoints/final)")
     p.add_argument("--out", default=None, help="output folder (default <out>/labels): attributes.mat, dataset.csv, ...")
     p.add_argument("--min-confidence", type=float, default=0.0,
-                   help="leave an identity's attribute unlabelled below this mean probability (0: label all)")
+                   help="in [0, 1]: leave an identity's attribute unlabelled below this mean probability (0: all)")
     p.add_argument("--compare", default=None, help="true-label .mat of the same dataset: print the pseudo-labels' mA")
     config_args(p)
     p.set_defaults(func=label)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from sangal.config.schema import Config
@@ -31,24 +32,40 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "attr_train.loss": ("ce", "balanced"),
 }
 
+#: Learning rates above 10 and schedules past 10000 epochs are typing slips (optim.lr=1e308 overflows in training),
+#: not experiments: the bounds of every rate and epoch count below.
+MAX_LR, MAX_EPOCHS = 10, 10000
+LR, EPOCHS, EPOCH_SPAN = f"[0, {MAX_LR}]", f"[1, {MAX_EPOCHS}]", f"[0, {MAX_EPOCHS}]"
+
 #: What each numeric key must be: ">= a", "> a", or an interval ("[" closed, "(" open); a list: every element.
 RANGES: dict[str, str] = {  # data.p, data.k >= 2: triplet mining needs a positive and a negative
     "data.height": ">= 32", "data.width": ">= 16", "data.flip": "[0, 1]", "data.pad": ">= 0", "data.erasing": "[0, 1]",
     "data.p": ">= 2", "data.k": ">= 2", "data.num_workers": ">= 0", "data.test_batch_size": ">= 1",
-    "model.last_stride": "[1, 2]", "model.asam_gain": ">= 0", "optim.lr": ">= 0", "optim.warmup_start_lr": ">= 0",
-    "optim.warmup_epochs": ">= 0", "optim.milestones": ">= 0", "optim.milestone_lrs": ">= 0",
-    "optim.momentum": "[0, 1)", "optim.weight_decay": ">= 0", "optim.head_lr_scale": "> 0", "loss.id": ">= 0",
+    "model.last_stride": "[1, 2]", "model.asam_gain": ">= 0", "optim.lr": LR, "optim.warmup_start_lr": LR,
+    "optim.warmup_epochs": EPOCH_SPAN, "optim.milestones": EPOCH_SPAN, "optim.milestone_lrs": LR,
+    "optim.momentum": "[0, 1)", "optim.weight_decay": ">= 0", "optim.head_lr_scale": "(0, 100]", "loss.id": ">= 0",
     "loss.triplet": ">= 0", "loss.attr": ">= 0", "loss.margin": ">= 0", "loss.label_smoothing": "[0, 1)",
-    "loss.guide": ">= 0", "train.epochs": ">= 1", "train.seed": "[0, 4294967295]", "train.checkpoint_every": ">= 0",
+    "loss.guide": ">= 0", "train.epochs": EPOCHS, "train.seed": "[0, 4294967295]", "train.checkpoint_every": ">= 0",
     "train.log_every": ">= 1", "train.eval_every": ">= 0", "train.max_steps_per_epoch": ">= 0",
-    "attr_train.epochs": ">= 1", "attr_train.batch_size": ">= 2", "attr_train.lr": ">= 0",
-    "attr_train.warmup_epochs": ">= 0", "attr_train.milestones": ">= 0", "attr_train.gamma": "(0, 1]",
+    "attr_train.epochs": EPOCHS, "attr_train.batch_size": ">= 2", "attr_train.lr": LR,
+    "attr_train.warmup_epochs": EPOCH_SPAN, "attr_train.milestones": EPOCH_SPAN, "attr_train.gamma": "(0, 1]",
     "attr_train.weight_decay": ">= 0", "attr_train.max_steps_per_epoch": ">= 0", "eval.k1": ">= 1", "eval.k2": ">= 1",
-    "eval.lambda_value": "[0, 1]", "eval.max_rank": ">= 1", "distill.epochs": ">= 1", "distill.lr": ">= 0",
+    "eval.lambda_value": "[0, 1]", "eval.max_rank": ">= 1", "distill.epochs": EPOCHS, "distill.lr": LR,
     "distill.batch_size": ">= 1", "distill.hidden": ">= 1", "distill.val_fraction": "[0, 1)",
     "distill.patience": ">= 0", "distill.min_delta": ">= 0", "attr_train.holdout": "[0, 1)",
     "attr_train.warmup_start_factor": ">= 0", "train.ema": "[0, 1)",
 }
+
+
+#: What train.device (and a command's --device) may name; whether it exists here is runtime.resolve_device's check.
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_problem(value: str, setting: str = "train.device") -> str | None:
+    """One line when ``value`` names no kind of device (e.g. ``potato``); ``setting``: the key or flag giving it."""
+    if DEVICE.fullmatch(str(value)):
+        return None
+    return f"{setting}={value} is not a device: use auto, cpu, cuda, cuda:N or mps"
 
 
 def _range_problem(dotted: str, value: Any, rule: str) -> str | None:
@@ -67,6 +84,7 @@ def validate(cfg: Config) -> Config:
     value = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in (*CHOICES, *RANGES)}
     problems = [f"{k}={value[k]!r} is not one of: {', '.join(a)}" for k, a in CHOICES.items() if value[k] not in a]
     problems += [p for k, rule in RANGES.items() if (p := _range_problem(k, value[k], rule))]
+    problems += [p for p in [device_problem(cfg.train.device)] if p]
     if len(cfg.optim.milestones) != len(cfg.optim.milestone_lrs):
         problems.append("optim.milestones and optim.milestone_lrs must have the same length")
     if not (stages := cfg.model.asam_stages) or not set(stages) <= {2, 3, 4} or len(set(stages)) < len(stages):

@@ -12,7 +12,7 @@ import yaml
 
 from sangal.config.checks import validate
 from sangal.config.schema import Config
-from sangal.errors import ConfigError
+from sangal.errors import ConfigError, read_text
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
@@ -40,6 +40,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if text in ("false", "no", "0", "off"):
                 return False
             raise ValueError(value)
+        if isinstance(value, bool) and tp in (int, float):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} (a boolean; write a number)")
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -78,7 +80,10 @@ def _apply(obj: Any, values: dict, prefix: str, source: str) -> None:
                 raise ConfigError(f"{source}: '{dotted}' is a section; give it keys, not {value!r}")
             _apply(current, value, dotted + ".", source)
         else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
+            try:
+                setattr(obj, key, _coerce(value, hints[key], dotted))
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -139,21 +144,43 @@ def _apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Non
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """Read a YAML file and the chain of `base:` files it extends (base first)."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    text = read_text(path, ConfigError, "config file")
     if path.resolve() in seen:
         raise ConfigError(f"config file {path} extends itself through 'base:'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
+        twice = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
+    if twice:
+        raise ConfigError(f"config file {path}: {twice}; keep one (YAML would silently take the last)")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        kind = {dict: "mapping", list: "list"}.get(type(base), type(base).__name__)
+        raise ConfigError(f"config file {path}: 'base' must be the path of the YAML file it extends, "
+                          f"got a {kind}: {base!r}")
     chain: list[tuple[Path, dict]] = []
     if base:
         chain = _read_yaml_chain((path.parent / base), seen + (path.resolve(),))
     return chain + [(path, data)]
+
+
+def _duplicate_key(node: Any, prefix: str = "") -> str | None:
+    """"key 'train.epochs' is given twice (lines 2 and 4)" for the first key a YAML mapping repeats, else None."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        name = f"{prefix}{key.value}" if isinstance(key, yaml.ScalarNode) else prefix
+        line = key.start_mark.line + 1
+        if name in lines and name != prefix:
+            return f"key '{name}' is given twice (lines {lines[name]} and {line})"
+        lines[name] = line
+        if found := _duplicate_key(value, f"{name}."):
+            return found
+    return None
 
 
 def to_dict(cfg: Config) -> dict:

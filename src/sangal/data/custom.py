@@ -28,6 +28,7 @@ file has such a token the whole set is one camera (camid 0).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 from pathlib import Path
@@ -35,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from sangal.data.attributes import IGNORE_INDEX, AttributeTable, get_schema
-from sangal.data.records import IMAGE_EXTENSIONS, SPLITS, ReIDDataset, build_dataset, make_records
-from sangal.errors import DatasetError
+from sangal.data.records import SPLITS, ReIDDataset, build_dataset, is_image_entry, make_records
+from sangal.errors import DatasetError, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ def _class_index(value: str, classes: tuple[str, ...], column: str, where: str) 
 def read_csv_dataset(path: str | Path) -> ReIDDataset:
     """A dataset described by a CSV file (format in the module docstring)."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{path}: CSV dataset file does not exist (data.dataset=csv wants data.root=FILE.csv)")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
+    try:
+        reader = csv.reader(io.StringIO(read_text(path, DatasetError, "CSV dataset file"), newline=""))
         header = [h.strip() for h in next(reader, [])]
         rows = list(reader)
+    except csv.Error as exc:
+        raise DatasetError(f"CSV dataset file {path} is not a CSV table ({exc})") from None
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {', '.join(missing)} in the header "
@@ -149,7 +152,7 @@ def read_folder_dataset(root: str | Path) -> ReIDDataset:
         found_items[split] = []
         for pid_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             pid = _int(pid_dir.name, "identity folder name", str(pid_dir))
-            for image in sorted(p for p in pid_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+            for image in sorted(p for p in pid_dir.rglob("*") if is_image_entry(p)):
                 found_items[split].append((image, pid, camera_of(image.name)))
     every = [item for split in SPLITS for item in found_items[split]]
     with_cam = [item for item in every if item[2] is not None]

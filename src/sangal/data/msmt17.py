@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 
 from sangal.data.records import ReIDDataset, build_dataset, make_records
-from sangal.errors import DatasetError
+from sangal.errors import DatasetError, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def parse_list(path: Path, image_dir: Path) -> list[tuple[Path, int, int]]:
     if not path.is_file():
         raise DatasetError(f"{path}: MSMT17 list file is missing")
     items = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, DatasetError, "MSMT17 list file").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()

@@ -124,11 +124,17 @@ def parse_name(path: Path, layout: DatasetLayout) -> tuple[int, int]:
     return pid, cam - 1
 
 
+def is_image_entry(path: Path) -> bool:
+    """An image file by its name (.jpg/.jpeg/.png), a symlink too even when it dangles: the image check then names
+    it as missing (an error, or listed under data.on_bad_image=skip) instead of a silent drop."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or path.is_symlink())
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files (.jpg/.jpeg/.png) directly in ``folder``, sorted; other files are ignored."""
+    """Image files (:func:`is_image_entry`) directly in ``folder``, sorted; other files are ignored."""
     images, skipped = [], 0
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        if is_image_entry(path):
             images.append(path)
         else:
             skipped += 1
@@ -215,7 +221,7 @@ def build_dataset(name: str, root: Path, splits: dict[str, list[ImageRecord]], a
     dataset = ReIDDataset(name=name, root=Path(root), train=splits["train"], query=splits["query"],
                           gallery=splits["gallery"], num_train_pids=len({r.pid for r in splits["train"]}),
                           attributes=attributes)
-    logger.info("loaded %s from %s\n%s", name, root, dataset.summary())
+    logger.info("loaded %s from %s\n" + dataset.summary(), name, root)  # the summary's lines are our own text
     return dataset
 
 

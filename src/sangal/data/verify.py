@@ -147,7 +147,8 @@ def check_paths(paths: Sequence[Path], num_workers: int | None = None, cache: Pa
     bad = []
     for path in paths:
         key = str(Path(path).resolve())
-        reason = "image file does not exist" if stats[key] is None else entries[key][2]
+        gone = "a link to a file that does not exist" if Path(path).is_symlink() else "image file does not exist"
+        reason = gone if stats[key] is None else entries[key][2]
         if reason:
             bad.append((Path(path), reason))
     return bad

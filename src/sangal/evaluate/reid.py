@@ -11,7 +11,7 @@ import numpy as np
 from sangal.aah.spec import MapSpec, Targets
 from sangal.config import Config, with_overrides
 from sangal.data import setup
-from sangal.errors import CacheError, ConfigError
+from sangal.errors import CacheError, ConfigError, DatasetError
 from sangal.evaluate.predictor import MapsFn, Predictor
 from sangal.store.paths import default_paths
 
@@ -54,16 +54,26 @@ def same_camera_camids(q_camids, g_camids, policy: str):
     return q_camids
 
 
-def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config) -> dict:
-    """Distances (+ optional k-reciprocal re-ranking) and the Market/Duke protocol metrics."""
+def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, cfg: Config, where: str = "evaluation") -> dict:
+    """Distances (+ optional k-reciprocal re-ranking) and the Market/Duke protocol metrics; the queries without a
+    true match are counted and logged, and with none left it is a DatasetError naming ``where`` (the dataset)."""
     from sangal.metrics import compute_distance, evaluate_rank, re_ranking
+    from sangal.metrics.rank import NoTrueMatch
 
     q_camids = same_camera_camids(q_camids, g_camids, cfg.eval.same_camera)
     if cfg.eval.rerank:
         distmat = re_ranking(qf, gf, k1=cfg.eval.k1, k2=cfg.eval.k2, lambda_value=cfg.eval.lambda_value)
     else:
         distmat = compute_distance(qf, gf, metric=cfg.eval.metric)
-    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.eval.max_rank)
+    try:
+        result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=cfg.eval.max_rank)
+    except NoTrueMatch:
+        raise DatasetError(f"{where}: none of the {len(q_pids)} queries has a true match among the {len(g_pids)} "
+                           "gallery images (same identity, another camera unless eval.same_camera=keep); "
+                           "nothing to score") from None
+    if result.num_skipped:
+        log.warning("%d of %d queries skipped (no true match in the gallery); the metrics average the other %d",
+                    result.num_skipped, len(q_pids), result.num_valid)
     cmc = np.asarray(result.cmc, dtype=np.float64)
     return {
         "rank1": float(cmc[0]), "rank5": float(cmc[min(4, len(cmc) - 1)]), "rank10": float(cmc[min(9, len(cmc) - 1)]),
@@ -89,7 +99,7 @@ def query_gallery(predictor: Predictor, dataset, cfg: Config, cache_root: str | 
 def evaluate_predictor(predictor: Predictor, dataset, cfg: Config, cache_root: str | Path | None = None) -> dict:
     """Embed the query and gallery splits (maps from the caches under ``cache_root`` when valid) and score them."""
     q, g = query_gallery(predictor, dataset, cfg, cache_root)
-    metrics = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, cfg)
+    metrics = evaluate_features(q.feats, g.feats, q.pids, g.pids, q.camids, g.camids, cfg, where=str(dataset.root))
     if q.attr_probs is not None and predictor.attr_source == "reid":
         metrics.update(attribute_metrics_from_probs(cfg, dataset, q, g))
     log.info("%s: Rank-1 %.1f%%  Rank-5 %.1f%%  mAP %.1f%%  mINP %.1f%%", predictor.mode,

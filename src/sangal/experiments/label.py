@@ -92,6 +92,9 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
     from sangal.runtime.distributed import resolve_device
     from sangal.store.checkpoint import load_model
 
+    if not 0.0 <= min_confidence <= 1.0:  # NaN fails too
+        raise ConfigError(f"--min-confidence {min_confidence} is out of range: must be in [0, 1] (the mean "
+                          "probability below which an identity's attribute is left unlabelled)")
     out = Path(out) if out is not None else Path(cfg.out) / "labels"
     inputs = {"--checkpoint": checkpoint, "data.root": cfg.data.root, "data.attributes": cfg.data.attributes,
               "--compare": compare}

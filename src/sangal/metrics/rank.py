@@ -56,6 +56,10 @@ _CHUNK_ELEMENTS = 1 << 21
 _DENSE_ROW_SHARE = 0.3
 
 
+class NoTrueMatch(ValueError):
+    """No query has a true match left in the gallery: there is nothing to average (a caller refuses, naming why)."""
+
+
 @dataclass
 class RankResult:
     """CMC (``cmc[r-1]`` = rank-r accuracy), mAP, mINP, query counts; per query: ``ap``, ``first_rank`` (0: skipped)."""
@@ -94,18 +98,12 @@ def _validate(
     if np.isnan(d).any():
         raise ValueError("distmat contains NaN; check the features for NaN or inf values")
     ids = []
-    for name, arr, n in (
-        ("q_pids", q_pids, num_q),
-        ("g_pids", g_pids, num_g),
-        ("q_camids", q_camids, num_q),
-        ("g_camids", g_camids, num_g),
-    ):
+    for name, arr, n in (("q_pids", q_pids, num_q), ("g_pids", g_pids, num_g), ("q_camids", q_camids, num_q),
+                         ("g_camids", g_camids, num_g)):
         a = _as_numpy(arr)
         if a.ndim != 1 or a.shape[0] != n:
             side = "rows (queries)" if name.startswith("q") else "columns (gallery items)"
-            raise ValueError(
-                f"{name} must be 1-D with {n} entries (distmat's {side}), got shape {a.shape}"
-            )
+            raise ValueError(f"{name} must be 1-D with {n} entries (distmat's {side}), got shape {a.shape}")
         if a.dtype.kind not in "iub":
             raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
         ids.append(a.astype(np.int64, copy=False))
@@ -120,10 +118,8 @@ def _summarise(
     """Average per-query results over the valid queries (same code for both paths)."""
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError(
-            "no query has a true match in the gallery outside its own camera; "
-            "check q_pids/g_pids and q_camids/g_camids"
-        )
+        raise NoTrueMatch("no query has a true match in the gallery outside its own camera; "
+                          "check q_pids/g_pids and q_camids/g_camids")
     # first_rank is 1-based; CMC@r = share of valid queries with first_rank <= r.
     hist = np.bincount(np.minimum(first_rank[valid], max_rank + 1) - 1, minlength=max_rank + 1)
     cmc = np.cumsum(hist[:max_rank]) / num_valid

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sangal.config.checks import device_problem
+from sangal.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,13 +33,23 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available (one device per local rank), else CPU."""
+def resolve_device(pref: str, local_rank: int = 0, setting: str = "train.device") -> torch.device:
+    """`auto` picks CUDA when available (one device per local rank), else CPU; a device this machine lacks (or a
+    name that is no device) is a ConfigError naming ``setting``, the key or flag that asked for it."""
+    if problem := device_problem(pref, setting):
+        raise ConfigError(problem)
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(pref)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{setting}={pref}: no CUDA device here; use cpu")
+        index = local_rank if device.index is None else device.index
+        if index >= (count := torch.cuda.device_count()):
+            raise ConfigError(f"{setting}={pref}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        device = torch.device(f"cuda:{index}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{setting}={pref}: no MPS device here; use cpu")
     return device
 
 

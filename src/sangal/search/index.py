@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from sangal.data.attributes import Attribute, AttributeSchema
-from sangal.data.records import IMAGE_EXTENSIONS
+from sangal.data.records import is_image_entry
 from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError, printable
 from sangal.search.integrity import REBUILD, are_probabilities, bad_rows, check_features, relative_paths
 from sangal.store.files import (
@@ -205,7 +205,7 @@ def list_gallery(gallery_dir: str | Path) -> list[Path]:
         rel = path.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue  # hidden files/folders, e.g. an index being written next to the images
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+        if is_image_entry(path):  # a dangling link too: the index lists it as skipped, with the reason
             found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
