@@ -122,7 +122,7 @@ def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) ->
     assert set(result) == {"predicted", "true labels"}
     for metrics in result.values():
         assert all(0.0 <= metrics[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
-    oracle = AAHCache.open(out / "aah" / "query_oracle_labels")
+    oracle = AAHCache.open_path(out / "aah" / "query_oracle_labels")
     assert oracle.manifest["targets"]["mode"] == "labels"
     summary = leak_summary([result, result])
     assert summary["gap"]["rank1"] == pytest.approx(result["true labels"]["rank1"] - result["predicted"]["rank1"])
@@ -232,7 +232,7 @@ def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_pat
     cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "eval.aah=fast", "distill.epochs=1"])
     doc = run_study(cfg, (VARIANTS[0], VARIANTS[2]), [0], localisation_images=0)
     assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
-    cache = AAHCache.open(tmp_path / "aah" / "query_oracle_labels_fast")
+    cache = AAHCache.open_path(tmp_path / "aah" / "query_oracle_labels_fast")
     assert cache.manifest["method"] == "fast" and cache.manifest["targets"]["mode"] == "labels"
 
 

@@ -35,7 +35,7 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     bf16 = build_caches(cfg)["query"]  # all splits: the san-gal run below trains on them
     ref_cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "a") + [f"train.aah_cache={tmp_path / 'fp32'}"])
     fp32 = build_caches(ref_cfg, splits=["query"])["query"]
-    a, b = AAHCache.open(bf16), AAHCache.open(fp32)
+    a, b = AAHCache.open_path(bf16), AAHCache.open_path(fp32)
     assert a.manifest["precision"] == {"bf16_autocast": True, "channels_last": True}
     for stage_a, stage_b in zip(a.arrays, b.arrays):
         x, y = np.asarray(stage_a, dtype=np.float64).ravel(), np.asarray(stage_b, dtype=np.float64).ravel()

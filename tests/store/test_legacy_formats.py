@@ -85,7 +85,7 @@ def test_legacy_aah_cache_opens_with_every_check_and_todays_gradcam_reproduces_i
     attr_dir = legacy / "attr" / "checkpoints" / "final"
     labels = np.load(legacy / "aah_labels.npy")
     records = _records(legacy)
-    cache = AAHCache.open(legacy / "aah" / "train", attr_ckpt_dir=attr_dir, records=records, height=64, width=32,
+    cache = AAHCache.open_path(legacy / "aah" / "train", attr_ckpt_dir=attr_dir, records=records, height=64, width=32,
                           targets=Targets("labels", labels), normalize="max", method="exact")
     assert len(cache) == 6 and cache.schema_names[0] == "gender"
     net, _ = load_model(attr_dir, expected_kind="attribute")
@@ -107,7 +107,7 @@ def test_legacy_aah_cache_is_still_refused_when_stale(legacy: Path, tmp_path: Pa
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(CacheError, match="is stale"):
-        AAHCache.open(legacy / "aah" / "train", attr_ckpt_dir=attr_dir)
+        AAHCache.open_path(legacy / "aah" / "train", attr_ckpt_dir=attr_dir)
 
 
 def test_a_study_json_written_before_the_move_still_reads() -> None:

@@ -231,10 +231,10 @@ def test_predicted_class_training_maps_use_their_own_cache(prepared, tmp_path):
         train_reid(cfg)
     built = build_caches(cfg, splits=["train"])["train"]
     assert built.name == "train_predicted"
-    assert AAHCache.open(built).manifest["targets"]["mode"] == "predicted"
-    labelled = AAHCache.open(prepared["out"] / "aah" / "train")
+    assert AAHCache.open_path(built).manifest["targets"]["mode"] == "predicted"
+    labelled = AAHCache.open_path(prepared["out"] / "aah" / "train")
     assert labelled.manifest["targets"]["mode"] != "predicted"
-    assert not torch.equal(AAHCache.open(built).get(list(range(len(labelled))))[2],
+    assert not torch.equal(AAHCache.open_path(built).get(list(range(len(labelled))))[2],
                            labelled.get(list(range(len(labelled))))[2])
     assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0
 
@@ -250,7 +250,7 @@ def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(
     cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=soft", "train.epochs=1")
     caches = build_caches(cfg)
     assert [caches[s].name for s in ("train", "query", "gallery")] == ["train_classes", "query_soft", "gallery_soft"]
-    every = AAHCache.open(caches["train"]).class_maps([0, 1])
+    every = AAHCache.open_path(caches["train"]).class_maps([0, 1])
     assert every.maps[0].shape[1] == sum(every.sizes) == 56  # 26 two-class heads and the 4-class age
     assert torch.allclose(every.probs.sum(1), torch.tensor(27.0), atol=0.05)  # one distribution per head
     soft = maps_for_mode(every, "soft")
