@@ -61,9 +61,9 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Indices of the first image of every batch attribute_heatmaps is called on, image counts."""
     calls: list[int] = []
 
-    def counting(net, images, targets=None, **kw):
+    def counting(net, images, classes=None, **kw):
         calls.append(images.shape[0])
-        return attribute_heatmaps(net, images, targets, **kw)
+        return attribute_heatmaps(net, images, classes, **kw)
 
     monkeypatch.setattr(aah_modes, "attribute_heatmaps", counting)
     return calls
