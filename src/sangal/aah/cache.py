@@ -17,8 +17,9 @@ Layout of a cache directory::
 The manifest binds the maps to their inputs: the attribute checkpoint
 (model.safetensors sha256 and path), the ordered image list (relative paths,
 file sizes and their hash), the attribute schema, the image size, the targets
-(ground-truth labels for the train split -- "guided by attribute label" -- or
-predicted classes for query/gallery) and the heat-map normalisation.
+(every class's map for the train split, from which any training-map mode is
+read -- one exact pass --, the spec's test-time mode for query/gallery), the
+heat-map normalisation, the method and the precision (float32, or bf16 autocast).
 :meth:`AAHCache.open` refuses a cache whose inputs have changed.
 
 Building is chunked and resumable: maps are written into ``<out>.partial/``
