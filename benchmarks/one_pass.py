@@ -14,7 +14,7 @@ Passes are counted as the images that go through an exact Grad-CAM backward, ove
 are wall-clock and CPU (this process's user + system time): on a machine shared with other jobs the CPU seconds
 are the figure to compare.
 
-    .venv/bin/python benchmarks/one_pass.py [--ids 40] [--distill-epochs 3] [--out DIR]
+    nice -n 10 .venv/bin/python benchmarks/one_pass.py [--ids 40] [--distill-epochs 3] [--out DIR]   # ~6 min at load 6-8
 """
 
 from __future__ import annotations
