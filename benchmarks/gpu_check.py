@@ -98,9 +98,9 @@ def prepare_data(a: argparse.Namespace, tmp: Path):
             "width": a.width}
     ckpt = save_checkpoint(tmp / "attr", attr, arch, {})
     t0 = time.perf_counter()
-    cache = AAHCache.build(tmp / "aah_train", ckpt, ds.train, a.height, a.width,
-                           targets=Targets("labels", attrs), batch_size=64 if not a.dry_run else 8, device=a.device,
-                           progress=False)
+    cache = AAHCache.build_path(tmp / "aah_train", ckpt, ds.train, a.height, a.width,
+                                targets=Targets("labels", attrs), batch_size=64 if not a.dry_run else 8, device=a.device,
+                                progress=False)
     sync(a.device)
     return ds, attrs, cache, len(ds.train) / (time.perf_counter() - t0)
 

@@ -210,9 +210,9 @@ def quality(args: argparse.Namespace, tmp: Path) -> None:
     print(f"{'stage':<8}{'Pearson r':>11}{'same argmax':>13}{'maps':>8}   held-out train maps at distill: r / argmax")
     val = distilled.get("val", {})
     for s, name in enumerate(("layer2", "layer3", "layer4")):
-        pred = torch.cat([AAHCache.open(fast_dirs[split]).get(range(len(AAHCache.open(fast_dirs[split]))))[s]
+        pred = torch.cat([AAHCache.open_path(fast_dirs[split]).get(range(len(AAHCache.open_path(fast_dirs[split]))))[s]
                           for split in ("query", "gallery")])
-        ref = torch.cat([AAHCache.open(exact_dirs[split]).get(range(len(AAHCache.open(exact_dirs[split]))))[s]
+        ref = torch.cat([AAHCache.open_path(exact_dirs[split]).get(range(len(AAHCache.open_path(exact_dirs[split]))))[s]
                          for split in ("query", "gallery")])
         a = map_agreement(pred, ref)
         held = val.get(name)

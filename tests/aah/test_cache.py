@@ -61,9 +61,9 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Indices of the first image of every batch attribute_heatmaps is called on, image counts."""
     calls: list[int] = []
 
-    def counting(net, images, targets=None, **kw):
+    def counting(net, images, classes=None, **kw):
         calls.append(images.shape[0])
-        return attribute_heatmaps(net, images, targets, **kw)
+        return attribute_heatmaps(net, images, classes, **kw)
 
     monkeypatch.setattr(aah_modes, "attribute_heatmaps", counting)
     return calls
@@ -71,7 +71,7 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def _build(s: dict, out: Path, **kw) -> AAHCache:
     kw.setdefault("targets", Targets("labels", s["labels"]))
-    return AAHCache.build(out, s["ckpt"], kw.pop("records", s["records"]), H, W, batch_size=3, chunk_size=3,
+    return AAHCache.build_path(out, s["ckpt"], kw.pop("records", s["records"]), H, W, batch_size=3, chunk_size=3,
                           progress=False, **kw)
 
 
@@ -114,7 +114,7 @@ def test_killed_build_resumes_without_recomputing(setup: dict, tmp_path: Path, c
         _build(setup, out, stop_after_chunks=1)
     assert sum(counter) == 3  # chunk 0 only
     with pytest.raises(CacheError, match=r"incomplete.*1/2 chunks.*sangal aah"):
-        AAHCache.open(out)
+        AAHCache.open_path(out)
     counter.clear()
     resumed = _build(setup, out)
     assert sum(counter) == N - 3  # chunk 1, chunk 0 not recomputed
@@ -144,7 +144,7 @@ def test_build_skips_an_up_to_date_cache(setup: dict, tmp_path: Path, counter: l
     with pytest.raises(BuildInterrupted):  # another normalisation: rebuilt (stopped after chunk 0)
         _build(setup, tmp_path / "c", normalize="none", stop_after_chunks=1)
     assert sum(counter) == 3
-    AAHCache.open(tmp_path / "c", normalize="max")  # the old cache stays until the new one is complete
+    AAHCache.open_path(tmp_path / "c", normalize="max")  # the old cache stays until the new one is complete
 
 
 def test_open_refuses_stale_checkpoint(setup: dict, tmp_path: Path) -> None:
@@ -156,28 +156,28 @@ def test_open_refuses_stale_checkpoint(setup: dict, tmp_path: Path) -> None:
     with torch.no_grad():
         net.heads[0].fc.bias += 0.5
     save_checkpoint(retrained, net, ARCH, {"epoch": 2})
-    AAHCache.open(tmp_path / "c", attr_ckpt_dir=setup["ckpt"])  # the original still matches
+    AAHCache.open_path(tmp_path / "c", attr_ckpt_dir=setup["ckpt"])  # the original still matches
     with pytest.raises(CacheError, match=r"stale: built from checkpoint sha256 [0-9a-f]{12}.*attr2 now has"):
-        AAHCache.open(tmp_path / "c", attr_ckpt_dir=retrained)
+        AAHCache.open_path(tmp_path / "c", attr_ckpt_dir=retrained)
 
 
 def test_open_refuses_other_images_and_inputs(setup: dict, tmp_path: Path) -> None:
     out = setup["built"].path
     recs = setup["records"]
     extra = _records(setup["root"] / "images", ["0099_c2s1_000001_01.jpg"], seed=9)
-    AAHCache.open(out, records=recs, height=H, width=W, targets=Targets("labels", setup["labels"]), schema_names=["attr0", "attr1"])
+    AAHCache.open_path(out, records=recs, height=H, width=W, targets=Targets("labels", setup["labels"]), schema_names=["attr0", "attr1"])
     with pytest.raises(CacheError, match="1 images added and 2 removed"):
-        AAHCache.open(out, records=recs[2:] + extra)
+        AAHCache.open_path(out, records=recs[2:] + extra)
     with pytest.raises(CacheError, match="another order"):
-        AAHCache.open(out, records=recs[::-1])
+        AAHCache.open_path(out, records=recs[::-1])
     with pytest.raises(CacheError, match="height 64, not 128"):
-        AAHCache.open(out, height=128)
+        AAHCache.open_path(out, height=128)
     with pytest.raises(CacheError, match="attributes"):
-        AAHCache.open(out, schema_names=["hat", "bag"])
+        AAHCache.open_path(out, schema_names=["hat", "bag"])
     with pytest.raises(CacheError, match="other attribute labels"):
-        AAHCache.open(out, targets=Targets("labels", 1 - setup["labels"].clip(0)))
+        AAHCache.open_path(out, targets=Targets("labels", 1 - setup["labels"].clip(0)))
     with pytest.raises(CacheError, match="does not exist"):
-        AAHCache.open(tmp_path / "missing")
+        AAHCache.open_path(tmp_path / "missing")
 
 
 def test_open_refuses_corrupt_files(setup: dict, tmp_path: Path) -> None:
@@ -186,19 +186,19 @@ def test_open_refuses_corrupt_files(setup: dict, tmp_path: Path) -> None:
     data = (out / "aah3.npy").read_bytes()
     (out / "aah3.npy").write_bytes(data[:-2] + bytes([data[-2] ^ 0xFF, data[-1]]))  # one flipped value
     with pytest.raises(CacheError, match=r"aah3\.npy: sha256 .* differs from .* recorded .*; rebuild it"):
-        AAHCache.open(out)
+        AAHCache.open_path(out)
     (out / "aah3.npy").write_bytes(data[: len(data) // 2])
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["files"], manifest["document_sha256"]  # as caches of older versions were written
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match=r"aah3\.npy is corrupt or truncated"):
-        AAHCache.open(out)
+        AAHCache.open_path(out)
     (out / "manifest.json").write_text(json.dumps({**manifest, "height": 7, "document_sha256": "0" * 64}))
     with pytest.raises(CacheError, match=r"manifest\.json: its content does not match the sha256"):
-        AAHCache.open(out)
+        AAHCache.open_path(out)
     (out / "manifest.json").write_text("{")
     with pytest.raises(CacheError, match=r"manifest\.json is not valid JSON"):
-        AAHCache.open(out)
+        AAHCache.open_path(out)
 
 
 def test_align_aah_mirrors_flipped_samples() -> None:

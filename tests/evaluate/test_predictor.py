@@ -88,7 +88,7 @@ def test_features_are_unit_norm_and_rows_follow_the_loader(loader, nets) -> None
 
 
 def test_the_maps_it_makes_are_the_ones_it_uses(loader, nets) -> None:
-    predictor = _predictor(nets)
+    predictor = _predictor(nets, spec=MapSpec("labels"))  # MapSpec() is the config's: agnostic maps
     batch = next(iter(loader))
     made = predictor.embed(batch["image"])
     expected = attribute_heatmaps(nets[1], batch["image"])  # test time: predicted classes, exact

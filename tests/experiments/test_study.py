@@ -122,7 +122,7 @@ def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) ->
     assert set(result) == {"predicted", "true labels"}
     for metrics in result.values():
         assert all(0.0 <= metrics[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
-    oracle = AAHCache.open(out / "aah" / "query_oracle_labels")
+    oracle = AAHCache.open_path(out / "aah" / "query_oracle_labels")
     assert oracle.manifest["targets"]["mode"] == "labels"
     summary = leak_summary([result, result])
     assert summary["gap"]["rank1"] == pytest.approx(result["true labels"]["rank1"] - result["predicted"]["rank1"])
@@ -232,7 +232,7 @@ def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_pat
     cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "eval.aah=fast", "distill.epochs=1"])
     doc = run_study(cfg, (VARIANTS[0], VARIANTS[2]), [0], localisation_images=0)
     assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
-    cache = AAHCache.open(tmp_path / "aah" / "query_oracle_labels_fast")
+    cache = AAHCache.open_path(tmp_path / "aah" / "query_oracle_labels_fast")
     assert cache.manifest["method"] == "fast" and cache.manifest["targets"]["mode"] == "labels"
 
 
@@ -251,9 +251,37 @@ def test_a_guided_id_row_gets_the_attribute_net_and_training_maps_it_needs(tiny_
     cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path))
     rows = (Variant("id", ("model.mode=id",)), Variant("id guided", ("model.mode=id", "loss.guide=1000")))
     doc = run_study(cfg, rows, [0], localisation_images=0)
-    assert doc["attributes"] is not None and (tmp_path / "aah" / "train" / "manifest.json").is_file()  # labels maps
+    assert doc["attributes"] is not None and (tmp_path / "aah" / "train_classes" / "manifest.json").is_file()
     assert not (tmp_path / "aah" / "query").exists()  # test maps: none needed
     assert doc["pairing"]["id guided"] == {"init_equal": True, "batches_equal": True}
     assert doc["step0"] == {} and doc["leak"] is None
     assert doc["variants"]["id guided"]["seeds"][0]["rank1"] != doc["variants"]["id"]["seeds"][0]["rank1"] or \
         doc["variants"]["id guided"]["seeds"][0]["mAP"] != doc["variants"]["id"]["seeds"][0]["mAP"]
+
+
+def test_the_default_studys_heat_map_stage_makes_one_exact_pass(tiny_synth, tiny_overrides, tmp_path,
+                                                                 monkeypatch) -> None:
+    """Agnostic training maps and fast test maps (the demo's): the caches and the map predictor's distillation
+    take ONE exact Grad-CAM pass over the training images, not two (issue 28)."""
+    from sangal.aah import gradcam
+    from sangal.data import setup
+    from sangal.experiments.study import _heat_maps
+    from sangal.train.attr import train_attribute_net
+
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "model.mode=san-gal", "train.aah_targets=agnostic",
+                             "eval.aah=fast", "distill.epochs=1"])
+    train_attribute_net(cfg)
+    images: list[int] = []  # images through an exact Grad-CAM backward, per call
+    for name, batch_of in (("_functional_grad_cam", lambda args: args[1].shape[0]),
+                           ("_graph_grad_cam", lambda args: args[0][0].shape[0])):
+        def counting(*args, _real=getattr(gradcam, name), _batch_of=batch_of, **kw):
+            images.append(int(_batch_of(args)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(gradcam, name, counting)
+    timings: dict[str, float] = {}
+    distilled = _heat_maps({"san-gal": cfg}, timings)
+    assert distilled is not None and distilled["reused"] is False and set(timings) == {"heat-map caches", "distill"}
+    assert sum(images) == len(setup.load_reid_dataset(cfg).train)  # one exact pass; fast test maps take none
+    assert sorted(p.name for p in (tmp_path / "aah").iterdir()) == ["gallery_agnostic_fast", "query_agnostic_fast",
+                                                                     "train_classes"]

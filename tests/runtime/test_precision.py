@@ -35,8 +35,9 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     bf16 = build_caches(cfg)["query"]  # all splits: the san-gal run below trains on them
     ref_cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "a") + [f"train.aah_cache={tmp_path / 'fp32'}"])
     fp32 = build_caches(ref_cfg, splits=["query"])["query"]
-    a, b = AAHCache.open(bf16), AAHCache.open(fp32)
-    assert a.manifest["precision"] == {"bf16_autocast": True, "channels_last": True}
+    a, b = AAHCache.open_path(bf16), AAHCache.open_path(fp32)
+    assert a.manifest["precision"] == "bf16" and a.manifest["channels_last"] is True and bf16.name == "query_bf16"
+    assert b.manifest["precision"] == "float32" and fp32.name == "query"
     for stage_a, stage_b in zip(a.arrays, b.arrays):
         x, y = np.asarray(stage_a, dtype=np.float64).ravel(), np.asarray(stage_b, dtype=np.float64).ravel()
         # measured on this barely trained net, real-style data: r 0.939 / 0.944 / 0.957, mean |diff| 0.043 /
@@ -47,6 +48,33 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
         "model.mode=san-gal", f"train.attr_checkpoint={tmp_path / 'a' / 'attr' / 'checkpoints' / 'final'}",
         f"train.aah_cache={tmp_path / 'a' / 'aah'}"]))
     assert 0.0 <= metrics["rank1"] <= 1.0 and np.isfinite(metrics["mAP"])
+    _evaluate_reads_only_maps_of_the_models_precision(cfg, tmp_path / "r" / "reid" / "san-gal" / "checkpoints" / "final",
+                                                      tmp_path / "a" / "aah")
+
+
+def _evaluate_reads_only_maps_of_the_models_precision(cfg, checkpoint, aah) -> None:
+    """A bf16 model (issue 26): its record says bf16; evaluate builds a bf16 cache where none is, never reads the
+    float32 one beside it, and without a cache folder refuses in one line."""
+    import shutil
+
+    from sangal.aah.cache import AAHCache
+    from sangal.data import setup
+    from sangal.errors import ConfigError
+    from sangal.evaluate.predictor import Predictor
+    from sangal.evaluate.reid import cached_test_maps
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.spec.precision == "bf16"
+    shutil.rmtree(aah / "gallery_bf16")
+    shutil.copytree(aah / "query_bf16", aah / "gallery")  # a cache of other maps under the float32 name
+    gallery = setup.load_reid_dataset(cfg).gallery
+    maps = cached_test_maps(predictor, gallery, "gallery", aah)
+    built = AAHCache.open_path(aah / "gallery_bf16", records=gallery)
+    assert built.manifest["precision"] == "bf16"
+    batch = {"index": torch.tensor([0, 1])}
+    assert all(torch.equal(m, c) for m, c in zip(maps(batch), built.get([0, 1])))
+    with pytest.raises(ConfigError, match="maps are bf16.*give the heat-map cache folder"):
+        cached_test_maps(predictor, gallery, "gallery", None)
 
 
 def test_gradcam_uses_channels_last_only_with_bf16() -> None:

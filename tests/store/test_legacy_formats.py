@@ -85,9 +85,12 @@ def test_legacy_aah_cache_opens_with_every_check_and_todays_gradcam_reproduces_i
     attr_dir = legacy / "attr" / "checkpoints" / "final"
     labels = np.load(legacy / "aah_labels.npy")
     records = _records(legacy)
-    cache = AAHCache.open(legacy / "aah" / "train", attr_ckpt_dir=attr_dir, records=records, height=64, width=32,
-                          targets=Targets("labels", labels), normalize="max", method="exact")
+    # its precision is provenance there ({"bf16_autocast": false, ...}): read as the float32 it was computed in
+    cache = AAHCache.open_path(legacy / "aah" / "train", attr_ckpt_dir=attr_dir, records=records, height=64, width=32,
+                               targets=Targets("labels", labels), normalize="max", method="exact", precision="float32")
     assert len(cache) == 6 and cache.schema_names[0] == "gender"
+    with pytest.raises(CacheError, match="computed in float32, not bf16"):
+        AAHCache.open_path(legacy / "aah" / "train", precision="bf16")
     net, _ = load_model(attr_dir, expected_kind="attribute")
     images = torch.stack([ImageDataset(records, build_transforms(64, 32, train=False))[i]["image"]
                           for i in range(len(records))])
@@ -107,7 +110,7 @@ def test_legacy_aah_cache_is_still_refused_when_stale(legacy: Path, tmp_path: Pa
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
     with pytest.raises(CacheError, match="is stale"):
-        AAHCache.open(legacy / "aah" / "train", attr_ckpt_dir=attr_dir)
+        AAHCache.open_path(legacy / "aah" / "train", attr_ckpt_dir=attr_dir)
 
 
 def test_a_study_json_written_before_the_move_still_reads() -> None:
@@ -115,3 +118,12 @@ def test_a_study_json_written_before_the_move_still_reads() -> None:
     table = format_study(doc)
     assert "san-gal, predicted-class maps" in table and "id" in table
     assert "| variant |" in markdown_study(doc)
+
+
+def test_a_legacy_re_id_checkpoint_reads_its_map_spec_with_a_precision() -> None:
+    """Written before map_spec existed, and before the precision joined it: both read from its config."""
+    from sangal.aah.spec import MapSpec
+
+    state = json.loads((LEGACY / "reid" / "checkpoints" / "final" / STATE_FILE).read_text())
+    assert "map_spec" not in state and state["config"]["train"]["amp"] is False
+    assert MapSpec.from_state(state) == MapSpec("labels", "exact", "max", "float32")

@@ -94,7 +94,7 @@ def test_fast_query_cache_is_separate_exact_at_layer4_and_bound_to_the_predictor
     fast_dir = build_caches(_cfg(run, *FAST), splits=["query"])["query"]
     exact_dir = build_caches(run["cfg"], splits=["query"])["query"]
     assert fast_dir != exact_dir and fast_dir.name.endswith("_fast")
-    fast, exact = AAHCache.open(fast_dir, method="fast"), AAHCache.open(exact_dir, method="exact")
+    fast, exact = AAHCache.open_path(fast_dir, method="fast"), AAHCache.open_path(exact_dir, method="exact")
     assert fast.manifest["method"] == "fast" and fast.manifest["predictor_sha256"]
     n = len(exact)
     f2, f3, f4 = fast.get(range(n))
@@ -103,9 +103,9 @@ def test_fast_query_cache_is_separate_exact_at_layer4_and_bound_to_the_predictor
     torch.testing.assert_close(f4, e4, atol=2e-3, rtol=0)  # layer4 is exact (float16 storage)
     assert not torch.allclose(f3, e3, atol=2e-3)  # layer3 is predicted, not copied
     with pytest.raises(CacheError, match="holds fast heat maps, not exact"):
-        AAHCache.open(fast_dir, method="exact")
+        AAHCache.open_path(fast_dir, method="exact")
     with pytest.raises(CacheError, match="holds exact heat maps, not fast"):
-        AAHCache.open(exact_dir, method="fast")
+        AAHCache.open_path(exact_dir, method="fast")
 
 
 def test_san_gal_evaluates_with_fast_maps(run, tmp_path) -> None:

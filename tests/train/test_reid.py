@@ -220,23 +220,28 @@ def test_online_dual_trace_mode_trains_attribute_branch(prepared, tmp_path):
     assert changed, "the attribute branch should be updated by the joint (dual-trace) training"
 
 
-def test_predicted_class_training_maps_use_their_own_cache(prepared, tmp_path):
-    """train.aah_targets=predicted reads a separate train cache built without labels."""
-    from sangal.aah.cache import AAHCache
-    from sangal.aah.job import build_caches
+def test_every_training_map_mode_reads_the_one_train_cache(prepared, tmp_path):
+    """train.aah_targets=predicted and labels read the same train cache (every class's maps: one exact pass), each
+    its own class: the predicted maps follow the attribute net's predictions, the label-guided ones the labels."""
+    from sangal.aah.classes import maps_for_mode
+    from sangal.data import setup
+    from sangal.store.paths import default_paths
+    from sangal.train.maps import AAHSource
     from sangal.train.reid import train_reid
 
     cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=predicted", "train.epochs=1")
-    with pytest.raises(CacheError):  # not built yet: the label-guided cache is not silently reused
-        train_reid(cfg)
-    built = build_caches(cfg, splits=["train"])["train"]
-    assert built.name == "train_predicted"
-    assert AAHCache.open(built).manifest["targets"]["mode"] == "predicted"
-    labelled = AAHCache.open(prepared["out"] / "aah" / "train")
-    assert labelled.manifest["targets"]["mode"] != "predicted"
-    assert not torch.equal(AAHCache.open(built).get(list(range(len(labelled))))[2],
-                           labelled.get(list(range(len(labelled))))[2])
-    assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0
+    labelled = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=labels")
+    dataset = setup.load_reid_dataset(cfg)
+    labels = setup.attribute_targets(setup.load_attributes(cfg, dataset), dataset.train, "train")  # (N, K)
+    sources = [AAHSource(c, dataset.train, labels, torch.device("cpu"), default_paths(c)) for c in (cfg, labelled)]
+    assert sources[0].cache.path == sources[1].cache.path == prepared["caches"]["train"]
+    batch = {"index": torch.arange(len(dataset.train))}
+    predicted, guided = (source(batch, None, None)[0] for source in sources)
+    every = sources[0].cache.class_maps(batch["index"])
+    want = maps_for_mode(every, "select", every.predicted())
+    assert all(torch.equal(p, w) for p, w in zip(predicted, want))
+    assert not torch.equal(predicted[2], guided[2])  # some labels differ from the predictions
+    assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0  # nothing to build first
 
 
 def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(prepared, tmp_path):
@@ -250,7 +255,7 @@ def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(
     cfg = cfg_for(prepared, tmp_path, "model.mode=san-gal", "train.aah_targets=soft", "train.epochs=1")
     caches = build_caches(cfg)
     assert [caches[s].name for s in ("train", "query", "gallery")] == ["train_classes", "query_soft", "gallery_soft"]
-    every = AAHCache.open(caches["train"]).class_maps([0, 1])
+    every = AAHCache.open_path(caches["train"]).class_maps([0, 1])
     assert every.maps[0].shape[1] == sum(every.sizes) == 56  # 26 two-class heads and the 4-class age
     assert torch.allclose(every.probs.sum(1), torch.tensor(27.0), atol=0.05)  # one distribution per head
     soft = maps_for_mode(every, "soft")

@@ -93,7 +93,7 @@ def fill(net: torch.nn.Module, records: list[Any], labels: np.ndarray | None, ar
         for batch in loader:
             lo, hi = int(batch["index"][0]), int(batch["index"][-1]) + 1  # a contiguous range
             images = batch["image"].to(device)  # (B, 3, H, W)
-            if manifest.get("precision", {}).get("channels_last"):
+            if manifest.get("channels_last"):
                 images = images.contiguous(memory_format=torch.channels_last)
             maps = _batch_maps(net, images, labels, lo, hi, manifest, predictor)
             for arr, m in zip(arrays, maps):

@@ -17,8 +17,9 @@ Layout of a cache directory::
 The manifest binds the maps to their inputs: the attribute checkpoint
 (model.safetensors sha256 and path), the ordered image list (relative paths,
 file sizes and their hash), the attribute schema, the image size, the targets
-(ground-truth labels for the train split -- "guided by attribute label" -- or
-predicted classes for query/gallery) and the heat-map normalisation.
+(every class's map for the train split, from which any training-map mode is
+read -- one exact pass --, the spec's test-time mode for query/gallery), the
+heat-map normalisation, the method and the precision (float32, or bf16 autocast).
 :meth:`AAHCache.open` refuses a cache whose inputs have changed.
 
 Building is chunked and resumable: maps are written into ``<out>.partial/``
@@ -57,13 +58,14 @@ from sangal.aah.manifest import (
     check_images,
     check_method,
     image_list,
+    manifest_precision,
     new_manifest,
     partial_dir,
     read_manifest,
     read_progress,
     targets_entry,
 )
-from sangal.aah.spec import Targets
+from sangal.aah.spec import PRECISIONS, MapSpec, Targets, check_choice
 from sangal.errors import CacheError
 from sangal.runtime.precision import autocast
 from sangal.runtime.precision import channels_last as to_channels_last
@@ -139,7 +141,22 @@ class AAHCache:
 
     # ------------------------------------------------------------------ open
     @staticmethod
-    def open(
+    def open(root: str | Path, spec: MapSpec, split: str, *, attr_checkpoint: str | Path | None = None,
+             records: Sequence[Any] | None = None, size: tuple[int, int] | None = None,
+             schema: Any | None = None) -> AAHCache:
+        """The cache of ``split`` that ``spec`` makes under ``root`` (:meth:`MapSpec.cache_dir`), checked against
+        the spec (class choice, normalisation, method, precision) and whatever else is given (None: not checked).
+
+        Raises:
+            CacheError: missing, incomplete, corrupt, or built from other inputs (one line naming the difference).
+        """
+        height, width = size if size is not None else (None, None)
+        return AAHCache.open_path(spec.cache_dir(root, split), attr_checkpoint, records, None, height, width,
+                                  Targets(spec.cache_mode(split)), schema, spec.normalize, spec.split_method(split),
+                                  spec.precision)
+
+    @staticmethod
+    def open_path(
         out_dir: str | Path,
         attr_ckpt_dir: str | Path | None = None,
         records: Sequence[Any] | None = None,
@@ -150,11 +167,14 @@ class AAHCache:
         schema: Any | None = None,
         normalize: str | None = None,
         method: str | None = None,
+        precision: str | None = None,
     ) -> AAHCache:
-        """Open a finished cache, checking it against whatever inputs are given.
+        """Open the finished cache in ``out_dir``, checking it against whatever inputs are given: the layer below
+        :meth:`open`, for caches no MapSpec describes (the leak check's true-label test maps) and tests.
 
         ``method`` ("exact"/"fast"): how the maps must have been computed; with
         "fast" and ``attr_ckpt_dir``, also that the distilled predictor is unchanged.
+        ``precision`` ("float32"/"bf16"): what they were computed in (caches of older versions: their record).
 
         ``schema`` (an AttributeSchema) is an alternative to ``schema_names``; an argument left at None is
         not checked (``targets=None`` included).
@@ -195,6 +215,9 @@ class AAHCache:
                              f"they first differ at position {diff}; {REBUILD}")
         if method is not None:
             check_method(out, m, method, attr_ckpt_dir)
+        if precision is not None and manifest_precision(m) != precision:
+            raise CacheError(f"AAH cache {out} holds maps computed in {manifest_precision(m)}, not {precision} "
+                             f"(train.amp); {REBUILD}")
         for key, value in (("height", height), ("width", width), ("normalize", normalize)):
             if value is not None and value != m[key]:
                 raise CacheError(f"AAH cache {out} was built with {key} {m[key]}, not {value}; {REBUILD}")
@@ -221,7 +244,18 @@ class AAHCache:
 
     # ----------------------------------------------------------------- build
     @staticmethod
-    def build(
+    def build(root: str | Path, spec: MapSpec, split: str, attr_checkpoint: str | Path, records: Sequence[Any],
+              size: tuple[int, int], **options: Any) -> AAHCache:
+        """Compute (or resume, or keep when up to date) the cache of ``split`` that ``spec`` makes under ``root``:
+        the train split's every class's exact maps, a test split's maps of its mode and method, in the spec's
+        precision. ``options``: :meth:`build_path`'s batch_size, device, num_workers, progress, chunk_size,
+        channels_last, stop_after_chunks."""
+        return AAHCache.build_path(spec.cache_dir(root, split), attr_checkpoint, records, size[0], size[1],
+                                   Targets(spec.cache_mode(split)), normalize=spec.normalize,
+                                   method=spec.split_method(split), precision=spec.precision, **options)
+
+    @staticmethod
+    def build_path(
         out_dir: str | Path,
         attr_ckpt_dir: str | Path,
         records: Sequence[Any],
@@ -236,19 +270,21 @@ class AAHCache:
         chunk_size: int = 256,
         normalize: str = "max",
         method: str = "exact",
-        amp: bool = False,
+        precision: str = "float32",
         channels_last: bool = False,
     ) -> AAHCache:
-        """Compute the heat maps of ``records`` with the attribute checkpoint and store them.
+        """Compute the heat maps of ``records`` with the attribute checkpoint and store them in ``out_dir`` (the
+        layer below :meth:`build`, for caches no MapSpec describes).
 
         Args:
             targets: what the maps follow (:class:`~sangal.aah.spec.Targets`): label-guided maps with
-                their (N, K) labels (``IGNORE_INDEX`` allowed; train split), predicted classes, or
-                class-agnostic maps (:mod:`sangal.aah.modes`).
+                their (N, K) labels (``IGNORE_INDEX`` allowed; train split), predicted classes,
+                class-agnostic maps (:mod:`sangal.aah.modes`), or every class's (``classes``).
             chunk_size: images per resumable chunk.
             normalize: heat-map normalisation passed to ``attribute_heatmaps``.
             method: ``"exact"`` Grad-CAM (backward pass) or ``"fast"`` (forward only,
                 :func:`sangal.aah.fast.fast_attribute_heatmaps`; needs ``sangal distill``).
+            precision: ``"float32"``, or ``"bf16"`` autocast; part of the cache's identity.
             stop_after_chunks: testing hook: raise :class:`BuildInterrupted` after
                 this many chunks of this call, as if the process had been killed.
         """
@@ -261,14 +297,15 @@ class AAHCache:
         if labels is not None and labels.shape != (len(records), len(ckpt.arch["attr_classes"])):
             raise ValueError(f"targets must be (N, K) = ({len(records)}, {len(ckpt.arch['attr_classes'])}), "
                              f"got {labels.shape}")
+        check_choice("precision", precision, PRECISIONS, ValueError)
         manifest = new_manifest(ckpt.path, ckpt.arch, records, height, width, targets, normalize, chunk_size,
-                                stage_shapes(net, height, width, device, targets.mode))
+                                stage_shapes(net, height, width, device, targets.mode), precision)
         predictor = method_setup(manifest, method, attr_ckpt_dir, device)
         if out.is_dir():
             changed = changed_keys(out / MANIFEST, manifest, (*IDENTITY, *METHOD_KEYS))
             if not changed:
                 try:
-                    return AAHCache.open(out)
+                    return AAHCache.open_path(out)
                 except CacheError as exc:
                     changed = [str(exc)]
             logger.info("rebuilding AAH cache %s: %s changed", out, ", ".join(changed))
@@ -277,8 +314,8 @@ class AAHCache:
         arrays = [np.lib.format.open_memmap(partial / name, mode="r+") for name in cache_files(manifest)]
         total = manifest["num_chunks"]
         if start < total:
-            manifest["precision"] = {"bf16_autocast": amp, "channels_last": channels_last}  # provenance only
-            with autocast(torch.device(device), amp):
+            manifest["channels_last"] = channels_last  # provenance only
+            with autocast(torch.device(device), precision == "bf16", dtype=torch.bfloat16):
                 fill(to_channels_last(net, channels_last), records, labels, arrays, partial, manifest, start,
                       batch_size, device, num_workers, progress, stop_after_chunks, predictor)
         del arrays  # close the memmaps before the rename
@@ -287,7 +324,7 @@ class AAHCache:
         atomic_write_text(partial / MANIFEST, json.dumps(seal_json(manifest), indent=1))
         replace_dir(partial, out)
         logger.info("AAH cache of %d images written to %s", len(records), out)
-        return AAHCache.open(out)
+        return AAHCache.open_path(out)
 
 
 def align_aah(aah: Sequence[Tensor], flipped: Tensor) -> Heatmaps:

@@ -114,18 +114,18 @@ def layer4_channel_weights(net: AttributeNet, probs: Tensor, classes: Tensor) ->
 
 
 @torch.no_grad()
-def layer4_heatmaps(net: AttributeNet, a4: Tensor, logits: list[Tensor], targets: Tensor | None = None,
+def layer4_heatmaps(net: AttributeNet, a4: Tensor, logits: list[Tensor], classes: Tensor | None = None,
                     normalize: str = "max") -> Tensor:
     """Exact layer4 AAH from the forward pass alone (eqs. 1-2 in closed form): (B, K, h4, w4).
 
     Equal to :func:`sangal.aah.gradcam.attribute_heatmaps`' layer4 output for an
-    eval-mode network; ``targets`` as there (labels, ``IGNORE_INDEX`` -> predicted).
+    eval-mode network; ``classes`` as there (labels, ``IGNORE_INDEX`` -> predicted).
     """
     dtype = torch.float64 if a4.dtype == torch.float64 else torch.float32  # float32 at least, as gradcam.py
     with torch.autocast(device_type=a4.device.type, enabled=False):
         probs = torch.cat([torch.softmax(z.to(dtype), dim=1) for z in logits], dim=1)  # (B, sum C)
-        classes = target_classes(logits, targets)  # (B, K)
-        weights = layer4_channel_weights(net, probs, classes) / (a4.shape[-2] * a4.shape[-1])  # (B, K, D)
+        chosen = target_classes(logits, classes)  # (B, K)
+        weights = layer4_channel_weights(net, probs, chosen) / (a4.shape[-2] * a4.shape[-1])  # (B, K, D)
         cam = torch.relu(torch.einsum("bkd,bdhw->bkhw", weights, a4.to(dtype)))  # (B, K, h4, w4)
         return normalize_heatmaps(cam, normalize)
 
@@ -138,7 +138,7 @@ def _membership(sizes: list[int], device: torch.device, dtype: torch.dtype) -> T
 
 @torch.no_grad()
 def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Tensor,
-                            targets: Tensor | None = None, normalize: str = "max", mode: str = "predicted") -> Heatmaps:
+                            classes: Tensor | None = None, normalize: str = "max", mode: str = "predicted") -> Heatmaps:
     """AAH at layer2, layer3, layer4 from one forward pass of ``net`` (no backward).
 
     Layer4 is exact (:func:`layer4_heatmaps`); layer2 and layer3 combine the
@@ -147,9 +147,9 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
     BatchNorm); ``normalize`` must be scale-free (``"max"``/``"minmax"``) since
     the predictor's maps have no calibrated scale.
 
-    ``mode``: the class choice of :mod:`sangal.aah.modes`; ``labels`` and ``predicted`` follow ``targets``
+    ``mode``: the class choice of :mod:`sangal.aah.modes`; ``labels`` and ``predicted`` follow ``classes``
     (None: predicted), ``agnostic`` gives |S| (of class 1 for two-class heads, of the predicted class
-    otherwise; ``targets`` ignored).
+    otherwise; ``classes`` ignored).
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s), like ``attribute_heatmaps``.
@@ -160,11 +160,11 @@ def fast_attribute_heatmaps(net: AttributeNet, predictor: nn.Module, images: Ten
         raise ValueError("fast heat maps are only defined up to scale: use normalize='max' or 'minmax'")
     a2, a3, a4 = net.forward_stages(images)  # (B, C2, h2, w2), (B, C3, h3, w3), (B, D, h4, w4)
     logits = net.head_from_stage4(a4)  # K x (B, C_k)
-    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, targets, normalize, mode)
+    return heatmaps_from_stages(net, predictor, (a2, a3, a4), logits, classes, normalize, mode)
 
 
 def heatmaps_from_stages(net: AttributeNet, predictor: nn.Module, stages: tuple[Tensor, Tensor, Tensor],
-                         logits: list[Tensor], targets: Tensor | None, normalize: str,
+                         logits: list[Tensor], classes: Tensor | None, normalize: str,
                          mode: str = "predicted") -> Heatmaps:
     """:func:`fast_attribute_heatmaps` on an existing forward pass (distillation reuses it with grad)."""
     a2, a3, a4 = stages
@@ -174,14 +174,14 @@ def heatmaps_from_stages(net: AttributeNet, predictor: nn.Module, stages: tuple[
         agnostic = mode == "agnostic"
         if agnostic:  # class 1 of two-class heads (|S| is the same for either class), else the prediction
             binary = torch.tensor([c == 2 for c in sizes], device=a4.device)
-            targets = torch.where(binary, 1, IGNORE_INDEX)[None, :].expand(a4.shape[0], -1)
-        classes = target_classes(logits, targets)  # (B, K)
+            classes = torch.where(binary, 1, IGNORE_INDEX)[None, :].expand(a4.shape[0], -1)
+        chosen = target_classes(logits, classes)  # (B, K)
         z4 = layer4_logit_maps(net, a4)  # (B, sum C, h4, w4)
         p2, p3 = predictor(a2.float(), a3.float(), z4)  # (B, sum C, h2, w2), (B, sum C, h3, w3)
-        weights = layer4_channel_weights(net, probs, classes) / (a4.shape[-2] * a4.shape[-1])  # (B, K, D)
+        weights = layer4_channel_weights(net, probs, chosen) / (a4.shape[-2] * a4.shape[-1])  # (B, K, D)
         rectify = torch.abs if agnostic else torch.relu  # |S| (sangal.aah.modes) or eq. (2)'s ReLU
         cam4 = rectify(torch.einsum("bkd,bdhw->bkhw", weights, a4.float()))  # exact, as layer4_heatmaps
-        cam3 = rectify(combine_logit_maps(p3, probs, classes, sizes, relu=False))
-        cam2 = rectify(combine_logit_maps(p2, probs, classes, sizes, relu=False))
+        cam3 = rectify(combine_logit_maps(p3, probs, chosen, sizes, relu=False))
+        cam2 = rectify(combine_logit_maps(p2, probs, chosen, sizes, relu=False))
         aah2, aah3, aah4 = (normalize_heatmaps(m, normalize) for m in (cam2, cam3, cam4))
     return aah2, aah3, aah4

@@ -108,7 +108,7 @@ Columns = Callable[[Tensor], Tensor]
 def attribute_heatmaps(
     net: AttributeNet,
     images: Tensor,
-    targets: Tensor | None = None,
+    classes: Tensor | None = None,
     normalize: str = "max",
     create_graph: bool = False,
     chunk: int | None = None,
@@ -124,8 +124,8 @@ def attribute_heatmaps(
     Args:
         net: the attribute network.
         images: (B, 3, H, W) on the network's device.
-        targets: optional (B, K) int64 attribute labels; ``IGNORE_INDEX`` entries
-            use the predicted class. ``None``: predicted classes everywhere.
+        classes: optional (B, K) int64 class of each head the maps follow (e.g. the attribute labels);
+            ``IGNORE_INDEX`` entries use the predicted class. ``None``: predicted classes everywhere.
         normalize: ``"max"``, ``"minmax"`` or ``"none"`` (see module docstring).
         create_graph: keep the maps differentiable (w.r.t. the network's
             parameters and the images) instead of detached.
@@ -133,7 +133,7 @@ def attribute_heatmaps(
         signed: skip eq. 2's ReLU (the weighted channel sum S itself; for
             :mod:`sangal.aah.modes`, where |S| is the class-agnostic map); use ``normalize="none"``.
         columns: maps per class column instead of per attribute (:mod:`sangal.aah.classes`):
-            ``columns(probs (B, sum C_k)) -> (B, J)`` column indices; then 3 x (B, J, h, w); ``targets`` unused.
+            ``columns(probs (B, sum C_k)) -> (B, J)`` column indices; then 3 x (B, J, h, w); ``classes`` unused.
 
     Returns:
         ``(aah2, aah3, aah4)``, float32 (B, K, h_s, w_s) at the layer2, layer3
@@ -146,7 +146,7 @@ def attribute_heatmaps(
     if create_graph:
         with torch.enable_grad():
             out = net(images)
-        return _graph_grad_cam(out.logits, out.stages, targets, normalize, True, True, chunk, signed, columns)
+        return _graph_grad_cam(out.logits, out.stages, classes, normalize, True, True, chunk, signed, columns)
     if _has_training_batchnorm(net) or torch.is_autocast_enabled(images.device.type):
         with torch.no_grad():
             a2 = net.forward_to_stage2(images)  # (B, C2, H/8, W/8), no graph upstream
@@ -155,13 +155,13 @@ def attribute_heatmaps(
             a3 = net.stage2_to_3(a2)
             a4 = net.stage3_to_4(a3)
             logits = net.head_from_stage4(a4)
-        return _graph_grad_cam(logits, (a2, a3, a4), targets, normalize, False, False, chunk, signed, columns)
-    return _functional_grad_cam(net, images, targets, normalize, chunk, signed, columns)
+        return _graph_grad_cam(logits, (a2, a3, a4), classes, normalize, False, False, chunk, signed, columns)
+    return _functional_grad_cam(net, images, classes, normalize, chunk, signed, columns)
 
 
 def attribute_heatmaps_from_output(
     out: AttributeOutput,
-    targets: Tensor | None = None,
+    classes: Tensor | None = None,
     normalize: str = "max",
     retain_graph: bool = True,
     chunk: int | None = None,
@@ -181,7 +181,7 @@ def attribute_heatmaps_from_output(
 
     Args:
         out: output of :meth:`AttributeNet.forward` computed with autograd on.
-        targets, normalize, chunk: as in :func:`attribute_heatmaps`.
+        classes, normalize, chunk: as in :func:`attribute_heatmaps`.
         retain_graph: keep the forward graph for a later backward pass.
     """
     _check_normalize(normalize)
@@ -191,15 +191,15 @@ def attribute_heatmaps_from_output(
             "out.stages do not require grad: compute the AttributeNet forward pass with autograd "
             "enabled (not under torch.no_grad()) to take Grad-CAM gradients from it"
         )
-    return _graph_grad_cam(out.logits, out.stages, targets, normalize, retain_graph, False, chunk)
+    return _graph_grad_cam(out.logits, out.stages, classes, normalize, retain_graph, False, chunk)
 
 
-def target_classes(logits: Sequence[Tensor], targets: Tensor | None = None) -> Tensor:
+def target_classes(logits: Sequence[Tensor], classes: Tensor | None = None) -> Tensor:
     """The class whose probability is ``y^k`` (eq. 1), per sample and attribute.
 
     Args:
         logits: K tensors (B, C_k).
-        targets: optional (B, K) labels; ``IGNORE_INDEX`` entries and ``None``
+        classes: optional (B, K) labels; ``IGNORE_INDEX`` entries and ``None``
             take the predicted (argmax) class.
 
     Returns:
@@ -209,24 +209,24 @@ def target_classes(logits: Sequence[Tensor], targets: Tensor | None = None) -> T
         ValueError: wrong shape or dtype, or a label outside ``[0, C_k)``.
     """
     predicted = torch.stack([z.detach().argmax(dim=1) for z in logits], dim=1)  # (B, K)
-    if targets is None:
+    if classes is None:
         return predicted
-    if targets.shape != predicted.shape:
+    if classes.shape != predicted.shape:
         raise ValueError(
-            f"targets must have shape (B, K) = {tuple(predicted.shape)}, got {tuple(targets.shape)}"
+            f"classes must have shape (B, K) = {tuple(predicted.shape)}, got {tuple(classes.shape)}"
         )
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
-    targets = targets.to(device=predicted.device, dtype=torch.long)
+    if classes.dtype.is_floating_point or classes.dtype == torch.bool:
+        raise ValueError(f"classes must be integer class indices, got dtype {classes.dtype}")
+    classes = classes.to(device=predicted.device, dtype=torch.long)
     sizes = torch.tensor([z.shape[1] for z in logits], device=predicted.device)  # (K,)
-    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= sizes))
+    bad = (classes != IGNORE_INDEX) & ((classes < 0) | (classes >= sizes))
     if bool(bad.any()):
         b, k = (int(i) for i in bad.nonzero()[0])
         raise ValueError(
-            f"target {int(targets[b, k])} of attribute {k} (sample {b}) is outside "
+            f"target {int(classes[b, k])} of attribute {k} (sample {b}) is outside "
             f"[0, {int(sizes[k])}) and is not IGNORE_INDEX ({IGNORE_INDEX})"
         )
-    return torch.where(targets == IGNORE_INDEX, predicted, targets)
+    return torch.where(classes == IGNORE_INDEX, predicted, classes)
 
 
 def normalize_heatmaps(maps: Tensor, mode: str = "max") -> Tensor:
@@ -249,7 +249,7 @@ def normalize_heatmaps(maps: Tensor, mode: str = "max") -> Tensor:
 
 # ------------------------------------------------------------------ engines
 def _functional_grad_cam(
-    net: AttributeNet, images: Tensor, targets: Tensor | None, normalize: str, chunk: int, signed: bool = False,
+    net: AttributeNet, images: Tensor, classes: Tensor | None, normalize: str, chunk: int, signed: bool = False,
     columns_of: Columns | None = None,
 ) -> Heatmaps:
     """torch.func path (eval-mode BatchNorm, no autocast): vjp stage by stage,
@@ -265,9 +265,9 @@ def _functional_grad_cam(
         probs, vjp_head = vjp(lambda a: _concat_probs(net.head_from_stage4(a)), a4)  # (B, sum C_k)
         if columns_of is None:
             logits = list(probs.split(sizes, dim=1))  # argmax of probs == argmax of logits
-            classes = target_classes(logits, targets)  # (B, K)
+            chosen = target_classes(logits, classes)  # (B, K)
             offsets = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)  # (K,)
-            columns = offsets + classes  # (B, K): column of y^k in the concatenated probs
+            columns = offsets + chosen  # (B, K): column of y^k in the concatenated probs
         else:
             columns = columns_of(probs)  # (B, J)
 
@@ -292,7 +292,7 @@ def _functional_grad_cam(
 def _graph_grad_cam(
     logits: Sequence[Tensor],
     stages: Sequence[Tensor],
-    targets: Tensor | None,
+    classes: Tensor | None,
     normalize: str,
     retain_graph: bool,
     create_graph: bool,
@@ -302,13 +302,13 @@ def _graph_grad_cam(
 ) -> Heatmaps:
     """Autograd-graph path: torch.autograd.grad(is_grads_batched=True) per chunk."""
     device = logits[0].device
-    classes = target_classes(logits, targets) if columns_of is None else None  # (B, K)
+    chosen = target_classes(logits, classes) if columns_of is None else None  # (B, K)
     with torch.autocast(device_type=device.type, enabled=False), torch.enable_grad():
         # y^k of eq. (1), in float32. Cotangent k is e_k for every sample;
         # summing over the batch is exact when y[b] depends on sample b only.
         probs = _concat_probs(logits)  # (B, sum C_k)
         offsets = torch.tensor([0, *[z.shape[1] for z in logits[:-1]]], device=device).cumsum(0)
-        columns = offsets + classes if columns_of is None else columns_of(probs.detach())  # (B, K) or (B, J)
+        columns = offsets + chosen if columns_of is None else columns_of(probs.detach())  # (B, K) or (B, J)
         acts = [a if create_graph else a.detach() for a in stages]
         parts: list[list[Tensor]] = []
         num_attrs = columns.shape[1]

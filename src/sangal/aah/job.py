@@ -1,11 +1,12 @@
-"""`sangal aah`: heat-map caches for the train (label-guided) and query/gallery (predicted) splits."""
+"""`sangal aah`: heat-map caches, one per split: the train split's every class's exact maps (one exact pass serves
+every training-map mode and the map predictor's distillation), query/gallery maps of the spec's test-time mode."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from sangal.aah.spec import MapSpec, Targets
+from sangal.aah.spec import MapSpec
 from sangal.config import Config
 from sangal.data import setup
 from sangal.errors import CheckpointError, ConfigError
@@ -15,12 +16,6 @@ from sangal.store.paths import default_paths
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "gallery")
-
-
-def split_targets(spec: MapSpec, split: str, table, records) -> Targets:
-    """What a split's cache follows under ``spec``: the attribute labels (training maps of the paper) or a mode."""
-    mode = spec.cache_mode(split)
-    return Targets(mode, setup.attribute_targets(table, records, "train") if mode == "labels" else None)
 
 
 def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> dict[str, Path]:
@@ -39,24 +34,20 @@ def build_caches(cfg: Config, splits: list[str] | tuple[str, ...] = SPLITS) -> d
                               "or set train.attr_checkpoint=DIR")
     spec = MapSpec.from_config(cfg)
     dataset = setup.load_reid_dataset(cfg)
-    table = setup.load_attributes(cfg, dataset)
     device = resolve_device(cfg.train.device)
+    size = (cfg.data.height, cfg.data.width)
     out: dict[str, Path] = {}
     for split in splits:
         records = getattr(dataset, split)
-        targets = split_targets(spec, split, table, records)  # test maps never see the labels
-        cache_dir, method = spec.cache_dir(paths["aah"], split), spec.split_method(split)
+        cache_dir = spec.cache_dir(paths["aah"], split)
         try:
-            AAHCache.open(cache_dir, attr_ckpt_dir=ckpt, records=records, height=cfg.data.height,
-                          width=cfg.data.width, targets=targets, normalize=spec.normalize, method=method)
+            AAHCache.open(paths["aah"], spec, split, attr_checkpoint=ckpt, records=records, size=size)
             log.info("%s heat maps are up to date in %s", split, cache_dir)
         except CacheError as exc:
             if cache_dir.exists():
                 log.info("rebuilding %s: %s", cache_dir, exc)
-            AAHCache.build(cache_dir, ckpt, records, cfg.data.height, cfg.data.width, targets=targets,
-                           batch_size=cfg.data.test_batch_size, device=str(device),
-                           num_workers=cfg.data.num_workers, normalize=spec.normalize, method=method,
-                           amp=cfg.train.amp,
+            AAHCache.build(paths["aah"], spec, split, ckpt, records, size, batch_size=cfg.data.test_batch_size,
+                           device=str(device), num_workers=cfg.data.num_workers,
                            channels_last=gradcam_channels_last(cfg.train.amp, cfg.train.channels_last))
         out[split] = cache_dir
     return out

@@ -26,7 +26,7 @@ from sangal.store.checkpoint import MODEL_FILE
 from sangal.store.files import cached_sha256, check_seal
 
 __all__ = ["FORMAT_VERSION", "IDENTITY", "MANIFEST", "METHOD_KEYS", "PROBS_FILE", "PROGRESS", "REBUILD",
-           "STAGE_FILES", "cache_files", "changed_keys", "check_images", "check_method", "image_list", "new_manifest", "partial_dir",
+           "STAGE_FILES", "cache_files", "changed_keys", "check_images", "check_method", "image_list", "manifest_precision", "new_manifest", "partial_dir",
            "read_manifest", "read_progress", "schema_entry", "targets_entry"]
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def schema_entry(arch: dict[str, Any]) -> dict[str, Any]:
 
 def new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], height: int, width: int,
                   targets: Targets, normalize: str, chunk_size: int,
-                  stages: list[list[int]]) -> dict[str, Any]:
+                  stages: list[list[int]], precision: str = "float32") -> dict[str, Any]:
     images = image_list(records)
     return {
         "format_version": FORMAT_VERSION, "complete": False,
@@ -103,8 +103,17 @@ def new_manifest(ckpt_path: Path, arch: dict[str, Any], records: list[Any], heig
         "targets": targets_entry(targets), "normalize": normalize,
         "transform": repr(build_transforms(height, width, train=False)),
         "chunk_size": chunk_size, "num_chunks": math.ceil(len(records) / chunk_size),
-        "stages": stages, "dtype": "float16",
+        "stages": stages, "dtype": "float16", "precision": precision,
     }
+
+
+def manifest_precision(m: dict[str, Any]) -> str:
+    """What a cache's maps were computed in: ``float32`` or ``bf16``. Manifests written before issue 26
+    recorded it as provenance (``{"bf16_autocast": bool, "channels_last": bool}``) or not at all (float32)."""
+    value = m.get("precision", "float32")
+    if isinstance(value, dict):
+        return "bf16" if value.get("bf16_autocast") else "float32"
+    return str(value)
 
 
 def partial_dir(out: Path) -> Path:
@@ -160,7 +169,10 @@ def changed_keys(path: Path, manifest: dict[str, Any], keys: Sequence[str]) -> l
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return [f"unreadable {path.name}"]
-    return [k for k in keys if not isinstance(old, dict) or old.get(k, METHOD_KEYS.get(k)) != manifest[k]]
+    if not isinstance(old, dict):
+        return list(keys)
+    changed = [k for k in keys if old.get(k, METHOD_KEYS.get(k)) != manifest[k]]
+    return changed + (["precision"] if manifest_precision(old) != manifest_precision(manifest) else [])
 
 
 def check_method(out: Path, m: dict[str, Any], method: str, attr_ckpt_dir: str | Path | None) -> None:

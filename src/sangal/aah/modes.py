@@ -73,9 +73,9 @@ def online_maps(out, mode: str, labels: Tensor | None, num_classes: Sequence[int
     passes; the graph is kept for the attribute loss). ``labels``: the batch's, used by mode "labels" only."""
     if mode == "agnostic":
         return class_agnostic_heatmaps(
-            lambda t: attribute_heatmaps_from_output(out, targets=t, normalize="none", retain_graph=True),
+            lambda t: attribute_heatmaps_from_output(out, classes=t, normalize="none", retain_graph=True),
             num_classes, out.features.shape[0], out.features.device, normalize)
-    return attribute_heatmaps_from_output(out, targets=labels if mode == "labels" else None, normalize=normalize,
+    return attribute_heatmaps_from_output(out, classes=labels if mode == "labels" else None, normalize=normalize,
                                           retain_graph=True)
 
 

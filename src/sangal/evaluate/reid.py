@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.spec import MapSpec, Targets
+from sangal.aah.spec import MapSpec
 from sangal.config import Config, with_overrides
 from sangal.data import setup
 from sangal.errors import CacheError, ConfigError, DatasetError
@@ -19,22 +19,29 @@ log = logging.getLogger(__name__)
 
 
 def cached_test_maps(predictor: Predictor, records, split: str, cache_root: str | Path | None) -> MapsFn | None:
-    """A split's maps from its offline cache when one exists and fits this predictor; None: compute them."""
+    """A split's maps from its offline cache, never of another precision than the model's record (``spec.precision``):
+    a valid cache of the spec is read; a bf16 record without one gets one built; None: compute them (float32)."""
     from sangal.aah.cache import AAHCache
 
-    if predictor.mode != "san-gal" or cache_root is None:
-        return None
     spec = predictor.spec
-    cache_dir = spec.cache_dir(cache_root, split)
-    if not cache_dir.exists():
+    if predictor.mode != "san-gal":
+        return None
+    if cache_root is None:
+        if spec.precision != "float32":
+            raise ConfigError(f"the model's maps are {spec.precision} (trained under train.amp) and only a cache "
+                              f"computes them so: give the heat-map cache folder (train.aah_cache)")
         return None
     try:
-        cache = AAHCache.open(cache_dir, attr_ckpt_dir=predictor.attr_checkpoint, records=records,
-                              height=predictor.size[0], width=predictor.size[1], targets=Targets(spec.mode(split)),
-                              normalize=spec.normalize, method=spec.split_method(split))
+        cache = AAHCache.open(cache_root, spec, split, attr_checkpoint=predictor.attr_checkpoint, records=records,
+                              size=predictor.size)
     except CacheError as exc:
-        log.warning("%s; computing %s heat maps on the fly instead", exc, split)
-        return None
+        if spec.precision == "float32":  # the maps computed on the fly are float32: the record's
+            if spec.cache_dir(cache_root, split).exists():
+                log.warning("%s; computing %s heat maps on the fly instead", exc, split)
+            return None
+        log.info("building %s heat maps in %s, the model's precision: %s", split, spec.precision, exc)
+        cache = AAHCache.build(cache_root, spec, split, predictor.attr_checkpoint, records, predictor.size,
+                               device=str(predictor.device), progress=False)
     return lambda batch: cache.get(batch["index"])  # 3 x (B, K, h, w) float32
 
 

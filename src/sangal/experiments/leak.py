@@ -47,6 +47,8 @@ def oracle_cache_dir(run_cfg: Config, split: str) -> Path:
         name += f"_{run_cfg.model.aah_normalize}"
     if run_cfg.eval.aah == "fast":
         name += "_fast"
+    if run_cfg.train.amp:
+        name += "_bf16"  # the precision of the run's maps, as MapSpec.cache_dir names it
     return Path(default_paths(run_cfg)["aah"]) / name
 
 
@@ -58,15 +60,16 @@ def oracle_maps(run_cfg: Config, split: str, records, table, device):
     paths = default_paths(run_cfg)
     cache_dir = oracle_cache_dir(run_cfg, split)
     targets = Targets("labels", setup.attribute_targets(table, records, "test"))  # distractors: IGNORE -> predicted
+    spec = MapSpec.from_config(run_cfg)  # the oracle maps differ from the run's test maps in their class only
     try:
-        return AAHCache.open(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records, targets=targets,
-                             normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah)
+        return AAHCache.open_path(cache_dir, attr_ckpt_dir=paths["attr_checkpoint"], records=records, targets=targets,
+                                  normalize=spec.normalize, method=spec.method, precision=spec.precision)
     except CacheError:
-        return AAHCache.build(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height, run_cfg.data.width,
-                              targets=targets, batch_size=run_cfg.data.test_batch_size, device=str(device),
-                              normalize=run_cfg.model.aah_normalize, method=run_cfg.eval.aah, amp=run_cfg.train.amp,
-                              channels_last=gradcam_channels_last(run_cfg.train.amp, run_cfg.train.channels_last),
-                              progress=False)
+        return AAHCache.build_path(cache_dir, paths["attr_checkpoint"], records, run_cfg.data.height,
+                                   run_cfg.data.width, targets=targets, batch_size=run_cfg.data.test_batch_size,
+                                   device=str(device), normalize=spec.normalize, method=spec.method,
+                                   precision=spec.precision, progress=False,
+                                   channels_last=gradcam_channels_last(run_cfg.train.amp, run_cfg.train.channels_last))
 
 
 def oracle_evaluation(run_cfg: Config) -> dict:

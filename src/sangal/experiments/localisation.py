@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.spec import MapSpec, Targets
+from sangal.aah.spec import MapSpec
 from sangal.config import Config
 from sangal.data import setup
 from sangal.store.paths import default_paths
@@ -44,12 +44,10 @@ def _predicted_gallery_cache(cfg: Config, gallery):
     from sangal.aah.cache import AAHCache
     from sangal.errors import CacheError
 
-    spec = MapSpec("predicted", "exact", cfg.model.aah_normalize)
+    spec = MapSpec("predicted", "exact", cfg.model.aah_normalize, "bf16" if cfg.train.amp else "float32")
     try:
-        return AAHCache.open(spec.cache_dir(default_paths(cfg)["aah"], "gallery"), records=gallery,
-                             targets=Targets("predicted"),
-                             attr_ckpt_dir=default_paths(cfg)["attr_checkpoint"], height=cfg.data.height,
-                             width=cfg.data.width, normalize=cfg.model.aah_normalize, method="exact")
+        return AAHCache.open(default_paths(cfg)["aah"], spec, "gallery", records=gallery,
+                             attr_checkpoint=default_paths(cfg)["attr_checkpoint"], size=(cfg.data.height, cfg.data.width))
     except CacheError:
         return None
 

@@ -30,11 +30,14 @@ def native_bf16_cpu() -> bool:
     return False
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CPU, fp16 on CUDA; a no-op context when disabled."""
+def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
+    """bf16 autocast on CPU, fp16 on CUDA (``dtype`` given: that one, e.g. bf16 heat maps everywhere); a no-op
+    context when disabled."""
     if not enabled:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def channels_last(x, enabled: bool = True):

@@ -2,8 +2,9 @@
 
 The predictor (:class:`~sangal.models.map_predictor.MapPredictor`) learns the per-class logit Grad-CAM
 maps of layer2 and layer3 from the frozen attribute net's activations; :mod:`sangal.aah.fast` turns them
-into AAH with the exact probabilities and target classes. Targets are the exact maps of the train split's
-AAH cache (``sangal aah``), with the classes that cache was built for. A held-out ``distill.val_fraction``
+into AAH with the exact probabilities and target classes. Targets are the exact label-guided maps read off the
+train split's cache of every class's map (``sangal aah``; the one exact pass the Re-ID training maps come from
+too, :mod:`sangal.aah.classes`). A held-out ``distill.val_fraction``
 of the training images measures agreement with the exact maps (Pearson r, same-argmax-cell rate).
 
 :class:`DistillTask` runs on the one training loop (:mod:`sangal.train.engine`): checkpoints in
@@ -86,23 +87,25 @@ def _signed_maps(net: AttributeNet, predictor: MapPredictor, stages: Sequence[Te
 
 
 @torch.no_grad()
-def _forward(net: AttributeNet, images: Tensor, targets: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
+def _forward(net: AttributeNet, images: Tensor, classes: Tensor | None) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Frozen attribute net: (a2, a3, Z4) -- layer4 enters only through its logit maps, 1/20 of its size for
     MobileNetV2, which is what lets a whole training set's inputs stay in memory --, logits, classes (B, K)."""
     a2, a3, a4 = net.forward_stages(images)
     logits = net.head_from_stage4(a4)
-    return [a2, a3, layer4_logit_maps(net, a4)], logits, target_classes(logits, targets)
+    return [a2, a3, layer4_logit_maps(net, a4)], logits, target_classes(logits, classes)
 
 
 class _Examples:
     """Per batch of record indices: the frozen net's stages, logits and target classes, and the exact layer2/layer3
-    maps of the cache. The net runs once per image for the whole fit when its activations fit in memory."""
+    maps of those classes, read off the cache of every class's map. The net runs once per image for the whole fit
+    when its activations fit in memory."""
 
-    def __init__(self, net: AttributeNet, loader_factory, cache, targets: np.ndarray | None, batch_size: int,
-                 device: str | torch.device, probe: Sequence[Tensor]) -> None:
+    def __init__(self, net: AttributeNet, loader_factory, cache, classes: np.ndarray | None, batch_size: int,
+                 device: str | torch.device, probe: Sequence[Tensor], normalize: str = "max") -> None:
         self.net, self.loader_factory, self.cache, self.batch_size, self.device = \
             net, loader_factory, cache, batch_size, device
-        self.targets = None if targets is None else torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        self.normalize = normalize
+        self.classes = None if classes is None else torch.as_tensor(np.asarray(classes), dtype=torch.long)
         self.memo: dict[str, Tensor] = {}
         n = len(cache)
         a2, a3, a4 = probe
@@ -121,17 +124,25 @@ class _Examples:
         if not self.memo:
             for batch in self.loader_factory(order[skip * self.batch_size:]):
                 idx = [int(i) for i in batch["index"]]
-                t = None if self.targets is None else self.targets[idx].to(device)
-                stages, logits, classes = _forward(net, batch["image"].to(device), t)
-                yield stages, logits, classes, [m.to(device) for m in self.cache.get(idx)[:2]]
+                given = None if self.classes is None else self.classes[idx].to(device)
+                stages, logits, classes = _forward(net, batch["image"].to(device), given)
+                yield stages, logits, classes, self._exact(idx, classes)
             return
         for start in range(skip * self.batch_size, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             rows = torch.tensor(idx, device=device)
             logits = list(self.memo["logits"][rows].split(net.num_classes, dim=1))
-            t = None if self.targets is None else self.targets[idx].to(device)
+            given = None if self.classes is None else self.classes[idx].to(device)
             stages = [self.memo[k][rows] for k in ("a2", "a3", "z4")]
-            yield stages, logits, target_classes(logits, t), [m.to(device) for m in self.cache.get(idx)[:2]]
+            classes = target_classes(logits, given)  # (B, K)
+            yield stages, logits, classes, self._exact(idx, classes)
+
+    def _exact(self, idx: list[int], classes: Tensor) -> list[Tensor]:
+        """The exact layer2/layer3 maps of ``classes`` (B, K) for records ``idx``, read off every class's map."""
+        from sangal.aah.classes import maps_for_mode
+
+        maps = maps_for_mode(self.cache.class_maps(idx), "select", classes.cpu(), normalize=self.normalize)
+        return [m.to(self.device) for m in maps[:2]]
 
     def agreement(self, predictor: MapPredictor, indices: list[int], normalize: str) -> dict[str, dict]:
         """Held-out agreement of the predictor's layer2/layer3 maps with the exact ones (:func:`map_agreement`)."""
@@ -229,17 +240,17 @@ class DistillTask(Task):
         return position
 
 
-def fit_map_predictor(net: AttributeNet, loader_factory, cache, targets: np.ndarray | None, dc: DistillConfig,
+def fit_map_predictor(net: AttributeNet, loader_factory, cache, classes: np.ndarray | None, dc: DistillConfig,
                       val_indices: Sequence[int] = (), device: str | torch.device = "cpu", normalize: str = "max",
                       seed: int = 0, run_dir: Path | None = None, resume: bool = False,
                       stop_after_steps: int | None = None) -> tuple[MapPredictor, dict]:
-    """Train a :class:`MapPredictor` on the exact maps of ``cache`` (an AAHCache of the same records).
+    """Train a :class:`MapPredictor` on the exact maps read off ``cache`` (every class's maps of the same records).
 
     Args:
         net: the attribute network (frozen, eval mode).
         loader_factory: ``fn(indices) -> DataLoader`` yielding test-transform batches (``image``, ``index``)
             of those record indices in that order; the records are the cache's, in its order.
-        targets: (N, K) classes the cache was built for (None: predicted classes).
+        classes: (N, K) class of each head the maps follow (``IGNORE_INDEX`` entries or None: the predicted one).
         dc: epochs, lr, batch size, width, early stopping (``patience``, ``min_delta``).
         val_indices: records held out of training; agreement is measured on them.
         run_dir: where the loop's checkpoints go (None: no checkpoints); ``resume`` continues from them.
@@ -261,7 +272,7 @@ def fit_map_predictor(net: AttributeNet, loader_factory, cache, targets: np.ndar
     with torch.no_grad():
         probe = net.forward_stages(torch.zeros(1, 3, height, width, device=device))
     predictor = MapPredictor((probe[0].shape[1], probe[1].shape[1]), sum(net.num_classes), dc.hidden).to(device)
-    examples = _Examples(net, loader_factory, cache, targets, dc.batch_size, device, probe)
+    examples = _Examples(net, loader_factory, cache, classes, dc.batch_size, device, probe, normalize)
     task = DistillTask(examples, predictor, train, val, dc, normalize, seed, run_dir)
     position = task.restore() if resume else Position()
     logger = RunLogger(run_dir or Path("."), enabled=run_dir is not None)
@@ -288,10 +299,9 @@ def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None
     stops after that many steps as a kill would (:class:`~sangal.train.engine.Stopped`).
     """
     from sangal.aah.cache import AAHCache
-    from sangal.aah.job import build_caches, split_targets
+    from sangal.aah.job import build_caches
     from sangal.aah.predictor import save_map_predictor
     from sangal.aah.spec import MapSpec
-    from sangal.config import with_overrides
     from sangal.data import ImageDataset, build_transforms, setup
     from sangal.errors import CheckpointError
     from sangal.runtime.distributed import resolve_device
@@ -303,18 +313,18 @@ def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None
     ckpt = Path(paths["attr_checkpoint"])
     if not ckpt.exists():
         raise CheckpointError(f"no attribute checkpoint at {ckpt}: run `sangal train-attr` and `sangal aah` first")
-    if cfg.train.aah_targets in ("agnostic", "soft", "noisy"):
-        # The predictor learns every class's map, so any one-class cache teaches it; agnostic and soft maps are
-        # read off those (sangal.aah.classes). Fit it to the label-guided train maps, built here if missing.
-        cfg = with_overrides(cfg, ["train.aah_targets=labels"])
-        build_caches(cfg, splits=["train"])
+    # The predictor learns every class's map; it is fitted to the label-guided train maps, read off the train
+    # split's cache of every class's map -- the cache the Re-ID training maps come from (built here if missing).
+    build_caches(cfg, splits=["train"])
     device = resolve_device(cfg.train.device)
     dataset = setup.load_reid_dataset(cfg)
     records = dataset.train
     spec = MapSpec.from_config(cfg)
-    targets = split_targets(spec, "train", setup.load_attributes(cfg, dataset), records)
-    cache = AAHCache.open(spec.cache_dir(paths["aah"], "train"), attr_ckpt_dir=ckpt, records=records,
-                          height=cfg.data.height, width=cfg.data.width, normalize=spec.normalize, targets=targets)
+    # the classes the exact maps follow, as the one-class caches did: the labels, the predictions for predicted maps
+    labels = None if spec.targets == "predicted" else \
+        setup.attribute_targets(setup.load_attributes(cfg, dataset), records, "train")  # (N, K)
+    cache = AAHCache.open(paths["aah"], spec, "train", attr_checkpoint=ckpt, records=records,
+                          size=(cfg.data.height, cfg.data.width))
     net, _ = load_model(ckpt, expected_kind="attribute", device=str(device))
     dset = ImageDataset(records, build_transforms(cfg.data.height, cfg.data.width, train=False))
     dc = cfg.distill
@@ -325,10 +335,11 @@ def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None
 
     n_val = int(round(len(records) * dc.val_fraction))
     val = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.train.seed))[:n_val].tolist()
-    run_dir = paths["out"] / "distill" / _fit_key(file_sha256(ckpt / "model.safetensors"), cache, dc, cfg.train.seed)
+    run_dir = paths["out"] / "distill" / _fit_key(file_sha256(ckpt / "model.safetensors"), cache, labels, dc,
+                                                  cfg.train.seed)
     if resume is None:
         resume = (run_dir / "checkpoints" / "last").is_dir()
-    predictor, metrics = fit_map_predictor(net, loader_factory, cache, targets.labels, dc, val, device,
+    predictor, metrics = fit_map_predictor(net, loader_factory, cache, labels, dc, val, device,
                                            spec.normalize, cfg.train.seed, run_dir, resume, stop_after_steps)
     path = save_map_predictor(ckpt, predictor, {"normalize": spec.normalize, "metrics": metrics,
                                                 "cache": str(cache.path)})
@@ -352,12 +363,16 @@ def ensure_distilled(cfg) -> dict:
     return {"path": str(ckpt / PREDICTOR_FILE), **meta["metrics"], "reused": True}
 
 
-def _fit_key(attr_sha256: str, cache, dc: DistillConfig, seed: int) -> str:
-    """Folder name of one fit's checkpoints: a resumed fit has the same weights, cache, settings and seed."""
+def _fit_key(attr_sha256: str, cache, classes: np.ndarray | None, dc: DistillConfig, seed: int) -> str:
+    """Folder name of one fit's checkpoints: a resumed fit has the same weights, cache, classes, settings and seed."""
     import dataclasses
     import hashlib
     import json
 
+    from sangal.aah.manifest import targets_entry
+    from sangal.aah.spec import Targets
+
+    followed = targets_entry(Targets("predicted") if classes is None else Targets("labels", classes))
     what = {"attr": attr_sha256, "cache": cache.path.name, "images": cache.manifest["images_sha256"],
-            "targets": cache.manifest["targets"], "distill": dataclasses.asdict(dc), "seed": seed}
+            "targets": followed, "distill": dataclasses.asdict(dc), "seed": seed}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]

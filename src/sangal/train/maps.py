@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sangal.aah.spec import MapSpec, Targets
+from sangal.aah.spec import MapSpec
 from sangal.config import Config, parse_pretrained
 from sangal.data.attributes import get_schema, schema_name
 from sangal.errors import ConfigError
@@ -33,15 +33,12 @@ class AAHSource:
         self.align = cfg.train.aah_align
         self.image_size = (cfg.data.height, cfg.data.width)
         self.confusion = held_out_confusion(paths["attr_checkpoint"]) if self.spec.targets == "noisy" else None
+        self.labels = None if targets is None else torch.as_tensor(targets, dtype=torch.long)  # (N, K)
         if self.mode == "offline":
             from sangal.aah.cache import AAHCache
 
-            mode = self.spec.cache_mode("train")
-            self.cache = AAHCache.open(self.spec.cache_dir(paths["aah"], "train"),
-                                       attr_ckpt_dir=paths["attr_checkpoint"], records=records,
-                                       height=cfg.data.height, width=cfg.data.width,
-                                       targets=Targets(mode, targets if mode == "labels" else None),
-                                       normalize=self.spec.normalize)
+            self.cache = AAHCache.open(paths["aah"], self.spec, "train", attr_checkpoint=paths["attr_checkpoint"],
+                                       records=records, size=(cfg.data.height, cfg.data.width))
         elif self.spec.targets in ("soft", "noisy"):
             raise ConfigError(f"train.aah_targets={self.spec.targets} reads every class's map from the offline cache: "
                               "use train.aah=offline (the online branch makes labels, predicted or agnostic maps)")
@@ -71,17 +68,21 @@ class AAHSource:
 
 
     def _cached(self, batch: dict, seed: int):
-        """A batch's training maps from the cache; soft and noisy ones read off every class's map."""
-        index = batch["index"].tolist()
-        if self.spec.cache_mode("train") != "classes":
-            return self.cache.get(index)
+        """A batch's training maps, read off every class's map in the cache (one exact pass serves every mode)."""
         from sangal.aah.classes import draw_classes, maps_for_mode
 
-        every = self.cache.class_maps(index)
-        if self.spec.targets == "soft":
-            return maps_for_mode(every, "soft", normalize=self.spec.normalize)
-        drawn = draw_classes(batch["attrs"].cpu(), self.confusion, torch.Generator().manual_seed(seed))
-        classes = torch.where(drawn < 0, every.predicted(), drawn)  # unlabelled: the predicted class, as labels do
+        every = self.cache.class_maps(batch["index"].tolist())
+        targets = self.spec.targets
+        if targets in ("agnostic", "soft"):
+            return maps_for_mode(every, targets, normalize=self.spec.normalize)
+        if targets == "predicted":
+            return maps_for_mode(every, "select", every.predicted(), normalize=self.spec.normalize)
+        if self.labels is None:
+            raise ConfigError(f"train.aah_targets={targets} needs the attribute labels of the training images")
+        labels = self.labels[batch["index"].cpu()]  # (B, K)
+        if targets == "noisy":
+            labels = draw_classes(labels, self.confusion, torch.Generator().manual_seed(seed))
+        classes = torch.where(labels < 0, every.predicted(), labels)  # unlabelled: the predicted class
         return maps_for_mode(every, "select", classes, normalize=self.spec.normalize)
 
 
