@@ -30,8 +30,11 @@ browser:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Two workers on the CI machine's 2 cores, one torch thread each (tests/conftest.py); each worker takes whole
+# files (module fixtures are built once), the files with `slow` tests first.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser weights
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,15 +1,41 @@
-"""Shared fixtures: a tiny synthetic dataset and the overrides of a seconds-long training run."""
+"""Shared fixtures: a tiny synthetic dataset, an attribute net trained on it with its heat-map caches (both built
+once per test run, shared by the xdist workers of `make test`), and the overrides of a seconds-long training run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-# At most 2 threads (the CI machine's cores), fewer when OMP_NUM_THREADS says so (a machine shared with other jobs).
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+
+def _torch_threads() -> int:
+    """One thread per pytest-xdist worker (`make test` runs two on the CI machine's 2 cores: no oversubscription);
+    else at most 2, fewer when OMP_NUM_THREADS says so (a machine shared with other jobs)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # the subprocesses tests start (training, DDP) inherit it
+        return 1
+    return int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1)))
+
+
+torch.set_num_threads(_torch_threads())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, modules with tests marked ``slow`` run first, the most such tests first: `make test` hands
+    out whole modules (``--dist loadfile``), and the short modules then fill in behind the long ones instead of
+    one long module starting last. The order within a module is kept."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow: dict[Path, int] = {}
+    for item in items:
+        if item.get_closest_marker("slow"):
+            slow[item.path] = slow.get(item.path, 0) + 1
+    items.sort(key=lambda item: -slow.get(item.path, 0))  # stable: the collection order otherwise
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,13 +65,58 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """The folder of this test run that every xdist worker sees (a worker's basetemp is ``<root>/popen-gwN``;
+    without xdist it is the basetemp): artefacts built once there are shared, read-only, by all workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
-    """8 identities x 3 cameras at 64x32, Market-1501 layout, attributes and masks."""
+    """8 identities x 3 cameras at 64x32, Market-1501 layout, attributes and masks (one copy for all workers:
+    generate_synthetic stages it and reuses a finished one)."""
     from sangal.data.synthetic import generate_synthetic
 
-    return generate_synthetic(tmp_path_factory.mktemp("synth") / "tiny", num_ids=8, num_cams=3, seed=0,
+    return generate_synthetic(shared_root(tmp_path_factory) / "synth" / "tiny", num_ids=8, num_cams=3, seed=0,
                               height=64, width=32, images_per_cam=2)
+
+
+@dataclass(frozen=True)
+class AttrRun:
+    """A finished attribute-net run: ``out`` (its ``attr/`` and ``aah/`` folders), the metrics its training
+    returned and the folder names of the caches it built (split -> name)."""
+
+    out: Path
+    attr_metrics: dict
+    caches: dict
+
+    def copy_to(self, dest: Path) -> Path:
+        """``dest`` with a copy of the run's attribute net (final checkpoint, logs) and caches: a run to write in."""
+        shutil.copytree(self.out / "attr", dest / "attr", ignore=shutil.ignore_patterns("last", ".*"))
+        shutil.copytree(self.out / "aah", dest / "aah", ignore=shutil.ignore_patterns(".*"))
+        return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_attr_run(tiny_synth, tmp_path_factory) -> AttrRun:
+    """An attribute net trained with the tiny overrides and the heat-map caches of every split, built once per
+    test run under a lock (the first worker builds it, the others wait and reuse it). Read-only: a test that
+    writes beside it works on :meth:`AttrRun.copy_to`."""
+    from sangal.aah.job import build_caches
+    from sangal.config import load_config
+    from sangal.store.files import output_lock, write_json_atomic
+    from sangal.train.attr import train_attribute_net
+
+    out = shared_root(tmp_path_factory) / "tiny-attr-run"
+    built = out / "built.json"
+    with output_lock(out):
+        if not built.is_file():
+            cfg = load_config(None, _tiny_overrides(tiny_synth, out))
+            metrics = train_attribute_net(cfg)
+            caches = {split: path.name for split, path in build_caches(cfg).items()}
+            write_json_atomic(built, {"attr_metrics": metrics, "caches": caches})
+    return AttrRun(out, **json.loads(built.read_text()))
 
 
 @pytest.fixture(scope="session")

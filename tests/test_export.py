@@ -76,6 +76,7 @@ def mobilenet_checkpoints(tmp_path_factory, one_torch_thread) -> dict[str, Path]
 
 @pytest.mark.parametrize(("backbone", "mode"), [("resnet18", "id"), ("resnet18", "id+attr"), ("resnet18", "san-gal"),
                                                 ("mobilenet_v2", "id"), ("mobilenet_v2", "san-gal")])
+@pytest.mark.slow
 def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
     checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
     dim = 512 if backbone == "resnet18" else 1280
@@ -103,6 +104,7 @@ def test_onnx_graph_matches_pytorch(request, tmp_path, backbone, mode) -> None:
 @pytest.mark.parametrize(("backbone", "form"), [("resnet18", "mean1"), ("resnet18", "residual"),
                                                 ("resnet18", "gated"), ("resnet18", "mixed"),
                                                 ("mobilenet_v2", "mixed")])  # mixed on a grouped stage
+@pytest.mark.slow
 def test_every_asam_form_exports(request, tmp_path, backbone, form) -> None:
     """The learned forms with non-zero (trained-like) gates: onnxruntime matches PyTorch."""
     checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
@@ -205,6 +207,7 @@ def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints
     assert [m.path for m in filtered] == [m.path for m in top if m.attributes["backpack"] == backpack]
 
 
+@pytest.mark.slow
 def test_evaluate_index_and_export_embed_alike(checkpoints, tiny_synth, tmp_path, monkeypatch) -> None:
     """One path: `sangal evaluate`, `sangal index` and the exported graph give the same features (1e-5) for
     the same checkpoint and gallery images."""
@@ -248,6 +251,7 @@ def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, 
     assert "data.height=128 (the checkpoint has 64)" in err[0] and "train.aah_targets=agnostic" in err[0]
 
 
+@pytest.mark.slow
 def test_a_soft_map_model_exports_with_its_soft_maps(checkpoints, tmp_path) -> None:
     """Soft test-time maps (sum_c p_c ReLU(S_c), forward only) trace to ONNX and match PyTorch."""
     from sangal.evaluate.predictor import Predictor

@@ -36,10 +36,11 @@ H, W = 64, 32
 CASES = []
 
 
-def case(klass: str):
-    """Register a case of class ``klass``: a function (world, tmp_path, capsys, request) -> None."""
+def case(klass: str, slow: bool = False):
+    """Register a case of class ``klass``: a function (world, tmp_path, capsys, request) -> None; ``slow``: it
+    trains or starts a process (marked ``slow``: under xdist this file starts early)."""
     def register(fn):
-        CASES.append(pytest.param(fn, id=f"{klass}/{fn.__name__}"))
+        CASES.append(pytest.param(fn, id=f"{klass}/{fn.__name__}", marks=[pytest.mark.slow] if slow else []))
         return fn
     return register
 
@@ -364,7 +365,7 @@ def train_into_an_interrupted_run_without_resume(world, tmp_path, capsys, reques
     assert snapshot(run) == before
 
 
-@case("7 training overwrites a finished run")
+@case("7 training overwrites a finished run", slow=True)
 def overwrite_replaces_a_finished_run(world, tmp_path, capsys, request):
     run = _fake_run(tmp_path / "out" / "reid" / "id", "last", "final")
     code, out, _ = play(capsys, "train", "--mode", "id", "--overwrite", *world["over"](tmp_path / "out"))
@@ -389,7 +390,7 @@ def _resume_refused(world, tmp_path, capsys, request, change: str) -> None:
     assert snapshot(out) == before
 
 
-@case("8 resume with a changed config")
+@case("8 resume with a changed config", slow=True)
 def resume_with_another_batch_size(world, tmp_path, capsys, request):
     _resume_refused(world, tmp_path, capsys, request, "data.p=3")
 
@@ -441,7 +442,7 @@ with output_lock(Path(sys.argv[1])):
 """
 
 
-@case("10 two index runs collide")
+@case("10 two index runs collide", slow=True)
 def a_second_writer_stops_with_one_line(world, tmp_path, capsys, request):
     index = copy_index(world, tmp_path)
     first = subprocess.Popen([sys.executable, "-c", HOLD, str(index)], stdout=subprocess.PIPE, text=True)
@@ -550,7 +551,7 @@ def corrupt_dataset_image(world, tmp_path, capsys, request):
             "data.on_bad_image=skip")
 
 
-@case("ok kill during training resumes")
+@case("ok kill during training resumes", slow=True)
 def resume_after_a_kill_with_other_workers_and_logging(world, tmp_path, capsys, request):
     out, last = _copy_run(request, tmp_path, capsys)
     code, printed, _ = play(capsys, "train", "--mode", "id", "--resume", *world["over"](out), "train.log_every=5",

@@ -55,6 +55,7 @@ def test_study_rows_convert_percent_to_report_fractions():
     assert paired_rows(doc) == [{"variant": "san-gal", "metric": "rank1", "diff": 2.0, "ci95": [-1.0, 5.0], "n": 2}]
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_end_to_end(tiny_demo):
     result = tiny_demo["result"]
     doc = json.loads((tiny_demo["out"] / "study.json").read_text())

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 VARIANTS = (Variant("id", ("model.mode=id",)),
             Variant("san-gal agnostic", ("model.mode=san-gal", "train.aah_targets=agnostic")),
             Variant(PAPER, ("model.mode=san-gal", "train.aah_targets=labels")))
+ONE_EPOCH = ["train.epochs=1"]  # the study's bookkeeping is under test, not what its runs learn: one epoch each
 
 
 def test_paired_difference_matches_a_hand_computed_t_interval() -> None:
@@ -48,10 +49,11 @@ def test_variant_parsing_and_folder_names() -> None:
 @pytest.fixture(scope="module")
 def study(tiny_synth, tiny_overrides, tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    cfg = load_config(None, tiny_overrides(tiny_synth, out))
+    cfg = load_config(None, tiny_overrides(tiny_synth, out) + ONE_EPOCH)
     return out, cfg, run_study(cfg, VARIANTS, [0, 1], localisation_images=16)
 
 
+@pytest.mark.slow
 def test_study_json_schema(study) -> None:
     out, _, doc = study
     on_disk = json.loads((out / "study.json").read_text())
@@ -131,10 +133,11 @@ def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) ->
 
 @pytest.mark.parametrize(("reid_backbone", "attr_backbone"), [("mobilenet_v2", "resnet18"),
                                                               ("resnet18", "mobilenet_v2")])
+@pytest.mark.slow
 def test_study_on_mobilenet_v2_records_each_networks_backbone(tiny_synth, tiny_overrides, tmp_path, reid_backbone,
                                                               attr_backbone) -> None:
     """MobileNetV2 as either network (Re-ID: ASAM on a layer2 narrower than 2K; attribute: AAH and localisation)."""
-    overrides = [*tiny_overrides(tiny_synth, tmp_path), f"model.backbone={reid_backbone}",
+    overrides = [*tiny_overrides(tiny_synth, tmp_path), *ONE_EPOCH, f"model.backbone={reid_backbone}",
                  f"model.attr_backbone={attr_backbone}"]
     cfg = load_config(None, overrides)
     doc = run_study(cfg, VARIANTS[:2], [0], localisation_images=8)
@@ -225,11 +228,12 @@ def test_leak_check_runs_on_every_class_guided_san_gal_row(study) -> None:
     assert "seeds for ±1 / ±2 / ±3" in text and "oracle gap" in text and "cosine to id" in text
 
 
+@pytest.mark.slow
 def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_path) -> None:
     """eval.aah=fast rows: the oracle maps come from the distilled predictor with the true labels as targets."""
     from sangal.aah.cache import AAHCache
 
-    cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "eval.aah=fast", "distill.epochs=1"])
+    cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), *ONE_EPOCH, "eval.aah=fast", "distill.epochs=1"])
     doc = run_study(cfg, (VARIANTS[0], VARIANTS[2]), [0], localisation_images=0)
     assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
     cache = AAHCache.open_path(tmp_path / "aah" / "query_oracle_labels_fast")

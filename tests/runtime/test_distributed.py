@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -44,6 +45,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_two_process_ddp_first_step_gradients_equal_single_process(tmp_path):
     script = tmp_path / "step.py"
     script.write_text(SCRIPT)

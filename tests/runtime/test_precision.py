@@ -23,6 +23,7 @@ def test_helpers() -> None:
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, tiny_overrides, tmp_path) -> None:
     from sangal.aah.cache import AAHCache
     from sangal.aah.job import build_caches

@@ -99,6 +99,7 @@ def _rel(world, match: Match) -> str:
     return Path(match.path).relative_to(world["gallery"]).as_posix()
 
 
+@pytest.mark.slow
 def test_index_files_and_meta(world):
     idx_dir = world["tmp"] / "index"
     meta = json.loads((idx_dir / "meta.json").read_text())

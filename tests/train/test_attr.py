@@ -65,6 +65,7 @@ def test_the_attribute_net_has_its_own_backbone_and_weights(tiny_synth, tiny_ove
     assert torch.equal(ckpt.weights[f"backbone.{key}"], state[key])
 
 
+@pytest.mark.slow
 def test_a_stopped_attribute_net_resumes_to_the_bit(tiny_synth, tiny_overrides, tmp_path) -> None:
     """On the one loop: stopped mid-epoch, resumed, the attribute net ends with the uninterrupted run's weights."""
     import json

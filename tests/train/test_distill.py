@@ -17,17 +17,12 @@ FAST = ["eval.aah=fast"]
 
 
 @pytest.fixture(scope="module")
-def run(tiny_synth, tiny_overrides, tmp_path_factory, one_torch_thread):
-    """Attribute net, the train split's exact AAH cache, then `sangal distill` (a few epochs)."""
-    from sangal.aah.job import build_caches
-    from sangal.train.attr import train_attribute_net
-
-    out = tmp_path_factory.mktemp("distill")
+def run(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path_factory, one_torch_thread):
+    """A copy of the session's attribute net and exact AAH caches, to run `sangal distill` on (a few epochs)."""
+    out = tiny_attr_run.copy_to(tmp_path_factory.mktemp("distill"))
     overrides = tiny_overrides(tiny_synth, out) + ["distill.epochs=4", "distill.batch_size=8", "distill.hidden=8",
                                                    "distill.val_fraction=0.25"]
     cfg = load_config(None, overrides)
-    train_attribute_net(cfg)
-    build_caches(cfg, splits=["train"])
     return {"out": out, "overrides": overrides, "cfg": cfg, "ckpt": out / "attr" / "checkpoints" / "final"}
 
 
@@ -108,6 +103,7 @@ def test_fast_query_cache_is_separate_exact_at_layer4_and_bound_to_the_predictor
         AAHCache.open_path(exact_dir, method="fast")
 
 
+@pytest.mark.slow
 def test_san_gal_evaluates_with_fast_maps(run, tmp_path) -> None:
     from sangal.evaluate.reid import evaluate_checkpoint
     from sangal.train.reid import train_reid
@@ -138,6 +134,7 @@ def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch)
     assert distill_module.ensure_distilled(run["cfg"]) == {"path": "new", "reused": False}
 
 
+@pytest.mark.slow
 def test_a_stopped_fit_resumes_to_the_bit(run, tmp_path) -> None:
     from safetensors.torch import load_file
 

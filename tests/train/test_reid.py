@@ -14,16 +14,12 @@ from sangal.errors import CacheError, CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_synth, tiny_overrides, tmp_path_factory):
-    """Attribute net trained and heat maps cached once for the module (the offline mode's inputs)."""
-    from sangal.aah.job import build_caches
-    from sangal.train.attr import train_attribute_net
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, tiny_overrides(tiny_synth, out))
-    metrics = train_attribute_net(cfg)
-    caches = build_caches(cfg)
-    return {"root": tiny_synth, "out": out, "attr_metrics": metrics, "caches": caches, "overrides": tiny_overrides}
+def prepared(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path_factory):
+    """The offline mode's inputs: a copy of the session's attribute net and its heat maps (tests add caches)."""
+    out = tiny_attr_run.copy_to(tmp_path_factory.mktemp("run"))
+    caches = {split: out / "aah" / name for split, name in tiny_attr_run.caches.items()}
+    return {"root": tiny_synth, "out": out, "attr_metrics": tiny_attr_run.attr_metrics, "caches": caches,
+            "overrides": tiny_overrides}
 
 
 def cfg_for(prepared, out: Path, *extra: str):
@@ -43,6 +39,7 @@ def test_attribute_pretraining_writes_checkpoint_and_metrics(prepared):
     assert set(prepared["caches"]) == {"train", "query", "gallery"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
 def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, tmp_path, mode):
     from sangal.train.reid import train_reid
@@ -65,6 +62,7 @@ def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, tmp_path, mo
     assert list((run / "tensorboard").iterdir()), "TensorBoard event file expected"
 
 
+@pytest.mark.slow
 def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
@@ -82,6 +80,7 @@ def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, 
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
     """optim.optimizer=adam with optim.head_lr_scale: two parameter groups, heads at the scaled lr, exact resume."""
     from sangal.train.reid import train_reid
@@ -103,6 +102,7 @@ def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp_path):
     """train.ema: the final checkpoint holds the averaged weights it was evaluated with; a run stopped
     mid-epoch and resumed continues the same average bit for bit."""
@@ -206,6 +206,7 @@ def test_stale_cache_is_refused(prepared, tmp_path):
         train_reid(cfg)
 
 
+@pytest.mark.slow
 def test_online_dual_trace_mode_trains_attribute_branch(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
@@ -244,6 +245,7 @@ def test_every_training_map_mode_reads_the_one_train_cache(prepared, tmp_path):
     assert 0.0 <= train_reid(cfg)["mAP"] <= 1.0  # nothing to build first
 
 
+@pytest.mark.slow
 def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(prepared, tmp_path):
     """train.aah_targets=soft: one `classes` train cache; soft query/gallery maps; the checkpoint records it."""
     from sangal.aah.cache import AAHCache
@@ -266,6 +268,7 @@ def test_soft_training_maps_are_read_off_every_class_and_test_maps_are_soft_too(
     assert predictor.spec.targets == "soft" and predictor.spec.mode("query") == "soft"
 
 
+@pytest.mark.slow
 def test_noisy_training_maps_need_a_held_out_confusion_and_draw_from_it(prepared, tmp_path):
     from sangal.aah.job import build_caches
     from sangal.errors import ConfigError
