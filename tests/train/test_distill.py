@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sangal.config import load_config
-from sangal.errors import CacheError, CheckpointError
+from sangal.errors import CacheError, CheckpointError, ConfigError
 from sangal.store.paths import default_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,10 +129,10 @@ def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch)
     import sangal.train.distill as distill_module
 
     first = _distilled(run)
-    monkeypatch.setattr(distill_module, "distill", lambda cfg: pytest.fail("refitted a valid predictor"))
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: pytest.fail("refitted a valid predictor"))
     again = distill_module.ensure_distilled(run["cfg"])
     assert again["reused"] is True and again["val"] == first["val"]
-    monkeypatch.setattr(distill_module, "distill", lambda cfg: {"path": "new"})
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: {"path": "new"})
     with open(run["ckpt"] / "map_predictor.safetensors", "r+b") as f:  # no longer a readable predictor
         f.write(b"garbage!")
     assert distill_module.ensure_distilled(run["cfg"]) == {"path": "new", "reused": False}
@@ -153,7 +153,9 @@ def test_a_stopped_fit_resumes_to_the_bit(run, tmp_path) -> None:
     fitted = load_file(attr / PREDICTOR_FILE)
     with pytest.raises(Stopped):
         distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), stop_after_steps=4)  # in the second epoch
-    again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))  # finds its checkpoint and resumes
+    with pytest.raises(ConfigError, match="holds an interrupted run.*--resume"):  # one rule: resume when asked
+        distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))
+    again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), resume=True)
     assert again["train_loss"] == whole["train_loss"] and again["epochs"] == 4
     resumed = load_file(attr / PREDICTOR_FILE)
     assert all(torch.equal(fitted[k], resumed[k]) for k in fitted)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from sangal.config import load_config
 from sangal.errors import CacheError, CheckpointError, ConfigError
+from sangal.train.engine import Stopped
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, 
     full = cfg_for(prepared, tmp_path / "full", "model.mode=san-gal")
     train_reid(full)
     split = cfg_for(prepared, tmp_path / "split", "model.mode=san-gal")
-    assert train_reid(split, stop_after_steps=1) == {}  # stopped mid-epoch 0 (2 steps per epoch)
+    with pytest.raises(Stopped, match="at epoch 0 step 1.*resume with --resume"):  # mid-epoch 0 (2 steps per epoch)
+        train_reid(split, stop_after_steps=1)
     state = json.loads((tmp_path / "split/reid/san-gal/checkpoints/last/state.json").read_text())
     assert (state["epoch"], state["step"]) == (0, 1)
     train_reid(split, resume=True)
@@ -91,7 +93,8 @@ def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
     full = cfg_for(prepared, tmp_path / "full", *extra)
     train_reid(full)
     split = cfg_for(prepared, tmp_path / "split", *extra)
-    assert train_reid(split, stop_after_steps=1) == {}
+    with pytest.raises(Stopped):
+        train_reid(split, stop_after_steps=1)
     state = json.loads((tmp_path / "split/reid/id+attr/checkpoints/last/state.json").read_text())
     groups = state["optimizer"]["param_groups"]
     assert len(groups) == 2 and [g["lr_scale"] for g in groups] == [1.0, 4.0]
@@ -111,7 +114,8 @@ def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp
     extra = ("model.mode=san-gal", "train.ema=0.7")
     full = train_reid(cfg_for(prepared, tmp_path / "full", *extra))
     split = cfg_for(prepared, tmp_path / "split", *extra)
-    assert train_reid(split, stop_after_steps=1) == {}
+    with pytest.raises(Stopped):
+        train_reid(split, stop_after_steps=1)
     assert json.loads((tmp_path / "split/reid/san-gal/checkpoints/last/state.json").read_text())["ema"] == \
         {"decay": 0.7, "updates": 1}
     resumed = train_reid(split, resume=True)
@@ -127,7 +131,8 @@ def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp
     assert not torch.equal(final[key], last[key])
     # ... and a run without the EMA cannot be resumed with one (a changed config is refused first)
     plain = cfg_for(prepared, tmp_path / "plain", "model.mode=id")
-    assert train_reid(plain, stop_after_steps=1) == {}
+    with pytest.raises(Stopped):
+        train_reid(plain, stop_after_steps=1)
     with pytest.raises(ConfigError, match=r"another config \(train\.ema 0\.0 -> 0\.7\)"):
         train_reid(cfg_for(prepared, tmp_path / "plain", "model.mode=id", "train.ema=0.7"), resume=True)
 
@@ -180,7 +185,8 @@ def test_a_gated_net_trains_its_gates_and_logs_them(prepared, tmp_path):
 def test_resume_refuses_checkpoint_of_another_architecture(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
-    train_reid(cfg_for(prepared, tmp_path, "model.mode=id"), stop_after_steps=1)
+    with pytest.raises(Stopped):
+        train_reid(cfg_for(prepared, tmp_path, "model.mode=id"), stop_after_steps=1)
     with pytest.raises(CheckpointError, match="backbone resnet18 but the model has resnet34"):
         train_reid(cfg_for(prepared, tmp_path, "model.mode=id", "model.backbone=resnet34"), resume=True)
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from sangal.errors import CheckpointError, ConfigError
 from sangal.models.arch import build_model
+from sangal.models.arch_keys import ARCH, arch_value
 from sangal.store.files import (
     check_seal,
     file_sha256,
@@ -63,13 +64,9 @@ STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 #: what a checkpoint can hold: a Re-ID net, an attribute net, or a map predictor being distilled
 KINDS = ("reid", "attribute", "map_predictor")
-#: arch entries that change the network; a mismatch is refused.
-ARCH_KEYS = ("kind", "backbone", "last_stride", "num_ids", "attr_classes", "mode", "extra_sigmoid", "asam_form")
-_REID_ONLY = ("num_ids", "mode", "extra_sigmoid", "asam_form")
-#: what an arch entry means where a checkpoint written before it existed lacks it.
-_ARCH_DEFAULTS = {"asam_form": "paper"}
-#: arch entries that only describe the data; a mismatch is logged.
-_SOFT_KEYS = ("dataset", "colour_mode", "height", "width")
+#: arch entries that change the network; a mismatch is refused (the others describe the data; logged).
+ARCH_KEYS = tuple(key.name for key in ARCH if key.strict)
+_SOFT_KEYS = tuple(key.name for key in ARCH if not key.strict)
 _RESERVED = ("arch", "optimizer", "git_commit", "sangal_version", "created", "format_version",
              "model_sha256", "optimizer_sha256", "extra_sha256", "document_sha256")
 _RESTORE = "restore the checkpoint from a copy or train it again"
@@ -268,10 +265,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
 def load_weights(model: nn.Module, ckpt: Checkpoint, arch: Mapping[str, Any]) -> None:
     """Copy ``ckpt``'s weights into ``model`` (described by ``arch``), refusing another architecture."""
     problems = []
-    for key in ARCH_KEYS:
-        if key in _REID_ONLY and "reid" not in (ckpt.arch.get("kind"), arch.get("kind")):
-            continue
-        have, want = (a.get(key, _ARCH_DEFAULTS.get(key)) for a in (ckpt.arch, arch))
+    kinds = {ckpt.arch.get("kind"), arch.get("kind")}
+    for key in (k.name for k in ARCH if k.strict and kinds & set(k.kinds)):
+        have, want = (arch_value(a, key) for a in (ckpt.arch, arch))
         if _norm(have) != _norm(want):
             problems.append(f"kind {have}, expected {want}" if key == "kind"
                             else f"{key} {_show(have)} but the model has {_show(want)}")

@@ -86,11 +86,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def check_finite(losses: dict[str, torch.Tensor], epoch: int, step: int) -> None:
-    """Stop on a non-finite loss instead of training on garbage."""
+    """Stop at the first non-finite loss, before its backward: the last checkpoint written is the last good one."""
+    from sangal.errors import NonFiniteError
+
     for name, value in losses.items():
         if not torch.isfinite(value).all():
-            raise FloatingPointError(f"loss term '{name}' is {value.item()} at epoch {epoch} step {step}; "
-                                     "lower optim.lr or check the data")
+            raise NonFiniteError(f"training stopped at epoch {epoch} step {step}: loss term '{name}' is "
+                                 f"{value.item()}; nothing after the last checkpoint was saved; lower the learning "
+                                 "rate or check the data")
 
 
 class StopSignal:
