@@ -1,4 +1,5 @@
-"""Pieces shared by the training loops: LR schedule, stop signals, run logging."""
+"""What the one loop (:mod:`sangal.train.engine`) and its tasks use: the learning-rate schedule, the optimizer, the
+resume read, the finite-loss check, the stop signal and the run log. No loop lives here."""
 
 from __future__ import annotations
 
