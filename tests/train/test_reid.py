@@ -314,3 +314,20 @@ def test_attention_guidance_refuses_a_missing_cache(prepared, tmp_path):
 
     with pytest.raises((CacheError, CheckpointError)):
         train_reid(cfg_for(prepared, tmp_path, "model.mode=id", "loss.guide=1", f"train.aah_cache={tmp_path / 'none'}"))
+
+
+def test_optim_lr_1e10_stops_in_one_line_without_a_non_finite_checkpoint(prepared, tmp_path):
+    """Issue 29 case 7: the loss explodes; training stops at the first non-finite loss (or weights) naming the step,
+    writes no final checkpoint and no checkpoint of non-finite weights; the last one before it loads."""
+    from sangal.errors import NonFiniteError
+    from sangal.store.checkpoint import load_checkpoint
+    from sangal.train.reid import train_reid
+
+    cfg = cfg_for(prepared, tmp_path, "model.mode=id", "optim.lr=1e10", "train.checkpoint_every=1", "train.epochs=8")
+    with pytest.raises(NonFiniteError, match=r"^training stopped at epoch \d step \d: ") as err:
+        train_reid(cfg)
+    assert "\n" not in str(err.value)
+    checkpoints = tmp_path / "reid" / "id" / "checkpoints"
+    assert not (checkpoints / "final").exists()
+    last = load_checkpoint(checkpoints / "last")  # hash-checked; the weights of the last finite step
+    assert all(torch.isfinite(t).all() for t in last.weights.values() if t.is_floating_point())

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sangal.errors import CheckpointError, ConfigError
+from sangal.errors import CheckpointError, ConfigError, NonFiniteError
 from sangal.models.arch import build_model
 from sangal.models.arch_keys import ARCH, arch_value
 from sangal.store.files import (
@@ -113,7 +113,8 @@ def save_checkpoint(
     ``state_dict()``, ...); tuples, bytes, non-string dict keys and small
     tensors survive the round trip. The current RNG states are added under
     ``rng`` unless ``state`` has one. An existing checkpoint of the same name
-    is replaced atomically. Returns the directory.
+    is replaced atomically. Returns the directory. A model with a non-finite
+    tensor is refused (NonFiniteError): no checkpoint holds a diverged run.
     """
     directory = Path(directory)
     clash = [k for k in _RESERVED if k in state]
@@ -123,6 +124,10 @@ def save_checkpoint(
     doc.setdefault("rng", capture_rng_state())
     doc.update(format_version=FORMAT_VERSION, arch=dict(arch), **provenance())
     weights, aliases = _dedupe_shared(model.state_dict())
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(f"{len(bad)} of {len(weights)} tensors of the model are non-finite ({bad[0]}, ...), so "
+                             f"{directory} was not written")
     with staged_dir(directory) as tmp:
         save_safetensors(tmp / MODEL_FILE, weights, {"aliases": json.dumps(aliases)})
         if optimizer is not None:

@@ -173,12 +173,16 @@ def run_task(task: Task, schedule: Schedule, settings: LoopSettings, logger: Run
 
 
 def _save(task: Task, pos: Position) -> None:
-    """``task.save(pos)``, refused when a weight is non-finite: the last checkpoint written stays the last good one."""
+    """``task.save(pos)``, refused when a weight or buffer is non-finite (``save_checkpoint`` checks every tensor):
+    the last checkpoint written stays the last good one."""
     bad = sum(not bool(torch.isfinite(p).all()) for group in task.optimizer.param_groups for p in group["params"])
-    if bad:
-        raise NonFiniteError(f"training stopped at epoch {pos.epoch} step {pos.step}: {bad} weight tensors are "
-                             "non-finite, so no checkpoint was written (the last one is kept); lower the learning rate")
-    task.save(pos)
+    try:
+        if bad:
+            raise NonFiniteError(f"{bad} weight tensors are non-finite, so no checkpoint was written")
+        task.save(pos)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"training stopped at epoch {pos.epoch} step {pos.step}: {exc} (the last one is kept); "
+                             "lower the learning rate") from None
 
 
 def _log(task: Task, logger: RunLogger, settings: LoopSettings, bar, terms: dict, pos: Position, last: bool) -> None:
