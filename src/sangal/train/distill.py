@@ -11,7 +11,8 @@ of the training images measures agreement with the exact maps (Pearson r, same-a
 (:func:`sangal.train.lifecycle.run_training`, whose resume rule it follows): checkpoints in
 ``<out>/distill/<fit>`` resume a killed fit, and with ``distill.patience`` > 0 an
 :class:`~sangal.train.hooks.EarlyStopping` hook stops the fit once the held-out agreement has not improved for
-that many epochs, keeping the best epoch's weights. The predictor is saved INTO the attribute checkpoint directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
+that many epochs, keeping the best epoch's weights. The predictor is saved INTO the attribute checkpoint
+directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
 """
 
 from __future__ import annotations
