@@ -35,7 +35,8 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     fast = ["train.amp=true", "train.channels_last=true"]
     cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "a") + fast)
     train_attribute_net(cfg)
-    train_attribute_net(load_config(None, tiny_overrides(tiny_synth, tmp_path / "f32")))  # same seed, float32
+    f32 = tiny_overrides(tiny_synth, tmp_path / "f32") + ["train.channels_last=true"]  # same seed, float32
+    train_attribute_net(load_config(None, f32))
     bf16_weights, f32_weights = (load_file(tmp_path / out / "attr/checkpoints/final/model.safetensors")
                                  for out in ("a", "f32"))
     assert any(not torch.equal(bf16_weights[k], f32_weights[k]) for k in f32_weights)  # train.amp reached the loop
