@@ -304,11 +304,11 @@ def test_noisy_training_maps_need_a_held_out_confusion_and_draw_from_it(prepared
         "attr_train.holdout=0.25", "model.mode=san-gal", "train.aah_targets=noisy", "train.epochs=1"])
     train_attribute_net(held)
     build_caches(held)
-    train_reid(held)
     b = tmp_path / "b"
     labels = with_overrides(held, [f"out={tmp_path / 'labels'}", "train.aah_targets=labels",
                                    f"train.aah_cache={b / 'aah'}", f"train.attr_checkpoint={b / 'attr/checkpoints/final'}"])
     build_caches(labels, splits=["train"])
+    train_reid(held)
     train_reid(labels)
     assert _trained_apart(tmp_path / "b", tmp_path / "labels")  # the noisy draws changed the maps trained on
 
