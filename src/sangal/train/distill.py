@@ -206,8 +206,7 @@ class DistillTask(Task):
 
     def end_epoch(self, position: Position) -> None:
         """Record the epoch's mean loss."""
-        self.history.append(self.sums[0] / max(self.sums[1], 1))
-        self.sums = [0.0, 0]
+        self.history, self.sums = [*self.history, self.sums[0] / max(self.sums[1], 1)], [0.0, 0]
         log.info("distill epoch %d/%d: loss %.4f", position.epoch, self.dc.epochs, self.history[-1])
 
     def _val_score(self) -> float:
