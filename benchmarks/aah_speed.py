@@ -31,6 +31,7 @@ and CPU time is printed next to wall time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -43,6 +44,7 @@ from sangal.aah.gradcam import attribute_heatmaps, default_chunk, target_classes
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.reid_net import ReIDNet
 from sangal.train.losses import reid_losses
+from sangal.train.timing import timed_steps
 
 #: Market-1501 binary schema, in the .mat field order:
 #: gender hair up down clothes hat backpack bag handbag | age | 17 colours.
@@ -221,13 +223,12 @@ def section_train(args: argparse.Namespace, device: torch.device) -> None:
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
                               lr=1e-3, momentum=0.9, weight_decay=5e-4)
 
-        def step(model: ReIDNet = model, opt: torch.optim.Optimizer = opt, mode: str = mode) -> None:
+        def loss(_, model: ReIDNet = model, mode: str = mode) -> dict[str, torch.Tensor]:
             aah = tuple(m.clone() for m in cached) if mode == "san-gal" else None  # cache read
-            out = model(images, aah)
-            loss = reid_losses(out, pids, attrs if mode != "id" else None, weights)["total"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            return reid_losses(model(images, aah), pids, attrs if mode != "id" else None, weights)
+
+        def step(loss=loss, opt: torch.optim.Optimizer = opt) -> None:  # one step of the project's loop
+            timed_steps(loss, opt, lambda: itertools.repeat(None), device, steps=1)
 
         step()  # warm-up
         steps[mode] = step

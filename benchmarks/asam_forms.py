@@ -12,6 +12,7 @@ the stage activations' shapes, best of 5N. Random weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -20,6 +21,7 @@ import torch
 from sangal.models.asam import FORMS
 from sangal.models.reid_net import ReIDNet
 from sangal.train.losses import reid_losses
+from sangal.train.timing import timed_steps
 
 MARKET = [2] * 9 + [4] + [2] * 17  # K = 27
 SETTINGS = {  # name: backbone, (H, W), P, K (batch = P * K), training identities
@@ -40,12 +42,11 @@ def _setup(backbone: str, size: tuple[int, int], p: int, k: int, num_ids: int, f
     attrs = torch.randint(0, 2, (b, len(MARKET)), generator=g)
     maps = None if form is None else [torch.rand(b, len(MARKET), h // s, w // s, generator=g) for s in (8, 16, 16)]
 
-    def step() -> None:
-        out = net(x, maps)
-        terms = reid_losses(out, pids, attrs, {"id": 1.0, "triplet": 1.0, "attr": 1.0})
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
+    def loss(_) -> dict[str, torch.Tensor]:
+        return reid_losses(net(x, maps), pids, attrs, {"id": 1.0, "triplet": 1.0, "attr": 1.0})
+
+    def step() -> None:  # one step of the project's loop
+        timed_steps(loss, opt, lambda: itertools.repeat(None), torch.device("cpu"), steps=1)
 
     asam = sum(q.numel() for q in net.asam.parameters()) if net.asam is not None else 0
     return step, sum(q.numel() for q in net.parameters()), asam

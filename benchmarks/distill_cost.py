@@ -54,7 +54,7 @@ def fit(cfg, name: str) -> dict:
         start = time.perf_counter()
         shared = [f"train.attr_checkpoint={cfg.out}/attr/checkpoints/final", f"train.aah_cache={cfg.out}/aah"]
         result = distill_module.distill(with_overrides(cfg, [f"out={cfg.out}/fit-{name}", *shared, *FITS[name]]),
-                                        resume=False)
+                                        overwrite=True)  # from scratch: an earlier fit's folder is replaced
         result["seconds"] = time.perf_counter() - start
     finally:
         distill_module.ACTIVATION_BUDGET_BYTES = budget

@@ -21,6 +21,7 @@ about a minute: the figures mean nothing, the code paths are the GPU run's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import statistics
@@ -106,11 +107,13 @@ def prepare_data(a: argparse.Namespace, tmp: Path):
 
 
 def training_rate(a: argparse.Namespace, ds, attrs, cache, mode: str, amp: bool) -> float:
-    """Images per second of forward + losses + backward + SGD step, P x K batches of real images."""
+    """Images per second of the training loop's step (forward + losses + backward + SGD), P x K batches of real
+    images (sangal.train.timing.timed_steps: run_task itself)."""
     from sangal.data import ImageDataset, build_transforms
     from sangal.data.samplers import IdentitySampler
     from sangal.models.reid_net import ReIDNet
     from sangal.train.losses import reid_losses
+    from sangal.train.timing import timed_steps
 
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -124,34 +127,22 @@ def training_rate(a: argparse.Namespace, ds, attrs, cache, mode: str, amp: bool)
         batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
     if len(sampler) == 0:
         raise RuntimeError(f"the P x K sampler yields no batch from {len(ds.train)} training images")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
-    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     weights = {"id": 1.0, "triplet": 1.0, "attr": 1.0}
-    done, t0, warm = 0, 0.0, 3
-    epoch = 0
-    while done < warm + a.steps:
-        sampler.set_epoch(epoch)
-        epoch += 1
-        for batch in loader:
-            if done == warm:
-                sync(a.device)
-                t0 = time.perf_counter()
-            images = batch["image"].to(dev, non_blocking=True)
-            aah = None
-            if mode == "san-gal":
-                aah = tuple(m.to(dev, non_blocking=True) for m in cache.get(batch["index"]))
-            with torch.autocast(dev.type, dtype=dtype, enabled=amp):
-                out = model(images, aah)
-                terms = reid_losses(out, batch["pid"].to(dev), batch["attrs"].to(dev), weights)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.step(opt)
-            scaler.update()
-            done += 1
-            if done == warm + a.steps:
-                break
-    sync(a.device)
-    return a.steps * a.p * a.k / (time.perf_counter() - t0)
+
+    def batches():
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
+
+    def loss(batch) -> dict[str, torch.Tensor]:
+        aah = None
+        if mode == "san-gal":
+            aah = tuple(m.to(dev, non_blocking=True) for m in cache.get(batch["index"]))
+        out = model(batch["image"].to(dev, non_blocking=True), aah)
+        return reid_losses(out, batch["pid"].to(dev), batch["attrs"].to(dev), weights)
+
+    # the project's loop (autocast, fp16 GradScaler, finite-loss check), 3 untimed steps first
+    return a.p * a.k / timed_steps(loss, opt, batches, dev, a.steps, warm=3, amp=amp)
 
 
 def aah_rates(a: argparse.Namespace) -> dict[str, float]:

@@ -10,6 +10,7 @@ the CPU has native bf16 (sangal.runtime.precision.native_bf16_cpu).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -18,6 +19,7 @@ from sangal.aah.gradcam import attribute_heatmaps
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.reid_net import ReIDNet
 from sangal.runtime.precision import autocast, channels_last, native_bf16_cpu
+from sangal.train.timing import timed_steps
 
 
 def _best(fn, repeats: int) -> float:
@@ -50,12 +52,12 @@ def main() -> None:
         x = channels_last(torch.randn(b, 3, h, w), fast)
         aah = [torch.rand(b, k, h // 8, w // 8), torch.rand(b, k, h // 16, w // 16), torch.rand(b, k, h // 16, w // 16)]
 
-        def step() -> None:
-            with autocast(torch.device("cpu"), fast):
-                loss = reid(x, aah).global_features.float().pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def loss(_, reid=reid) -> dict[str, torch.Tensor]:
+            value = reid(x, aah).global_features.float().pow(2).mean()
+            return {"total": value}
+
+        def step(loss=loss, opt=opt, fast=fast) -> None:  # one step of the project's loop, its autocast included
+            timed_steps(loss, opt, lambda: itertools.repeat(None), torch.device("cpu"), steps=1, amp=fast)
 
         def cam() -> None:
             with autocast(torch.device("cpu"), fast):

@@ -157,3 +157,14 @@ def test_each_wrong_value_is_one_line_and_nan_is_refused():
         "optim.lr=nan is out of range: must be in [0, 10]",
         "train.epochs=-2 is out of range: must be in [1, 10000]",
     ]
+
+
+def test_a_config_with_the_retired_key_name_still_loads(tmp_path):
+    """`name:` (set by every shipped YAML until it was found unread) is accepted and ignored; unknown keys are not."""
+    old = tmp_path / "old.yaml"
+    old.write_text("name: market1501-san-gal\nout: runs/x\n")
+    cfg = load_config(old, ["name=y"])
+    assert cfg.out == "runs/x" and not hasattr(cfg, "name") and "name" not in to_dict(cfg)
+    old.write_text("nmae: typo\n")
+    with pytest.raises(ConfigError, match="unknown key 'nmae'"):
+        load_config(old)

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sangal"
 
 #: Lowest first. A module may import its own layer or a lower one, never a higher one.
 LAYERS = (
-    "version", "errors", "config",  # foundation
+    "version", "errors", "choices", "config",  # foundation
     "runtime",  # device, process groups, precision
     "data",  # datasets, attributes, synthetic pedestrians, transforms, sampling
     "metrics",  # CMC/mAP/mINP, distances, re-ranking, attribute mA

@@ -29,6 +29,7 @@ from sangal.data.attributes import get_schema
 from sangal.models import ReIDNet
 from sangal.store.checkpoint import save_checkpoint
 from sangal.store.files import _writer_tag, file_sha256, seal_json
+from sangal.train.engine import Stopped
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,7 +75,8 @@ def interrupted(world, tmp_path_factory):
     from sangal.train.reid import train_reid
 
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    assert train_reid(load_config(None, world["over"](out) + ["model.mode=id"]), stop_after_steps=2) == {}
+    with pytest.raises(Stopped):
+        train_reid(load_config(None, world["over"](out) + ["model.mode=id"]), stop_after_steps=2)
     return out
 
 

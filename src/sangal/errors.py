@@ -8,6 +8,8 @@ from pathlib import Path
 class SangalError(Exception):
     """Base for errors the CLI reports as one line (``error: ...``) instead of a traceback."""
 
+    exit_code = 2  # what the CLI exits with after printing the line
+
 
 class DatasetError(SangalError):
     """Wrong dataset layout, unparseable file name or unreadable image."""
@@ -39,6 +41,10 @@ class BusyError(SangalError):
 
 class OutputError(SangalError):
     """An output that cannot be written where asked, or that would overwrite one of the command's own inputs."""
+
+
+class NonFiniteError(SangalError, FloatingPointError):
+    """Training produced a non-finite loss or weights; nothing after the last finite checkpoint is saved."""
 
 
 def printable(text: str, keep: str = "") -> str:

@@ -85,3 +85,10 @@ def test_targets_carry_labels_exactly_when_label_guided() -> None:
         Targets("predicted", np.zeros((2, 3)))
     with pytest.raises(ValueError, match="need their"):
         Targets("labels")
+
+
+def test_the_typed_choices_equal_the_one_list_of_allowed_values() -> None:
+    from sangal import choices
+    from sangal.aah import spec
+
+    assert spec.TRAIN_TARGETS == choices.TRAIN_TARGETS and spec.MAP_METHODS == choices.MAP_METHODS

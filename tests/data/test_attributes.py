@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from sangal.data import IGNORE_INDEX, ImageRecord, ReIDDataset, get_schema, read_attribute_mat
-from sangal.data.attributes import REGIONS, match_report
+from sangal.data import IGNORE_INDEX, ImageRecord, get_schema, read_attribute_mat
+from sangal.data.attributes import REGIONS
 from sangal.errors import AttributeFileError
 
 ATTR_DIR = Path("/work/shared/data/attributes")
@@ -170,7 +170,7 @@ def test_not_a_mat_file(tmp_path: Path) -> None:
         read_attribute_mat(tmp_path / "absent.mat")
 
 
-def test_lookup_labels_for_and_match_report(tmp_path: Path) -> None:
+def test_lookup_and_labels_for(tmp_path: Path) -> None:
     path = _save(tmp_path / "m.mat", _tiny({"gender": np.array([[1, 2]], np.uint8)}), _tiny(ids=("0003",)))
     table = read_attribute_mat(path, dataset="synthetic")
     g = table.schema.index("gender")
@@ -182,12 +182,6 @@ def test_lookup_labels_for_and_match_report(tmp_path: Path) -> None:
     assert labels.shape == (3, 27) and (labels[1] == IGNORE_INDEX).all() and (labels[0] == 0).all()
     with pytest.raises(AttributeFileError, match=r"1 identities .* query .*: 0009"):
         table.labels_for([ImageRecord(Path("x.jpg"), 9, 0, 9)], "query")
-    train = [ImageRecord(Path("a.jpg"), 0, 0, 1), ImageRecord(Path("b.jpg"), 1, 0, 2)]
-    ds = ReIDDataset("synthetic", tmp_path, train, recs[:1], recs, 2)
-    assert match_report(table, ds).splitlines()[0].split()[:3] == ["train", "|", "2/2"]
-    ds.query = [ImageRecord(Path("q.jpg"), 7, 0, 7), ImageRecord(Path("q2.jpg"), 8, 1, 8)]
-    with pytest.raises(AttributeFileError, match=r"query: 2 of 2 ids missing \(0007, 0008\)"):
-        match_report(table, ds)
 
 
 def test_unlabelled_zero_becomes_ignore(tmp_path: Path) -> None:

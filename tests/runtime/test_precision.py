@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sangal.config import load_config
 from sangal.runtime.precision import autocast, channels_last, native_bf16_cpu
@@ -28,11 +29,18 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     from sangal.aah.cache import AAHCache
     from sangal.aah.job import build_caches
     from sangal.train.attr import train_attribute_net
-    from sangal.train.reid import train_reid
+    from sangal.models.arch import build_model
+    from sangal.store.checkpoint import load_model
+    from sangal.train.reid import shared_init_digest, train_reid
 
     fast = ["train.amp=true", "train.channels_last=true"]
     cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "a") + fast)
-    assert 0.0 <= train_attribute_net(cfg)["mA"] <= 1.0
+    train_attribute_net(cfg)
+    f32 = tiny_overrides(tiny_synth, tmp_path / "f32") + ["train.channels_last=true"]  # same seed, float32
+    train_attribute_net(load_config(None, f32))
+    bf16_weights, f32_weights = (load_file(tmp_path / out / "attr/checkpoints/final/model.safetensors")
+                                 for out in ("a", "f32"))
+    assert any(not torch.equal(bf16_weights[k], f32_weights[k]) for k in f32_weights)  # train.amp reached the loop
     bf16 = build_caches(cfg)["query"]  # all splits: the san-gal run below trains on them
     ref_cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "a") + [f"train.aah_cache={tmp_path / 'fp32'}"])
     fp32 = build_caches(ref_cfg, splits=["query"])["query"]
@@ -48,7 +56,13 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     metrics = train_reid(load_config(None, tiny_overrides(tiny_synth, tmp_path / "r") + fast + [
         "model.mode=san-gal", f"train.attr_checkpoint={tmp_path / 'a' / 'attr' / 'checkpoints' / 'final'}",
         f"train.aah_cache={tmp_path / 'a' / 'aah'}"]))
-    assert 0.0 <= metrics["rank1"] <= 1.0 and np.isfinite(metrics["mAP"])
+    final, ckpt = load_model(tmp_path / "r/reid/san-gal/checkpoints/final", expected_kind="reid")
+    torch.manual_seed(0)  # train.seed: the run's initial weights, which its pairing hash names
+    start = build_model(ckpt.arch)
+    assert shared_init_digest(start) == metrics["pairing"]["init_sha256"]
+    moved = [n for n, p in start.named_parameters() if not torch.equal(p, final.state_dict()[n])]
+    assert len(moved) > len(list(start.parameters())) // 2  # the bf16 steps trained the parameters
+    assert all(torch.isfinite(t).all() for t in final.state_dict().values() if t.is_floating_point())
     _evaluate_reads_only_maps_of_the_models_precision(cfg, tmp_path / "r" / "reid" / "san-gal" / "checkpoints" / "final",
                                                       tmp_path / "a" / "aah")
 

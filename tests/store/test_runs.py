@@ -59,12 +59,51 @@ def test_resume_refuses_a_changed_config_listing_the_keys(tmp_path):
 
 def test_resume_accepts_keys_that_cannot_change_the_result(tmp_path):
     saved = to_dict(load_config(None, []))
-    free = ["out=elsewhere", "name=x", "train.device=cpu", "data.num_workers=0", "train.log_every=3",
+    free = ["out=elsewhere", "train.device=cpu", "data.num_workers=0", "train.log_every=3",
             "train.eval_every=2", "train.checkpoint_every=7", "train.epochs=40", "attr_train.epochs=3"]
     assert {o.split("=")[0] for o in free} == set(RESUME_FREE)
     check_resume_config(saved, to_dict(load_config(None, free)), tmp_path / "last")
     old = {k: v for k, v in saved.items() if k != "distill"}  # a config from before `distill` existed
     check_resume_config(old, saved, tmp_path / "last")
+    check_resume_config({**saved, "name": "a retired key"}, saved, tmp_path / "last")  # written while configs had it
     with pytest.raises(ConfigError, match="distill.epochs 15 -> 3"):
         check_resume_config(old, to_dict(load_config(None, ["distill.epochs=3"])), tmp_path / "last")
     check_resume_config(None, to_dict(Config()), tmp_path / "last")  # nothing recorded: nothing to compare
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from sangal.store.runs import run_folder
+with run_folder(Path(sys.argv[1]), overwrite=False, resume=True):
+    print("training", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_live_run_is_busy_never_interrupted_and_overwrite_keeps_it(tmp_path):
+    """One writer per run folder (issue 29): the index's lock, held by the run for its whole life."""
+    import subprocess
+    import sys
+
+    from sangal.errors import BusyError
+    from sangal.store.runs import run_folder
+
+    run = _run(tmp_path / "r", "last")
+    live = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline().strip() == "training"
+        for overwrite, resume in ((False, False), (True, False), (False, True)):
+            with pytest.raises(BusyError, match=f"is being written by pid {live.pid} on") as err:
+                with run_folder(run, overwrite=overwrite, resume=resume):
+                    pytest.fail("entered a folder another process trains into")
+            assert "interrupted" not in str(err.value)
+        assert (run / "checkpoints" / "last" / "model.safetensors").read_bytes() == b"weights"
+    finally:
+        live.kill()
+        live.wait()
+    with pytest.raises(ConfigError, match="interrupted run"):  # its trainer is gone: now it is interrupted
+        with run_folder(run, overwrite=False):
+            pass
+    with run_folder(run, overwrite=True):
+        assert not (run / "checkpoints").exists()

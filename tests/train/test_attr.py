@@ -9,6 +9,7 @@ from sangal.config import load_config
 from sangal.data import setup
 from sangal.errors import SangalError
 from sangal.train.attr import attribute_training_set
+from sangal.train.engine import Stopped
 
 
 def test_extra_roots_add_every_labelled_identity(tiny_synth, tiny_overrides, tmp_path) -> None:
@@ -78,7 +79,8 @@ def test_a_stopped_attribute_net_resumes_to_the_bit(tiny_synth, tiny_overrides, 
     extra = ["attr_train.epochs=2", "attr_train.batch_size=6", "attr_train.optimizer=adam", "attr_train.lr=1e-3"]
     train_attribute_net(load_config(None, tiny_overrides(tiny_synth, tmp_path / "full") + extra))
     split = load_config(None, tiny_overrides(tiny_synth, tmp_path / "split") + extra)
-    assert train_attribute_net(split, stop_after_steps=3) == {}
+    with pytest.raises(Stopped):
+        train_attribute_net(split, stop_after_steps=3)
     state = json.loads((tmp_path / "split/attr/checkpoints/last/state.json").read_text())
     assert state["global_step"] == 3 and not (tmp_path / "split/attr/checkpoints/final").exists()
     train_attribute_net(split, resume=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sangal.config import load_config
-from sangal.errors import CacheError, CheckpointError
+from sangal.errors import CacheError, CheckpointError, ConfigError
 from sangal.store.paths import default_paths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -52,16 +52,24 @@ def test_fast_maps_before_distill_are_a_clear_error(run) -> None:
         training_predictor(torch.nn.Linear(1, 1), cfg, default_paths(cfg)["attr_checkpoint"])
 
 
-def test_distill_saves_a_predictor_that_learns(run) -> None:
+def test_distill_saves_a_predictor_that_learns(run, tmp_path) -> None:
     from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.train.distill import distill
 
     result = _distilled(run)
     assert (run["ckpt"] / PREDICTOR_FILE).is_file()
     losses = result["train_loss"]
     assert len(losses) == 4 and losses[-1] < losses[0]  # the fit makes progress
+    # held-out agreement rises with training: 4 epochs against 1 from the same seed (measured 2026-12-07: layer2
+    # r 0.119, layer3 r 0.146 after 4), on the held-out images the fit never trained on
+    attr = tmp_path / "attr"
+    shutil.copytree(run["ckpt"], attr)
+    one = distill(_cfg(run, f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}",
+                       f"out={tmp_path}", "distill.epochs=1"))
     for stage in ("layer2", "layer3"):
-        agreement = result["val"][stage]
-        assert -1.0 <= agreement["pearson"] <= 1.0 and 0.0 <= agreement["argmax"] <= 1.0 and agreement["maps"] > 0
+        agreement, early = result["val"][stage], one["val"][stage]
+        print("PROBE", stage, agreement, early)
+        assert agreement["pearson"] > early["pearson"] + 0.02 and agreement["maps"] > 0
     predictor = load_map_predictor(run["ckpt"])
     assert not predictor.training and predictor.meta["metrics"]["val_images"] == result["val_images"] > 0
 
@@ -125,10 +133,10 @@ def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch)
     import sangal.train.distill as distill_module
 
     first = _distilled(run)
-    monkeypatch.setattr(distill_module, "distill", lambda cfg: pytest.fail("refitted a valid predictor"))
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: pytest.fail("refitted a valid predictor"))
     again = distill_module.ensure_distilled(run["cfg"])
     assert again["reused"] is True and again["val"] == first["val"]
-    monkeypatch.setattr(distill_module, "distill", lambda cfg: {"path": "new"})
+    monkeypatch.setattr(distill_module, "distill", lambda cfg, **kw: {"path": "new"})
     with open(run["ckpt"] / "map_predictor.safetensors", "r+b") as f:  # no longer a readable predictor
         f.write(b"garbage!")
     assert distill_module.ensure_distilled(run["cfg"]) == {"path": "new", "reused": False}
@@ -150,7 +158,9 @@ def test_a_stopped_fit_resumes_to_the_bit(run, tmp_path) -> None:
     fitted = load_file(attr / PREDICTOR_FILE)
     with pytest.raises(Stopped):
         distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), stop_after_steps=4)  # in the second epoch
-    again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))  # finds its checkpoint and resumes
+    with pytest.raises(ConfigError, match="holds an interrupted run.*--resume"):  # one rule: resume when asked
+        distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))
+    again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), resume=True)
     assert again["train_loss"] == whole["train_loss"] and again["epochs"] == 4
     resumed = load_file(attr / PREDICTOR_FILE)
     assert all(torch.equal(fitted[k], resumed[k]) for k in fitted)
@@ -165,3 +175,43 @@ def test_early_stopping_keeps_the_best_epoch(run, tmp_path) -> None:
             "distill.epochs=12", "distill.patience=1", "distill.min_delta=0.5"]  # no epoch gains 0.5: stops after 2
     result = distill(_cfg(run, *base))
     assert result["epochs"] == 2 and result["best_epoch"] == 1 and len(result["train_loss"]) == 2
+
+
+def test_ctrl_c_in_sangal_distill_prints_one_line_and_leaves_a_resumable_fit(run, tmp_path) -> None:
+    """SIGINT (Ctrl-C) mid-fit: the step finishes, ``last`` is written, one ``error:`` line names it, exit 130;
+    ``--resume`` continues from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sangal.aah.predictor import PREDICTOR_FILE
+    from sangal.store.checkpoint import load_checkpoint
+    from sangal.train.distill import distill
+    from sangal.train.engine import Stopped
+
+    attr = tmp_path / "attr"
+    shutil.copytree(run["ckpt"], attr)
+    (attr / PREDICTOR_FILE).unlink(missing_ok=True)
+    over = [*run["overrides"], f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}",
+            f"out={tmp_path / 'fit'}", "distill.epochs=10000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sangal", "distill", *over], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("fit/distill/*/checkpoints/last")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the fit ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 130 and "Traceback" not in output and len(errors) == 1, output
+    assert "stopped by SIGINT" in errors[0] and "resume with --resume" in errors[0], errors[0]
+    last = next(tmp_path.glob("fit/distill/*/checkpoints/last"))
+    assert str(last) in errors[0] and not (attr / PREDICTOR_FILE).exists()
+    step = load_checkpoint(last).state["global_step"]
+    cfg = load_config(None, over)
+    with pytest.raises(Stopped, match="stopped at epoch"):  # resumed at its step, one step more, stopped again
+        distill(cfg, resume=True, stop_after_steps=step + 1)
+    assert load_checkpoint(last).state["global_step"] == step + 1

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sangal.errors import NonFiniteError, SangalError
 from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
+from sangal.train.hooks import Hook
 from sangal.train.loop import Position, RunLogger
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sangal"
@@ -76,8 +78,21 @@ def test_a_stopped_run_resumes_to_the_bit(tmp_path: Path) -> None:
 
 
 def test_a_non_finite_loss_stops_with_its_name(tmp_path: Path) -> None:
-    with pytest.raises(FloatingPointError, match="'mse' is inf"):
+    with pytest.raises(NonFiniteError, match="training stopped at epoch 0 step 0: loss term 'mse' is inf"):
         _run(Regression(loss_scale=float("inf")), tmp_path)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_finite_checkpoint(tmp_path: Path) -> None:
+    """optim.lr=1e10 (issue 29 case 7): the loss explodes; the run stops at the first non-finite loss or weights,
+    naming the step, and no checkpoint of non-finite weights is written (the last one stays the last good one)."""
+    task = Regression()
+    schedule = Schedule(3, 8, lambda progress: 1e10 if progress > 0.2 else 0.01)  # diverges from step 2 on
+    with pytest.raises(NonFiniteError, match=r"^training stopped at epoch 0 step \d:") as err:
+        run_task(task, schedule, LoopSettings(torch.device("cpu"), checkpoint_every=1),
+                 RunLogger(tmp_path, enabled=False), Position())
+    assert "\n" not in str(err.value) and isinstance(err.value, SangalError)
+    last = task.saved["last"]
+    assert last["position"][2] >= 2 and all(torch.isfinite(v).all() for v in last["model"].values())
 
 
 def test_the_engine_is_the_only_module_that_steps_an_optimizer() -> None:
@@ -93,12 +108,26 @@ def test_the_engine_is_the_only_module_that_steps_an_optimizer() -> None:
     assert found == {"train/engine.py"}
 
 
+class GradProbe(Hook):
+    """Records, after every update, whether each parameter received a non-zero gradient."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.nonzero = model, []
+
+    def after_update(self) -> None:
+        self.nonzero.append(all(bool(p.grad.abs().sum() > 0) for p in self.model.parameters()))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast and its GradScaler run on CUDA only")
 def test_fp16_steps_go_through_a_grad_scaler(tmp_path: Path) -> None:
-    task = Regression()
+    """A loss scaled by 1e-7 has fp16 gradients below fp16's smallest subnormal (6e-8): without a GradScaler they
+    flush to zero and nothing trains; the scaler (x65536) keeps them, and unscales them before the step."""
+    task = Regression(loss_scale=1e-7)
     task.model.cuda()
     task.x, task.y = task.x.cuda(), task.y.cuda()
+    task.hooks = (probe := GradProbe(task.model),)
     schedule = Schedule(1, 8, lambda progress: 0.1)
     run_task(task, schedule, LoopSettings(torch.device("cuda"), amp=True), RunLogger(tmp_path, enabled=False),
              Position())
+    assert probe.nonzero == [True] * 8
     assert all(torch.isfinite(p).all() for p in task.model.parameters())

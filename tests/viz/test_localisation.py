@@ -8,7 +8,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sangal.viz.localisation import REGION_KEYS, energy_inside, localisation_scores, pointing_hit
+from sangal.viz.localisation import REGION_KEYS, _scores_for, localisation_scores
+
+
+def energy_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """The energy share of one (h, w) map in one (H, W) mask, as localisation_scores computes it (NaN: a map
+    with no positive energy, which the scores count as 0)."""
+    energy, _, _, _, zero = _scores_for(np.asarray(heatmap, float)[None], np.asarray(mask, bool)[None], 0, 64)
+    return math.nan if zero else float(energy[0])
+
+
+def pointing_hit(heatmap: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
+    """The pointing-game hit of one map, as localisation_scores computes it."""
+    return bool(_scores_for(np.asarray(heatmap, float)[None], np.asarray(mask, bool)[None], tolerance, 64)[1][0])
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

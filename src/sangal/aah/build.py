@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sangal import choices
 from sangal.aah.manifest import IDENTITY, MANIFEST, METHOD_KEYS, PROGRESS, cache_files, changed_keys, read_progress
 from sangal.aah.modes import attribute_maps
 from sangal.aah.predictor import load_map_predictor, predictor_sha256
@@ -131,7 +132,7 @@ def _batch_maps(net, images: Tensor, labels: np.ndarray | None, lo: int, hi: int
 def method_setup(manifest: dict[str, Any], method: str, attr_ckpt_dir: str | Path,
                   device: str | torch.device) -> torch.nn.Module | None:
     """Record ``method`` in the manifest; the distilled predictor for "fast" (CheckpointError if none)."""
-    if method not in ("exact", "fast"):
+    if method not in choices.MAP_METHODS:
         raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
     if method == "exact":
         manifest.update(METHOD_KEYS)

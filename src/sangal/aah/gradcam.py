@@ -80,6 +80,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
+from sangal import choices
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.models.attribute_net import AttributeNet, AttributeOutput
 
@@ -92,7 +93,7 @@ __all__ = [
     "target_classes",
 ]
 
-NORMALIZE_MODES = ("max", "minmax", "none")
+NORMALIZE_MODES = choices.MAP_NORMALIZE
 
 #: Denominator guard of the "minmax" mode, as in pytorch_grad_cam's scale_cam_image.
 MINMAX_EPS = 1e-7

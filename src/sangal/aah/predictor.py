@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sangal.errors import CheckpointError
+from sangal.models.arch import build_model
 from sangal.models.map_predictor import MapPredictor
 from sangal.store.checkpoint import MODEL_FILE
 from sangal.store.files import (
@@ -75,7 +76,7 @@ def load_map_predictor(attr_ckpt_dir: str | Path, device: str | torch.device = "
                               f"{str(meta.get('attr_sha256'))[:12]}…, the checkpoint now has {now[:12]}…); "
                               f"{DISTILL_HINT}")
     cfg = meta["config"]
-    predictor = MapPredictor(tuple(cfg["stage_channels"]), cfg["num_logits"], cfg["hidden"])
+    predictor = build_model({"kind": "map_predictor", **cfg})
     try:
         predictor.load_state_dict(weights)
     except RuntimeError as exc:

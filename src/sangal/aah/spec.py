@@ -29,6 +29,7 @@ __all__ = ["MAP_METHODS", "MAP_MODES", "PRECISIONS", "TRAIN_TARGETS", "MapMode",
            "TrainTargets", "Targets", "check_choice"]
 
 #: Class choice of the training maps (``train.aah_targets``; :mod:`sangal.aah.modes`, :mod:`sangal.aah.classes`).
+#: (The typed forms of sangal.choices.TRAIN_TARGETS and MAP_METHODS; tests/aah/test_spec.py holds them equal.)
 TrainTargets = Literal["labels", "predicted", "agnostic", "soft", "noisy"]
 #: What one cache or one batch of maps follows: labels only ever at training time; ``classes`` is the cache of
 #: every class's signed map that every training-map mode is read off.

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(args)
     except SangalError as exc:
         _print_error(exc, args.verbose)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130

@@ -181,13 +181,15 @@ def label(args) -> int:
 def add_distill(sub) -> None:
     p = sub.add_parser("distill", help="fit the forward-only heat-map predictor (eval.aah=fast) to the train AAH cache")
     config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the fit in <out>/distill/<fit>/checkpoints/last")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=distill)
 
 
 def distill(args) -> int:
     from sangal.train.distill import distill as fit
 
-    result = fit(load_cfg(args, writes_out=True))
+    result = fit(load_cfg(args, writes_out=True), resume=args.resume, overwrite=args.overwrite)
     agreement = "  ".join(f"{stage} r {v['pearson']:.3f} argmax {100 * v['argmax']:.1f}%"
                           for stage, v in result.get("val", {}).items())
     print(f"map predictor: {result['path']}" + (f" (held-out agreement: {agreement})" if agreement else ""))

@@ -2,7 +2,7 @@
 (``load``). The only place configuration is parsed: the library takes explicit arguments, the CLI resolves one
 ``Config`` and passes its parts down."""
 
-from sangal.config.checks import BACKBONE_CHOICES, CHOICES, RANGES, validate
+from sangal.config.checks import CHOICES, RANGES, validate
 from sangal.config.load import (
     dump_yaml,
     from_dict,
@@ -25,7 +25,7 @@ from sangal.config.schema import (
     TrainConfig,
 )
 
-__all__ = ["BACKBONE_CHOICES", "CHOICES", "RANGES", "AttrTrainConfig", "Config", "DataConfig", "DistillConfig",
+__all__ = ["CHOICES", "RANGES", "AttrTrainConfig", "Config", "DataConfig", "DistillConfig",
            "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig", "dump_yaml", "from_dict",
            "given_keys", "load_config", "parse_override", "parse_pretrained", "to_dict", "validate",
            "with_overrides"]

@@ -6,30 +6,28 @@ import math
 import re
 from typing import Any
 
+from sangal import choices
 from sangal.config.schema import Config
 from sangal.errors import ConfigError
 
-#: Valid backbone names (the table sangal.models.backbone.BACKBONES; checked equal by its tests).
-BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
-
+#: The allowed values of each choice key (the tuples of :mod:`sangal.choices`, which the implementations use too).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("market1501", "dukemtmc", "msmt17", "cuhk03np_detected", "cuhk03np_labeled", "csv", "folder",
-                     "synthetic"),
-    "data.on_bad_image": ("error", "skip"),
-    "data.colour_mode": ("binary", "merged"),
-    "model.backbone": BACKBONE_CHOICES,
-    "model.attr_backbone": ("", *BACKBONE_CHOICES),
-    "model.mode": ("id", "id+attr", "san-gal"),
-    "optim.optimizer": ("sgd", "adam"),
-    "attr_train.optimizer": ("sgd", "adam"),
-    "model.aah_normalize": ("max", "minmax", "none"),
-    "train.aah": ("offline", "online"),
-    "train.aah_targets": ("labels", "predicted", "agnostic", "soft", "noisy"),
-    "eval.metric": ("cosine", "euclidean"),
-    "eval.aah": ("exact", "fast"),
-    "eval.same_camera": ("auto", "exclude", "keep"),
-    "model.asam_form": ("paper", "mean1", "residual", "gated", "mixed"),
-    "attr_train.loss": ("ce", "balanced"),
+    "data.dataset": choices.DATASETS,
+    "data.on_bad_image": choices.ON_BAD_IMAGE,
+    "data.colour_mode": choices.COLOUR_MODES,
+    "model.backbone": choices.BACKBONES,
+    "model.attr_backbone": ("", *choices.BACKBONES),  # "": the Re-ID backbone
+    "model.mode": choices.REID_MODES,
+    "optim.optimizer": choices.OPTIMIZERS,
+    "attr_train.optimizer": choices.OPTIMIZERS,
+    "model.aah_normalize": choices.MAP_NORMALIZE,
+    "train.aah": choices.MAP_SOURCES,
+    "train.aah_targets": choices.TRAIN_TARGETS,
+    "eval.metric": choices.METRICS,
+    "eval.aah": choices.MAP_METHODS,
+    "eval.same_camera": choices.SAME_CAMERA,
+    "model.asam_form": choices.ASAM_FORMS,
+    "attr_train.loss": choices.ATTR_LOSSES,
 }
 
 #: Learning rates above 10 and schedules past 10000 epochs are typing slips (optim.lr=1e308 overflows in training),

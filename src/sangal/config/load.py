@@ -65,11 +65,17 @@ def _elsewhere(key: str, prefix: str) -> str:
     return f" — did you mean {' or '.join(found)}?" if found else ""
 
 
+#: Top-level keys earlier versions wrote that nothing reads any more: accepted and ignored, so old configs load.
+RETIRED = frozenset({"name"})
+
+
 def _apply(obj: Any, values: dict, prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
+        if not prefix and key in RETIRED:
+            continue
         if key not in names:
             hint = _elsewhere(key, prefix)
             raise ConfigError(f"{source}: unknown key '{dotted}'{hint} "

@@ -8,17 +8,15 @@ from sangal.data.attributes import (
     AttributeSchema,
     AttributeTable,
     get_schema,
-    match_report,
     read_attribute_mat,
 )
 from sangal.data.dataset import ImageDataset, check_images, read_image
 from sangal.data.records import ImageRecord, ReIDDataset
-from sangal.data.registry import DATASET_NAMES, load_dataset
+from sangal.data.registry import load_dataset
 from sangal.data.samplers import IdentitySampler
-from sangal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize
+from sangal.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 __all__ = [
-    "DATASET_NAMES",
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -31,10 +29,8 @@ __all__ = [
     "ReIDDataset",
     "build_transforms",
     "check_images",
-    "denormalize",
     "get_schema",
     "load_dataset",
-    "match_report",
     "read_attribute_mat",
     "read_image",
 ]

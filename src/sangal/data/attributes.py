@@ -30,13 +30,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sangal.data.records import DISTRACTOR_PID, ImageRecord, ReIDDataset
+from sangal import choices
+from sangal.data.records import DISTRACTOR_PID, ImageRecord
 from sangal.errors import AttributeFileError
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -1
-COLOUR_MODES = ("binary", "merged")
+COLOUR_MODES = choices.COLOUR_MODES
 REGIONS = ("hat", "hair", "upper", "lower", "backpack", "bag", "handbag", "shoes", "body")
 FILE_SPLITS = ("train", "test")
 _SPLIT_ALIASES = {"train": "train", "test": "test", "query": "test", "gallery": "test"}
@@ -206,26 +207,6 @@ class AttributeTable:
 def _id_list(ids: list[int], limit: int = 10) -> str:
     shown = ", ".join(f"{i:04d}" for i in ids[:limit])
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
-
-
-def match_report(table: AttributeTable, dataset: ReIDDataset) -> str:
-    """Check that every train/query/gallery identity (except distractor 0) has labels.
-
-    Returns one line per split; AttributeFileError listing the missing ids otherwise.
-    """
-    lines, problems = [], []
-    for split, file_split in (("train", "train"), ("query", "test"), ("gallery", "test")):
-        ids = sorted({r.raw_pid for r in dataset.split(split)} - {DISTRACTOR_PID})
-        missing = [i for i in ids if i not in table.labels[file_split]]
-        if missing:
-            problems.append(f"{split}: {len(missing)} of {len(ids)} ids missing ({_id_list(missing)})")
-        lines.append(f"{split:<7} | {len(ids) - len(missing)}/{len(ids)} ids labelled ({file_split} split)")
-    if problems:
-        raise AttributeFileError(
-            f"{table.path or 'attribute table'} does not cover dataset {dataset.name} at {dataset.root}: "
-            + "; ".join(problems)
-        )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- .mat reading

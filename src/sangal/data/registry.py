@@ -19,6 +19,7 @@ from sangal.data.records import ReIDDataset, read_layout
 from sangal.data.verify import check_dataset
 from sangal.errors import DatasetError
 
+#: One reader per name of :data:`sangal.choices.DATASETS` (held equal by tests/data/test_registry.py).
 READERS: dict[str, Callable[[str | Path], ReIDDataset]] = {
     "market1501": read_market1501,
     "dukemtmc": read_dukemtmc,
@@ -29,7 +30,6 @@ READERS: dict[str, Callable[[str | Path], ReIDDataset]] = {
     "csv": read_csv_dataset,
     "folder": read_folder_dataset,
 }
-DATASET_NAMES = tuple(READERS)
 
 
 def load_dataset(name: str, root: str | Path, on_bad_image: str | None = None, num_workers: int | None = None,

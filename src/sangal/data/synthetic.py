@@ -86,7 +86,6 @@ logger = logging.getLogger(__name__)
 #: Generator version per style: ``easy`` is version 1 bit for bit, ``real`` (the default) version 2.
 STYLE_VERSIONS = {"real": 2, "easy": 1}
 STYLES = tuple(STYLE_VERSIONS)
-GENERATOR_VERSION = max(STYLE_VERSIONS.values())
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 JPEG_QUALITY = 92
 @dataclass(frozen=True)

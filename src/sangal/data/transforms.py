@@ -92,11 +92,3 @@ class TrainTransform:
         return (f"TrainTransform({self.resize}, flip_p={self.flip_p}, pad={self.pad}, "
                 f"erasing={self.erasing is not None})")
 
-
-def denormalize(t: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation of a (3, H, W) or (B, 3, H, W) tensor; values clamped to [0, 1]."""
-    if t.ndim not in (3, 4) or t.shape[-3] != 3:
-        raise ValueError(f"expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(t.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=t.dtype, device=t.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=t.dtype, device=t.device).view(3, 1, 1)
-    return (t * std + mean).clamp(0.0, 1.0)

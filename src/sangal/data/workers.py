@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 
-MAX_DEFAULT_WORKERS = 4
+from sangal.config.schema import MAX_DEFAULT_WORKERS, default_num_workers  # the one core counter
+
+__all__ = ["MAX_DEFAULT_WORKERS", "default_num_workers", "worker_error"]
+
 _WRAPPED = re.compile(r"^Caught (?P<type>\w+) in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
-
-
-def default_num_workers() -> int:
-    """The CPU cores this process may use, capped at 4 (more rarely helps, and fewer avoids torch's warning)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores))
 
 
 def worker_error(exc: BaseException) -> tuple[str, str] | None:

@@ -13,6 +13,7 @@ from sangal.config import Config, with_overrides
 from sangal.data import setup
 from sangal.errors import CacheError, ConfigError, DatasetError
 from sangal.evaluate.predictor import MapsFn, Predictor
+from sangal.models.arch_keys import ARCH
 from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
@@ -149,12 +150,9 @@ def checkpoint_config(cfg: Config, predictor: Predictor, given: Collection[str],
     """``cfg`` with what the checkpoint decides (mode, backbone, input size, map spec); a key the user gave
     (``given``: set in the config file or an override) that contradicts the checkpoint is refused in one line."""
     arch, spec = predictor.reid.arch_dict(), predictor.spec
-    decided = {"model.mode": arch["mode"], "model.backbone": arch["backbone"], "model.last_stride": arch["last_stride"],
-               "model.extra_sigmoid": arch["extra_sigmoid"], "model.asam_stages": list(arch["asam_stages"]),
-               "model.asam_gain": arch["asam_gain"], "model.asam_form": arch["asam_form"],
-               "data.height": predictor.size[0],
-               "data.width": predictor.size[1], "train.aah_targets": spec.targets,
-               "model.aah_normalize": spec.normalize, "eval.aah": spec.method}
+    decided = {key.config: arch[key.name] for key in ARCH if key.strict and key.config and key.name in arch}
+    decided.update({"data.height": predictor.size[0], "data.width": predictor.size[1],
+                    "train.aah_targets": spec.targets, "model.aah_normalize": spec.normalize, "eval.aah": spec.method})
     current = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in decided}
     clash = [f"{key}={current[key]} (the checkpoint has {value})" for key, value in decided.items()
              if key in given and current[key] != value]

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sangal import choices
+
 __all__ = ["compute_distance"]
 
-METRICS = ("cosine", "euclidean")
+METRICS = choices.METRICS
 
 
 def _as_features(x: Any, name: str) -> torch.Tensor:

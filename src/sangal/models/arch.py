@@ -1,7 +1,9 @@
 """The ``arch`` dict of a checkpoint: everything that rebuilds a network, from a config or back into a model.
 
-Checkpoints store it in state.json (docs/design.md); :func:`build_model` is the only place that
-turns it into an :class:`~sangal.models.attribute_net.AttributeNet` or a :class:`~sangal.models.reid_net.ReIDNet`.
+Checkpoints store it in state.json (docs/design.md); its keys are the table :data:`~sangal.models.arch_keys.ARCH`.
+:func:`build_model` turns it into an :class:`~sangal.models.attribute_net.AttributeNet`, a
+:class:`~sangal.models.reid_net.ReIDNet` or a :class:`~sangal.models.map_predictor.MapPredictor`; every caller
+that makes one of these networks goes through it.
 """
 
 from __future__ import annotations
@@ -15,49 +17,51 @@ from torch import nn
 from sangal.config import Config
 from sangal.data.attributes import schema_name
 from sangal.errors import ConfigError
+from sangal.models.arch_keys import ARCH, arch_value
 
 __all__ = ["arch_for", "build_model"]
 
 
 def arch_for(cfg: Config, kind: str, num_ids: int = 0, attr_classes: list[int] | None = None) -> dict:
-    """The `arch` dict stored in checkpoints: everything needed to rebuild the model."""
-    arch = {
-        "kind": kind,
-        "backbone": cfg.model.attribute_backbone() if kind == "attribute" else cfg.model.backbone,
-        "last_stride": cfg.model.last_stride,
-        "attr_classes": list(attr_classes or []),
-        "dataset": schema_name(cfg.data.dataset),
-        "colour_mode": cfg.data.colour_mode,
-        "height": cfg.data.height,
-        "width": cfg.data.width,
-    }
-    if kind == "reid":
-        arch.update(num_ids=num_ids, mode=cfg.model.mode, extra_sigmoid=cfg.model.extra_sigmoid,
-                    asam_stages=list(cfg.model.asam_stages), asam_gain=cfg.model.asam_gain,
-                    asam_form=cfg.model.asam_form)
+    """The `arch` dict stored in checkpoints: everything needed to rebuild the model (:data:`ARCH`'s keys of
+    ``kind``, read from the config, the data's ``num_ids`` and ``attr_classes``)."""
+    given = {"kind": kind, "num_ids": num_ids, "attr_classes": list(attr_classes or []),
+             "dataset": schema_name(cfg.data.dataset),
+             "backbone": cfg.model.attribute_backbone() if kind == "attribute" else cfg.model.backbone}
+    arch = {}
+    for key in ARCH:
+        if kind in key.kinds:
+            value = given[key.name] if key.name in given else _config_value(cfg, key.config)
+            arch[key.name] = list(value) if isinstance(value, (list, tuple)) else value
     return arch
 
 
+def _config_value(cfg: Config, dotted: str | None) -> Any:
+    section, name = str(dotted).split(".")
+    return getattr(getattr(cfg, section), name)
+
+
 def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) -> nn.Module:
-    """Build the ReIDNet, AttributeNet or MapPredictor that ``arch`` describes (random or pretrained backbone)."""
+    """Build the ReIDNet, AttributeNet or MapPredictor that ``arch`` describes (random or pretrained backbone);
+    an entry an older checkpoint lacks takes its :data:`ARCH` default."""
     kind = arch.get("kind")
     try:
         if kind == "attribute":
             from sangal.models.attribute_net import AttributeNet
 
             return AttributeNet(list(arch["attr_classes"]), backbone=arch["backbone"],
-                                pretrained=pretrained, last_stride=int(arch.get("last_stride", 1)))
+                                pretrained=pretrained, last_stride=int(arch_value(arch, "last_stride")))
         if kind == "reid":
             from sangal.models.reid_net import ReIDNet
 
             attr = arch.get("attr_classes")
             return ReIDNet(int(arch["num_ids"]), list(attr) if attr else None,
-                           mode=arch.get("mode", "san-gal"), backbone=arch["backbone"],
-                           pretrained=pretrained, last_stride=int(arch.get("last_stride", 1)),
-                           extra_sigmoid=bool(arch.get("extra_sigmoid", False)),
-                           asam_stages=arch.get("asam_stages") or (2, 3, 4),
-                           asam_gain=float(arch.get("asam_gain", 1.0)),
-                           asam_form=str(arch.get("asam_form", "paper")))  # written before asam_form: paper
+                           mode=arch_value(arch, "mode"), backbone=arch["backbone"],
+                           pretrained=pretrained, last_stride=int(arch_value(arch, "last_stride")),
+                           extra_sigmoid=bool(arch_value(arch, "extra_sigmoid")),
+                           asam_stages=arch.get("asam_stages") or arch_value({}, "asam_stages"),
+                           asam_gain=float(arch_value(arch, "asam_gain")),
+                           asam_form=str(arch_value(arch, "asam_form")))
         if kind == "map_predictor":
             from sangal.models.map_predictor import MapPredictor
 

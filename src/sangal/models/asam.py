@@ -90,10 +90,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sangal import choices
+
 __all__ = ["ASAM", "FORMS", "asam", "block_bounds", "block_index"]
 
 #: Valid ``form`` values (module docstring); ``paper`` is eqs. 3–4.
-FORMS = ("paper", "mean1", "residual", "gated", "mixed")
+FORMS = choices.ASAM_FORMS
 
 
 def block_bounds(channels: int, k: int) -> list[tuple[int, int]]:

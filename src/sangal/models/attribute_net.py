@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from sangal.errors import ConfigError
+from sangal.models.arch_keys import arch_of
 from sangal.models.backbone import StagedBackbone, build_backbone
 
 __all__ = ["AttributeOutput", "AttributeNet", "BNFCHead"]
@@ -161,11 +162,18 @@ class AttributeNet(nn.Module):
         labels = torch.stack([p.argmax(dim=1) for p in probs], dim=1)  # (B, K)
         return probs, labels
 
+    @property
+    def backbone_name(self) -> str:
+        return self.backbone.name
+
+    @property
+    def last_stride(self) -> int:
+        return self.backbone.last_stride
+
+    @property
+    def attr_classes(self) -> list[int]:
+        return list(self.num_classes)
+
     def arch_dict(self) -> dict[str, Any]:
-        """The checkpoint ``arch`` entries that rebuild this network (docs/design.md)."""
-        return {
-            "kind": "attribute",
-            "backbone": self.backbone.name,
-            "last_stride": self.backbone.last_stride,
-            "attr_classes": list(self.num_classes),
-        }
+        """The checkpoint ``arch`` entries that rebuild this network (:data:`sangal.models.arch_keys.ARCH`)."""
+        return arch_of(self, "attribute")

@@ -29,14 +29,16 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sangal import choices
 from sangal.errors import ConfigError
+from sangal.models.arch_keys import arch_of
 from sangal.models.asam import ASAM, FORMS
 from sangal.models.backbone import build_backbone
 
 __all__ = ["MODES", "ReIDNet", "ReIDOutput", "stage_attention"]
 
 #: Valid ``mode`` values: Table 1's IDonly, ID+attr and SAN-GAL.
-MODES = ("id", "id+attr", "san-gal")
+MODES = choices.REID_MODES
 
 
 @dataclass
@@ -204,19 +206,8 @@ class ReIDNet(nn.Module):
         return self.asam.learned() if self.asam is not None else {}
 
     def arch_dict(self) -> dict[str, Any]:
-        """The checkpoint ``arch`` keys this model knows (see docs/design.md, Engine)."""
-        return {
-            "kind": "reid",
-            "backbone": self.backbone_name,
-            "last_stride": self.last_stride,
-            "num_ids": self.num_ids,
-            "attr_classes": list(self.attr_classes) if self.attr_classes is not None else [],
-            "mode": self.mode,
-            "extra_sigmoid": self.extra_sigmoid,
-            "asam_stages": list(self.asam_stages),
-            "asam_gain": self.asam_gain,
-            "asam_form": self.asam_form,
-        }
+        """The checkpoint ``arch`` keys this model knows (:data:`sangal.models.arch_keys.ARCH`)."""
+        return arch_of(self, "reid")
 
 
 def _bn_fc(dim: int, num_classes: int) -> nn.Sequential:

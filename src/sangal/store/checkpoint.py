@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sangal.errors import CheckpointError, ConfigError
+from sangal.errors import CheckpointError, ConfigError, NonFiniteError
 from sangal.models.arch import build_model
+from sangal.models.arch_keys import ARCH, arch_value
 from sangal.store.files import (
     check_seal,
     file_sha256,
@@ -63,13 +64,9 @@ STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 #: what a checkpoint can hold: a Re-ID net, an attribute net, or a map predictor being distilled
 KINDS = ("reid", "attribute", "map_predictor")
-#: arch entries that change the network; a mismatch is refused.
-ARCH_KEYS = ("kind", "backbone", "last_stride", "num_ids", "attr_classes", "mode", "extra_sigmoid", "asam_form")
-_REID_ONLY = ("num_ids", "mode", "extra_sigmoid", "asam_form")
-#: what an arch entry means where a checkpoint written before it existed lacks it.
-_ARCH_DEFAULTS = {"asam_form": "paper"}
-#: arch entries that only describe the data; a mismatch is logged.
-_SOFT_KEYS = ("dataset", "colour_mode", "height", "width")
+#: arch entries that change the network; a mismatch is refused (the others describe the data; logged).
+ARCH_KEYS = tuple(key.name for key in ARCH if key.strict)
+_SOFT_KEYS = tuple(key.name for key in ARCH if not key.strict)
 _RESERVED = ("arch", "optimizer", "git_commit", "sangal_version", "created", "format_version",
              "model_sha256", "optimizer_sha256", "extra_sha256", "document_sha256")
 _RESTORE = "restore the checkpoint from a copy or train it again"
@@ -116,7 +113,8 @@ def save_checkpoint(
     ``state_dict()``, ...); tuples, bytes, non-string dict keys and small
     tensors survive the round trip. The current RNG states are added under
     ``rng`` unless ``state`` has one. An existing checkpoint of the same name
-    is replaced atomically. Returns the directory.
+    is replaced atomically. Returns the directory. A model with a non-finite
+    tensor is refused (NonFiniteError): no checkpoint holds a diverged run.
     """
     directory = Path(directory)
     clash = [k for k in _RESERVED if k in state]
@@ -126,6 +124,10 @@ def save_checkpoint(
     doc.setdefault("rng", capture_rng_state())
     doc.update(format_version=FORMAT_VERSION, arch=dict(arch), **provenance())
     weights, aliases = _dedupe_shared(model.state_dict())
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(f"{len(bad)} of {len(weights)} tensors of the model are non-finite ({bad[0]}, ...), so "
+                             f"{directory} was not written")
     with staged_dir(directory) as tmp:
         save_safetensors(tmp / MODEL_FILE, weights, {"aliases": json.dumps(aliases)})
         if optimizer is not None:
@@ -268,10 +270,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
 def load_weights(model: nn.Module, ckpt: Checkpoint, arch: Mapping[str, Any]) -> None:
     """Copy ``ckpt``'s weights into ``model`` (described by ``arch``), refusing another architecture."""
     problems = []
-    for key in ARCH_KEYS:
-        if key in _REID_ONLY and "reid" not in (ckpt.arch.get("kind"), arch.get("kind")):
-            continue
-        have, want = (a.get(key, _ARCH_DEFAULTS.get(key)) for a in (ckpt.arch, arch))
+    kinds = {ckpt.arch.get("kind"), arch.get("kind")}
+    for key in (k.name for k in ARCH if k.strict and kinds & set(k.kinds)):
+        have, want = (arch_value(a, key) for a in (ckpt.arch, arch))
         if _norm(have) != _norm(want):
             problems.append(f"kind {have}, expected {want}" if key == "kind"
                             else f"{key} {_show(have)} but the model has {_show(want)}")

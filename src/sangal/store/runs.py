@@ -2,23 +2,25 @@
 
 A run folder (``<out>/attr``, ``<out>/reid/<mode>``, :func:`sangal.store.paths.default_paths`) holds
 ``checkpoints/`` (``last`` while it trains, ``final`` once done), ``metrics.json``, ``config.yaml`` and
-``tensorboard/``. The training loops call :func:`guard_run_folder` before they start and
-:func:`check_resume_config` once they have read the checkpoint they resume.
+``tensorboard/``. :func:`sangal.train.lifecycle.run_training` holds :func:`run_folder` (one writer per folder,
+the index's lock; then :func:`guard_run_folder`) for the whole run, and the tasks call :func:`check_resume_config`
+once they have read the checkpoint they resume.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sangal.config import Config, to_dict
 from sangal.errors import ConfigError
-from sangal.store.files import recover_aside
+from sangal.store.files import output_lock, recover_aside
 
-__all__ = ["RESUME_FREE", "RUN_FILES", "check_resume_config", "guard_run_folder"]
+__all__ = ["RESUME_FREE", "RUN_FILES", "check_resume_config", "guard_run_folder", "run_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +28,28 @@ logger = logging.getLogger(__name__)
 RUN_FILES = ("checkpoints", "metrics.json", "config.yaml", "tensorboard")
 
 #: Config keys a resumed run may change, because they never change what it computes: where it runs
-#: (``out``, ``train.device``), its name, DataLoader workers (augmentation is seeded per sample), logging,
+#: (``out``, ``train.device``), DataLoader workers (augmentation is seeded per sample), logging,
 #: evaluation and checkpoint frequency (neither draws from the training RNG; a kill and resume is
 #: bit-identical), and the number of epochs (the schedule does not depend on it, so a longer run goes on
 #: exactly as one started with the new value would).
-RESUME_FREE = frozenset({"out", "name", "train.device", "data.num_workers", "train.log_every", "train.eval_every",
+RESUME_FREE = frozenset({"out", "train.device", "data.num_workers", "train.log_every", "train.eval_every",
                          "train.checkpoint_every", "train.epochs", "attr_train.epochs"})
 _SHOWN = 6
+
+
+@contextmanager
+def run_folder(run_dir: str | Path | None, overwrite: bool, resume: bool = False) -> Iterator[None]:
+    """Hold ``run_dir``'s writer lock (``.NAME.lock`` beside it, as an index's) while a run trains into it, after
+    :func:`guard_run_folder`. A folder another live process trains into is refused in one line (BusyError) before
+    the guard, so it is never called interrupted and ``--overwrite`` never deletes it. None: no folder, no lock."""
+    if run_dir is None:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(run_dir, wait=False):
+        guard_run_folder(run_dir, overwrite, resume)
+        yield
 
 
 def guard_run_folder(run_dir: str | Path, overwrite: bool, resume: bool = False) -> None:

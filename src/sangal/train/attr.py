@@ -12,11 +12,11 @@ from sangal.data import setup
 from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import resolve_device
 from sangal.runtime.precision import channels_last
-from sangal.store.files import atomic_write_text
 from sangal.store.paths import default_paths
-from sangal.store.runs import check_resume_config, guard_run_folder
-from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, saved_optimizer, step_schedule
-from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
+from sangal.store.runs import check_resume_config
+from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer, step_schedule
+from sangal.train.lifecycle import RunOptions, run_training
+from sangal.train.loop import Position, make_optimizer, resume_from
 from sangal.train.losses import attribute_class_weights
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,13 @@ class AttrTask(Task):
                                                   batch_sampler=self.sampler, num_workers=cfg.data.num_workers)
         cap = tc.max_steps_per_epoch
         self.steps = len(self.sampler) if cap <= 0 else min(len(self.sampler), cap)
-        self.logger: RunLogger | None = None
+
+    def loop_settings(self) -> LoopSettings:
+        tc = self.cfg.train
+        return LoopSettings(self.device, tc.amp, tc.checkpoint_every, tc.log_every)
+
+    def config_yaml(self) -> str:
+        return dump_yaml(self.cfg)
 
     def schedule(self) -> Schedule:
         """Warmup from ``warmup_start_factor`` x lr, then lr x gamma^i from the i-th milestone."""
@@ -108,43 +114,32 @@ class AttrTask(Task):
         loss = attribute_ce(out.logits, batch["attrs"].to(self.device), self.class_weights)
         return {"attr": loss, "total": loss}
 
-    def save(self, position: Position, name: str = "last", **extra) -> None:
+    def save(self, position: Position, name: str = "last") -> None:
+        """The checkpoint; ``final`` also records the held-out confusion (:func:`held_out`)."""
         from sangal.store.checkpoint import capture_rng_state, save_checkpoint
 
+        extra = held_out(self, self.cfg, self.device) if name == "final" else {}  # draws RNG: before the capture
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "config": to_dict(self.cfg),
                  "history": self.logger.history if self.logger else None, "attr_loss": self.loss_record, **extra}
         save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.arch, state,
                         optimizer=saved_optimizer(self.optimizer, name))
 
+    def final_evaluation(self, position: Position) -> dict:
+        metrics = evaluate_attribute_net(self.model, self.dataset, self.table, self.cfg, self.device)
+        assert self.logger is not None
+        self.logger.record("eval", metrics)
+        return metrics
+
 
 def train_attribute_net(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,
                         overwrite: bool = False) -> dict:
-    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`.
+    """Train the attribute network on the train split; checkpoints in `<out>/attr/checkpoints/`; returns its mA.
 
-    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`);
-    ``stop_after_steps`` stops (checkpoint written, {} returned) after that many steps, as a kill would.
-    """
-    guard_run_folder(default_paths(cfg)["attr_run"], overwrite, resume)
+    The run folder, resume rule and stop are :func:`sangal.train.lifecycle.run_training`'s."""
     device = resolve_device(cfg.train.device)
-    task = AttrTask(cfg, device, resume)
-    task.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(task.run_dir / "config.yaml", dump_yaml(cfg))
-    task.logger = logger = RunLogger(task.run_dir, history=task.position.history)
-    settings = LoopSettings(device, cfg.train.amp, cfg.train.checkpoint_every, cfg.train.log_every)
-    try:
-        end = run_task(task, task.schedule(), settings, logger, task.position, stop_after_steps)
-    except Stopped as stopped:
-        logger.close()
-        if stopped.signal is None:
-            return {}
-        last = task.run_dir / "checkpoints" / "last"
-        raise KeyboardInterrupt(f"stopped by signal; resume with --resume ({last})")
-    task.save(end, name="final", **held_out(task, cfg, device))
-    metrics = evaluate_attribute_net(task.model, task.dataset, task.table, cfg, device)
-    logger.record("eval", metrics)
-    logger.close()
-    return metrics
+    return run_training(lambda resume: AttrTask(cfg, device, resume), default_paths(cfg)["attr_run"],
+                        RunOptions(resume, overwrite, stop_after_steps))
 
 
 def held_out(task: AttrTask, cfg: Config, device) -> dict:

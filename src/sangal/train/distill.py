@@ -7,10 +7,12 @@ train split's cache of every class's map (``sangal aah``; the one exact pass the
 too, :mod:`sangal.aah.classes`). A held-out ``distill.val_fraction``
 of the training images measures agreement with the exact maps (Pearson r, same-argmax-cell rate).
 
-:class:`DistillTask` runs on the one training loop (:mod:`sangal.train.engine`): checkpoints in
-``<out>/distill/`` resume a killed fit, and with ``distill.patience`` > 0 the fit stops once the held-out
-agreement has not improved for that many epochs, keeping the best epoch's weights. The predictor is saved
-INTO the attribute checkpoint directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
+:class:`DistillTask` runs on the one training loop (:mod:`sangal.train.engine`) inside the one run lifecycle
+(:func:`sangal.train.lifecycle.run_training`, whose resume rule it follows): checkpoints in
+``<out>/distill/<fit>`` resume a killed fit, and with ``distill.patience`` > 0 an
+:class:`~sangal.train.hooks.EarlyStopping` hook stops the fit once the held-out agreement has not improved for
+that many epochs, keeping the best epoch's weights. The predictor is saved INTO the attribute checkpoint
+directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from sangal.aah.fast import combine_logit_maps, layer4_logit_maps
 from sangal.aah.gradcam import normalize_heatmaps, target_classes
 from sangal.config import DistillConfig
 from sangal.errors import ConfigError
+from sangal.models.arch import build_model
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.map_predictor import MapPredictor
-from sangal.train.engine import LoopSettings, Schedule, Task, run_task
-from sangal.train.loop import Position, RunLogger, make_optimizer
+from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer
+from sangal.train.hooks import EarlyStopping
+from sangal.train.lifecycle import RunOptions, run_training
+from sangal.train.loop import Position, make_optimizer, resume_from
 
 __all__ = ["DistillTask", "distill_loss", "fit_map_predictor", "map_agreement"]
 
@@ -163,19 +168,28 @@ class DistillTask(Task):
     name = "distill"
 
     def __init__(self, examples: _Examples, predictor: MapPredictor, train: list[int], val: list[int],
-                 dc: DistillConfig, normalize: str, seed: int, run_dir: Path | None) -> None:
+                 dc: DistillConfig, normalize: str, seed: int, run_dir: Path | None, device: torch.device) -> None:
         self.examples, self.predictor, self.train, self.val = examples, predictor, train, val
-        self.dc, self.normalize, self.run_dir = dc, normalize, run_dir
+        self.dc, self.normalize, self.run_dir, self.device = dc, normalize, run_dir, device
         self.gen = torch.Generator().manual_seed(seed)
         self.epoch_gen_state = self.gen.get_state()
         self.optimizer = make_optimizer(list(predictor.parameters()), "adam", dc.lr, 0.0)
         self.sums = [0.0, 0]
         self.history: list[float] = []
-        self.best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "weights": None}
+        self.early = EarlyStopping(predictor, self._val_score, dc.patience, dc.min_delta) if dc.patience > 0 and val \
+            else None
+        self.hooks, self.position = ((self.early,) if self.early else ()), Position()
 
     @property
-    def steps(self) -> int:
-        return math.ceil(len(self.train) / self.dc.batch_size)
+    def best(self) -> dict[str, Any]:
+        """The best epoch so far (score, epoch, weights): early stopping's, else none."""
+        return self.early.best if self.early else {"score": -math.inf, "epoch": 0, "weights": None}
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.dc.epochs, math.ceil(len(self.train) / self.dc.batch_size), lambda progress: self.dc.lr)
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(self.device)
 
     def batches(self, epoch: int, start: int):
         self.epoch_gen_state = self.gen.get_state()  # a fit resumed mid-epoch redraws the same order
@@ -190,21 +204,15 @@ class DistillTask(Task):
         self.sums = [self.sums[0] + float(loss.detach()) * len(classes), self.sums[1] + len(classes)]
         return {"distill": loss, "total": loss}
 
-    def end_epoch(self, position: Position) -> bool:
-        """Record the epoch's mean loss; with ``patience``, stop once held-out agreement stops improving."""
-        self.history.append(self.sums[0] / max(self.sums[1], 1))
-        self.sums = [0.0, 0]
+    def end_epoch(self, position: Position) -> None:
+        """Record the epoch's mean loss."""
+        self.history, self.sums = [*self.history, self.sums[0] / max(self.sums[1], 1)], [0.0, 0]
         log.info("distill epoch %d/%d: loss %.4f", position.epoch, self.dc.epochs, self.history[-1])
-        if self.dc.patience <= 0 or not self.val:
-            return False
+
+    def _val_score(self) -> float:
+        """Held-out agreement: the mean Pearson r of the layer2 and layer3 maps."""
         val = self.examples.agreement(self.predictor.eval(), self.val, self.normalize)
-        score = float(np.mean([v["pearson"] for v in val.values()]))
-        if score > self.best["score"] + self.dc.min_delta:
-            weights = {k: v.detach().clone() for k, v in self.predictor.state_dict().items()}
-            self.best = {"score": score, "epoch": position.epoch, "weights": weights}
-        log.info("distill epoch %d: held-out Pearson r %.4f (best %.4f, epoch %d)", position.epoch, score,
-                 self.best["score"], self.best["epoch"])
-        return position.epoch - self.best["epoch"] >= self.dc.patience
+        return float(np.mean([v["pearson"] for v in val.values()]))
 
     def save(self, position: Position, name: str = "last") -> None:
         from sangal.store.checkpoint import capture_rng_state, save_checkpoint
@@ -212,38 +220,58 @@ class DistillTask(Task):
         if self.run_dir is None:
             return
         checkpoints, arch = self.run_dir / "checkpoints", {"kind": "map_predictor", **self.predictor.config()}
-        if self.best["weights"] is not None and (position.epoch, position.step) == (self.best["epoch"], 0):
-            best = copy.deepcopy(self.predictor)
-            best.load_state_dict(self.best["weights"])
-            save_checkpoint(checkpoints / "best", best, arch, {k: self.best[k] for k in ("epoch", "score")})
+        best = self.best
+        if name == "last" and best["weights"] is not None and (position.epoch, position.step) == (best["epoch"], 0):
+            kept = copy.deepcopy(self.predictor)
+            kept.load_state_dict(best["weights"])
+            save_checkpoint(checkpoints / "best", kept, arch, {k: best[k] for k in ("epoch", "score")})
         gen = self.gen.get_state() if position.step == 0 else self.epoch_gen_state
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "generator": gen, "history": self.history, "sums": self.sums,
-                 "best_score": self.best["score"] if math.isfinite(self.best["score"]) else None,
-                 "best_epoch": self.best["epoch"]}
-        save_checkpoint(checkpoints / name, self.predictor, arch, state, optimizer=self.optimizer)
+                 "best_score": best["score"] if math.isfinite(best["score"]) else None,
+                 "best_epoch": best["epoch"]}
+        save_checkpoint(checkpoints / name, self.predictor, arch, state,
+                        optimizer=saved_optimizer(self.optimizer, name))
 
     def restore(self) -> Position:
         """Continue a fit from ``run_dir/checkpoints/last``: weights, optimizer, RNGs, shuffles and history."""
         from sangal.store.checkpoint import load_checkpoint
-        from sangal.train.loop import resume_from
 
         arch = {"kind": "map_predictor", **self.predictor.config()}
         ckpt, position = resume_from(self.run_dir / "checkpoints" / "last", self.predictor, self.optimizer, arch,
                                      "map_predictor")
         self.gen.set_state(ckpt.state["generator"])
         self.history, self.sums = list(ckpt.state["history"]), list(ckpt.state["sums"])
-        score = ckpt.state["best_score"]
-        self.best.update(score=-math.inf if score is None else score, epoch=ckpt.state["best_epoch"])
-        if self.best["epoch"] > 0:
-            self.best["weights"] = load_checkpoint(self.run_dir / "checkpoints" / "best").weights
+        position.history = None  # its "history" is the loss per epoch, not a run log's
+        if self.early is not None:
+            score = ckpt.state["best_score"]
+            self.early.best.update(score=-math.inf if score is None else score, epoch=ckpt.state["best_epoch"])
+            if self.early.best["epoch"] > 0:
+                self.early.best["weights"] = load_checkpoint(self.run_dir / "checkpoints" / "best").weights
         return position
+
+    def final_weights(self):
+        """The best epoch's weights with early stopping (kept in the predictor after the final save)."""
+        if self.best["weights"] is not None:
+            self.predictor.load_state_dict(self.best["weights"])
+        self.predictor.eval()
+        return super().final_weights()
+
+    def final_evaluation(self, position: Position) -> dict:
+        """Epochs, the loss per epoch and the held-out agreement of the final weights."""
+        metrics: dict[str, Any] = {"epochs": len(self.history), "best_epoch": self.best["epoch"] or len(self.history),
+                                   "train_loss": self.history, "train_images": len(self.train),
+                                   "val_images": len(self.val)}
+        if self.val:
+            metrics["val"] = self.examples.agreement(self.predictor, self.val, self.normalize)
+            log.info("held-out map agreement: %s", metrics["val"])
+        return metrics
 
 
 def fit_map_predictor(net: AttributeNet, loader_factory, cache, classes: np.ndarray | None, dc: DistillConfig,
                       val_indices: Sequence[int] = (), device: str | torch.device = "cpu", normalize: str = "max",
-                      seed: int = 0, run_dir: Path | None = None, resume: bool = False,
-                      stop_after_steps: int | None = None) -> tuple[MapPredictor, dict]:
+                      seed: int = 0, run_dir: Path | None = None,
+                      options: RunOptions = RunOptions()) -> tuple[MapPredictor, dict]:
     """Train a :class:`MapPredictor` on the exact maps read off ``cache`` (every class's maps of the same records).
 
     Args:
@@ -253,8 +281,8 @@ def fit_map_predictor(net: AttributeNet, loader_factory, cache, classes: np.ndar
         classes: (N, K) class of each head the maps follow (``IGNORE_INDEX`` entries or None: the predicted one).
         dc: epochs, lr, batch size, width, early stopping (``patience``, ``min_delta``).
         val_indices: records held out of training; agreement is measured on them.
-        run_dir: where the loop's checkpoints go (None: no checkpoints); ``resume`` continues from them.
-        stop_after_steps: raise :class:`~sangal.train.engine.Stopped` after that many steps, as a kill would.
+        run_dir: the fit's run folder (None: no checkpoints); ``options`` as for every run (resume, overwrite,
+            ``stop_after_steps``: raise :class:`~sangal.train.engine.Stopped` after that many steps, as a kill would).
 
     Returns:
         The predictor (eval mode; with early stopping, the best epoch's) and ``{"epochs", "train_loss",
@@ -271,32 +299,25 @@ def fit_map_predictor(net: AttributeNet, loader_factory, cache, classes: np.ndar
     height, width = int(cache.manifest["height"]), int(cache.manifest["width"])
     with torch.no_grad():
         probe = net.forward_stages(torch.zeros(1, 3, height, width, device=device))
-    predictor = MapPredictor((probe[0].shape[1], probe[1].shape[1]), sum(net.num_classes), dc.hidden).to(device)
+    arch = {"kind": "map_predictor", "stage_channels": [probe[0].shape[1], probe[1].shape[1]],
+            "num_logits": sum(net.num_classes), "hidden": dc.hidden}
+    predictor = build_model(arch).to(device)
     examples = _Examples(net, loader_factory, cache, classes, dc.batch_size, device, probe, normalize)
-    task = DistillTask(examples, predictor, train, val, dc, normalize, seed, run_dir)
-    position = task.restore() if resume else Position()
-    logger = RunLogger(run_dir or Path("."), enabled=run_dir is not None)
-    try:
-        run_task(task, Schedule(dc.epochs, task.steps, lambda progress: dc.lr), LoopSettings(torch.device(device)),
-                 logger, position, stop_after_steps)
-    finally:
-        logger.close()
-    if task.best["weights"] is not None:
-        predictor.load_state_dict(task.best["weights"])
-    predictor.eval()
-    metrics: dict[str, Any] = {"epochs": len(task.history), "best_epoch": task.best["epoch"] or len(task.history),
-                               "train_loss": task.history, "train_images": len(train), "val_images": len(val)}
-    if val:
-        metrics["val"] = task.examples.agreement(predictor, val, normalize)
-        log.info("held-out map agreement: %s", metrics["val"])
-    return predictor, metrics
+
+    def make_task(resume: bool) -> DistillTask:
+        task = DistillTask(examples, predictor, train, val, dc, normalize, seed, run_dir, torch.device(device))
+        task.position = task.restore() if resume else Position()
+        return task
+
+    return predictor, run_training(make_task, run_dir, options)
 
 
-def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None) -> dict:
+def distill(cfg, resume: bool | None = False, overwrite: bool = False, stop_after_steps: int | None = None) -> dict:
     """`sangal distill`: fit the predictor to the train split's AAH cache and save it with the attribute checkpoint.
 
-    ``resume`` (None: when a checkpoint of the same fit exists) continues a killed fit; ``stop_after_steps``
-    stops after that many steps as a kill would (:class:`~sangal.train.engine.Stopped`).
+    The fit's folder follows the one resume rule (:mod:`sangal.train.lifecycle`): ``resume`` continues it,
+    ``overwrite`` replaces it; None (the unattended drivers) continues it when it holds a ``last`` checkpoint.
+    ``stop_after_steps`` stops after that many steps as a kill would (:class:`~sangal.train.engine.Stopped`).
     """
     from sangal.aah.cache import AAHCache
     from sangal.aah.job import build_caches
@@ -340,7 +361,8 @@ def distill(cfg, resume: bool | None = None, stop_after_steps: int | None = None
     if resume is None:
         resume = (run_dir / "checkpoints" / "last").is_dir()
     predictor, metrics = fit_map_predictor(net, loader_factory, cache, labels, dc, val, device,
-                                           spec.normalize, cfg.train.seed, run_dir, resume, stop_after_steps)
+                                           spec.normalize, cfg.train.seed, run_dir,
+                                           RunOptions(resume, overwrite, stop_after_steps))
     path = save_map_predictor(ckpt, predictor, {"normalize": spec.normalize, "metrics": metrics,
                                                 "cache": str(cache.path)})
     log.info("map predictor saved to %s", path)
@@ -359,7 +381,7 @@ def ensure_distilled(cfg) -> dict:
         meta = load_map_predictor(ckpt).meta  # refuses a predictor fitted to other attribute weights
     except CheckpointError as exc:
         log.info("distilling: %s", exc)
-        return {**distill(cfg), "reused": False}
+        return {**distill(cfg, resume=None), "reused": False}
     return {"path": str(ckpt / PREDICTOR_FILE), **meta["metrics"], "reused": True}
 
 

@@ -8,7 +8,8 @@ updates (0.9: the last ~10; at 0.99 a 70-step run averages nearly all its iterat
 Floating-point entries of the state dict are averaged (BatchNorm running statistics too);
 integer ones (``num_batches_tracked``) follow the live network.
 
-Checkpoints hold the shadow and ``t`` (:meth:`WeightEMA.tensors`, :meth:`WeightEMA.state`), so a
+As a hook of the loop (:class:`sangal.train.hooks.Hook`) it folds in the network it was made for after every
+optimizer step. Checkpoints hold the shadow and ``t`` (:meth:`WeightEMA.tensors`, :meth:`WeightEMA.state`), so a
 resumed run continues the same average bit for bit.
 """
 
@@ -22,18 +23,20 @@ import torch
 from torch import Tensor, nn
 
 from sangal.errors import CheckpointError
+from sangal.train.hooks import Hook
 
 __all__ = ["WeightEMA", "ema_applied"]
 
 PREFIX = "ema."
 
 
-class WeightEMA:
+class WeightEMA(Hook):
     """Bias-corrected EMA of ``model``'s floating-point state dict entries."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema must be in (0, 1) (0 turns it off), got {decay}")
+        self.model = model
         self.decay = float(decay)
         self.updates = 0
         self.shadow = {name: torch.zeros_like(t) for name, t in model.state_dict().items()
@@ -46,6 +49,9 @@ class WeightEMA:
         for name, t in model.state_dict().items():
             if name in self.shadow:
                 self.shadow[name].mul_(self.decay).add_(t.detach(), alpha=1.0 - self.decay)
+
+    def after_update(self) -> None:
+        self.update(self.model)
 
     def averaged(self, model: nn.Module) -> dict[str, Tensor]:
         """The bias-corrected average as a full state dict (integer entries from ``model``)."""

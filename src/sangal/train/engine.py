@@ -3,12 +3,15 @@
 The attribute net (:mod:`sangal.train.attr`), the Re-ID net (:mod:`sangal.train.reid`) and the map-predictor
 distillation (:mod:`sangal.train.distill`) all run on :func:`run_task`, which owns, once for all three: the
 learning rate of every step (:class:`Schedule`), autocast (bf16 on CPU; fp16 with a GradScaler on CUDA),
-zeroing, backward and the optimizer step, the finite-loss check, rolling and epoch-end checkpoints, the
-SIGINT/SIGTERM stop (checkpoint, then exit) and logging. This is the only module that steps an optimizer.
+zeroing, backward and the optimizer step, the finite-loss check (and no checkpoint of non-finite weights),
+rolling and epoch-end checkpoints, the SIGINT/SIGTERM stop (checkpoint, then :class:`Stopped`), the task's
+hooks (:mod:`sangal.train.hooks`) and logging. This is the only module that steps an optimizer. The run around
+it (folder, resume, final save and evaluation) is :func:`sangal.train.lifecycle.run_training`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from sangal.errors import NonFiniteError, SangalError
 from sangal.runtime.precision import autocast
+from sangal.train.hooks import Hook
 from sangal.train.loop import Position, RunLogger, StopSignal, check_finite, set_lr, warmup_step_lr
 
 __all__ = ["LoopSettings", "Schedule", "Stopped", "Task", "run_task", "step_schedule"]
@@ -52,12 +57,18 @@ class LoopSettings:
     is_main: bool = True  # the rank that logs, draws the progress bar and (in the task) saves
 
 
-class Stopped(Exception):
-    """The loop stopped before its last epoch (a signal or ``stop_after_steps``); the checkpoint is written."""
+class Stopped(SangalError):
+    """The loop stopped before its last epoch (a signal or ``stop_after_steps``); the checkpoint is written.
+    ``str()`` is one line naming the checkpoint to resume from (``where``); a signal's stop exits 130."""
 
-    def __init__(self, position: Position, signal: int | None) -> None:
-        super().__init__(f"stopped at epoch {position.epoch} step {position.step}")
-        self.position, self.signal = position, signal
+    def __init__(self, position: Position, signal: int | None, where: str = "") -> None:
+        import signal as signals
+
+        cause = f"by {signals.Signals(signal).name} " if signal is not None else ""
+        resume = f"; resume with --resume ({where})" if where else ""
+        super().__init__(f"stopped {cause}at epoch {position.epoch} step {position.step}, checkpoint written{resume}")
+        self.position, self.signal, self.where = position, signal, where
+        self.exit_code = 130 if signal is not None else 2
 
 
 def saved_optimizer(optimizer: torch.optim.Optimizer, name: str) -> torch.optim.Optimizer | None:
@@ -67,10 +78,35 @@ def saved_optimizer(optimizer: torch.optim.Optimizer, name: str) -> torch.optim.
 
 
 class Task:
-    """One training: its optimizer, batches and loss. Subclasses override :meth:`batches` and :meth:`step`."""
+    """One training: its optimizer, batches and loss. Subclasses override :meth:`batches` and :meth:`step`;
+    :func:`sangal.train.lifecycle.run_training` also reads ``position`` (where a resumed run starts),
+    :meth:`schedule`, :meth:`loop_settings` and the final-stage methods, and sets ``logger``."""
 
     name = "train"
     optimizer: torch.optim.Optimizer
+    hooks: tuple[Hook, ...] = ()  # EMA, periodic evaluation, early stopping (sangal.train.hooks)
+    position: Position = Position()
+    logger: RunLogger | None = None
+
+    def schedule(self) -> Schedule:
+        """The run's epochs, steps per epoch and learning rates."""
+        raise NotImplementedError
+
+    def loop_settings(self) -> LoopSettings:
+        """Device, autocast, checkpoint and log frequency of the loop."""
+        raise NotImplementedError
+
+    def config_yaml(self) -> str | None:
+        """The resolved config the run folder keeps as ``config.yaml`` (None: none)."""
+        return None
+
+    def final_weights(self) -> contextlib.AbstractContextManager:
+        """The context in which the model holds the weights the final checkpoint saves (e.g. its EMA)."""
+        return contextlib.nullcontext()
+
+    def final_evaluation(self, position: Position) -> dict:
+        """The run's result, once the final checkpoint is saved."""
+        return {}
 
     def batches(self, epoch: int, start: int) -> Iterable:
         """The epoch's batches from step ``start`` on (set models to train mode here)."""
@@ -80,15 +116,11 @@ class Task:
         """Named loss terms of one batch, ``"total"`` among them (runs under the loop's autocast)."""
         raise NotImplementedError
 
-    def after_update(self) -> None:
-        """After every optimizer step (e.g. a weight EMA's update)."""
-
     def save(self, position: Position, name: str = "last") -> None:
         """Write a checkpoint of everything needed to resume at ``position``."""
 
-    def end_epoch(self, position: Position) -> bool:
-        """At an epoch's end, before its checkpoint (evaluation, early stopping): True stops training."""
-        return False
+    def end_epoch(self, position: Position) -> None:
+        """The task's own bookkeeping at an epoch's end, before the hooks' and the checkpoint."""
 
     def log_values(self) -> dict[str, float]:
         """Extra scalars logged with the loss (e.g. learned gates)."""
@@ -101,7 +133,7 @@ def run_task(task: Task, schedule: Schedule, settings: LoopSettings, logger: Run
 
     Raises:
         Stopped: after a stop signal or ``stop_after_steps`` steps, once the checkpoint is written.
-        FloatingPointError: a non-finite loss term.
+        NonFiniteError: a non-finite loss term, or non-finite weights where a checkpoint was due (none written).
     """
     device = settings.device
     scaler = torch.amp.GradScaler(device.type, enabled=settings.amp and device.type == "cuda")
@@ -119,23 +151,38 @@ def run_task(task: Task, schedule: Schedule, settings: LoopSettings, logger: Run
                 scaler.scale(terms["total"]).backward()
                 scaler.step(task.optimizer)
                 scaler.update()
-                task.after_update()
+                for hook in task.hooks:
+                    hook.after_update()
                 pos.step, pos.global_step = step + 1, pos.global_step + 1
                 bar.update(1)
                 _log(task, logger, settings, bar, terms, pos, last=step == schedule.steps - 1)
                 if stop.stop or (stop_after_steps is not None and pos.global_step >= stop_after_steps):
                     bar.close()
-                    task.save(pos)
+                    _save(task, pos)
                     raise Stopped(pos, stop.received)
                 if settings.checkpoint_every > 0 and pos.global_step % settings.checkpoint_every == 0:
-                    task.save(pos)
+                    _save(task, pos)
             bar.close()
             pos.epoch, pos.step = pos.epoch + 1, 0
-            done = task.end_epoch(pos)  # before the checkpoint, so a resumed run has what it did (and its RNG)
-            task.save(pos)
-            if done:
+            task.end_epoch(pos)  # the task's and the hooks' before the checkpoint: a resumed run has what they did
+            done = [hook.end_epoch(pos.epoch) for hook in task.hooks]
+            _save(task, pos)
+            if any(done):
                 break
     return pos
+
+
+def _save(task: Task, pos: Position) -> None:
+    """``task.save(pos)``, refused when a weight or buffer is non-finite (``save_checkpoint`` checks every tensor):
+    the last checkpoint written stays the last good one."""
+    bad = sum(not bool(torch.isfinite(p).all()) for group in task.optimizer.param_groups for p in group["params"])
+    try:
+        if bad:
+            raise NonFiniteError(f"{bad} weight tensors are non-finite, so no checkpoint was written")
+        task.save(pos)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"training stopped at epoch {pos.epoch} step {pos.step}: {exc} (the last one is kept); "
+                             "lower the learning rate") from None
 
 
 def _log(task: Task, logger: RunLogger, settings: LoopSettings, bar, terms: dict, pos: Position, last: bool) -> None:

@@ -1,4 +1,5 @@
-"""Pieces shared by the training loops: LR schedule, stop signals, run logging."""
+"""What the one loop (:mod:`sangal.train.engine`) and its tasks use: the learning-rate schedule, the optimizer, the
+resume read, the finite-loss check, the stop signal and the run log. No loop lives here."""
 
 from __future__ import annotations
 
@@ -86,11 +87,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def check_finite(losses: dict[str, torch.Tensor], epoch: int, step: int) -> None:
-    """Stop on a non-finite loss instead of training on garbage."""
+    """Stop at the first non-finite loss, before its backward: the last checkpoint written is the last good one."""
+    from sangal.errors import NonFiniteError
+
     for name, value in losses.items():
         if not torch.isfinite(value).all():
-            raise FloatingPointError(f"loss term '{name}' is {value.item()} at epoch {epoch} step {step}; "
-                                     "lower optim.lr or check the data")
+            raise NonFiniteError(f"training stopped at epoch {epoch} step {step}: loss term '{name}' is "
+                                 f"{value.item()}; nothing after the last checkpoint was saved; lower the learning "
+                                 "rate or check the data")
 
 
 class StopSignal:

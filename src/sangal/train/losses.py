@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sangal import choices
+from sangal.config import LossConfig
+
 if TYPE_CHECKING:
     from sangal.models.reid_net import ReIDOutput
 
@@ -43,10 +46,10 @@ IGNORE_INDEX = -1
 LOSS_TERMS = ("id", "triplet", "attr", "guide")
 
 #: ``attr_train.loss`` values: ``ce`` (the paper's plain cross-entropy) | ``balanced`` (DeepMAR weights).
-ATTR_LOSSES = ("ce", "balanced")
+ATTR_LOSSES = choices.ATTR_LOSSES
 
 
-def cross_entropy_ls(logits: Tensor, target: Tensor, epsilon: float = 0.1) -> Tensor:
+def cross_entropy_ls(logits: Tensor, target: Tensor, epsilon: float) -> Tensor:
     """Cross-entropy with optional label smoothing (Szegedy et al. 2016).
 
     ``loss = (1 - eps) * CE(logits, target) + eps * mean_c(-log p_c)``, i.e. the
@@ -230,8 +233,8 @@ def reid_losses(
     attrs: Tensor | None,
     weights: Mapping[str, float],
     *,
-    epsilon: float = 0.1,
-    margin: float | None = 0.3,
+    epsilon: float = LossConfig.label_smoothing,
+    margin: float | None = LossConfig.margin,
     triplet_features: Tensor | None = None,
     triplet_pids: Tensor | None = None,
     guide_maps: Sequence[Tensor] | None = None,

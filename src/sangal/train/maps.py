@@ -104,13 +104,12 @@ def _online_attribute_net(cfg: Config, ckpt_dir: Path, device: torch.device):
 
     if Path(ckpt_dir).exists():
         return load_model(ckpt_dir, expected_kind="attribute", device=str(device))[0]
-    from sangal.models.attribute_net import AttributeNet
+    from sangal.models.arch import arch_for, build_model
 
     log.warning("no attribute checkpoint at %s: the online attribute branch starts from %s", ckpt_dir,
                 "ImageNet weights" if parse_pretrained(cfg.model.attribute_pretrained()) else "scratch")
-    return AttributeNet(targets_classes(cfg), backbone=cfg.model.attribute_backbone(),
-                        pretrained=parse_pretrained(cfg.model.attribute_pretrained()),
-                        last_stride=cfg.model.last_stride).to(device)
+    arch = arch_for(cfg, "attribute", attr_classes=targets_classes(cfg))
+    return build_model(arch, parse_pretrained(cfg.model.attribute_pretrained())).to(device)
 
 
 def targets_classes(cfg: Config) -> list[int]:

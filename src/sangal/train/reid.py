@@ -21,12 +21,13 @@ from sangal.errors import CheckpointError, ConfigError
 from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
-from sangal.store.files import atomic_write_text
 from sangal.store.paths import default_paths
-from sangal.store.runs import check_resume_config, guard_run_folder
+from sangal.store.runs import check_resume_config
 from sangal.train.ema import WeightEMA, ema_applied
-from sangal.train.engine import LoopSettings, Stopped, Task, run_task, saved_optimizer, step_schedule
-from sangal.train.loop import Position, RunLogger, make_optimizer, resume_from
+from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer, step_schedule
+from sangal.train.hooks import PeriodicEvaluation
+from sangal.train.lifecycle import RunOptions, run_training
+from sangal.train.loop import Position, make_optimizer, resume_from
 from sangal.train.maps import AAHSource, uses_training_maps
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,21 @@ class ReIDTask(Task):
         self.steps = _steps(self.sampler.batches_per_epoch, cfg.train.max_steps_per_epoch)
         local = cfg.data.p * cfg.data.k // info.world_size
         self.rank_slice = slice(info.rank * local, (info.rank + 1) * local)
-        self.logger: RunLogger | None = None
+        tc = cfg.train
+        self.hooks = (*([self.ema] if self.ema else []),
+                      PeriodicEvaluation(self.evaluate, tc.eval_every, tc.epochs, info.is_main))
+
+    def schedule(self) -> Schedule:
+        oc = self.cfg.optim
+        return step_schedule(self.cfg.train.epochs, self.steps, oc.lr, oc.warmup_start_lr, oc.warmup_epochs,
+                             oc.milestones, oc.milestone_lrs)
+
+    def loop_settings(self) -> LoopSettings:
+        tc = self.cfg.train
+        return LoopSettings(self.info.device, tc.amp, tc.checkpoint_every, tc.log_every, self.info.is_main)
+
+    def config_yaml(self) -> str:
+        return dump_yaml(self.cfg)
 
     def _resume(self) -> Position:
         last_dir = self.run_dir / "checkpoints" / "last"
@@ -158,10 +173,6 @@ class ReIDTask(Task):
             terms["total"] = terms["total"] + cfg.loss.attr * value
         return terms
 
-    def after_update(self) -> None:
-        if self.ema is not None:
-            self.ema.update(self.model)
-
     def save(self, position: Position, name: str = "last") -> None:
         from sangal.store.checkpoint import capture_rng_state, save_checkpoint
 
@@ -189,11 +200,17 @@ class ReIDTask(Task):
         """The learned ASAM gates (forms gated and mixed): how much guidance training takes."""
         return self.model.asam_gates()
 
-    def end_epoch(self, position: Position) -> bool:
-        every = self.cfg.train.eval_every
-        if every > 0 and position.epoch % every == 0 and position.epoch < self.cfg.train.epochs and self.info.is_main:
-            self.evaluate(position.epoch)
-        return False
+    def final_weights(self):
+        """With train.ema, the final checkpoint holds the averaged weights (those evaluated)."""
+        return ema_applied(self.ema, self.model)
+
+    def final_evaluation(self, position: Position) -> dict:
+        """Scores after the last epoch and the pairing hashes (`sangal study`); {} off the main rank."""
+        if not self.info.is_main:
+            return {}
+        metrics = self.evaluate(self.cfg.train.epochs)
+        metrics["pairing"] = {"init_sha256": self.init_digest, "batches_sha256": self.batch_digest}
+        return metrics
 
     def evaluate(self, epoch: int) -> dict:
         """Query/gallery scores of the model now (its weight EMA with train.ema), in metrics.json and TensorBoard."""
@@ -212,40 +229,16 @@ def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None =
                overwrite: bool = False) -> dict:
     """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics.
 
-    A folder that holds a run is refused unless ``resume`` or ``overwrite`` (:mod:`sangal.store.runs`)."""
-    guard_run_folder(default_paths(cfg)["reid_run"], overwrite, resume)
+    The run folder, resume rule and stop are :func:`sangal.train.lifecycle.run_training`'s."""
     info = init_distributed(cfg.train.device)
-    if cfg.train.aah == "online" and info.distributed:
-        raise ConfigError("train.aah=online is not supported under torchrun; build the cache (sangal aah) "
-                          "and use train.aah=offline")
-    task = ReIDTask(cfg, info, resume)
-    task.logger = logger = RunLogger(task.run_dir, enabled=info.is_main, history=task.position.history)
-    if info.is_main:
-        task.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(task.run_dir / "config.yaml", dump_yaml(cfg))
-    oc = cfg.optim
-    schedule = step_schedule(cfg.train.epochs, task.steps, oc.lr, oc.warmup_start_lr, oc.warmup_epochs,
-                             oc.milestones, oc.milestone_lrs)
-    settings = LoopSettings(info.device, cfg.train.amp, cfg.train.checkpoint_every, cfg.train.log_every,
-                            info.is_main)
     try:
-        end = run_task(task, schedule, settings, logger, task.position, stop_after_steps)
-    except Stopped as stopped:
-        logger.close()
+        if cfg.train.aah == "online" and info.distributed:
+            raise ConfigError("train.aah=online is not supported under torchrun; build the cache (sangal aah) "
+                              "and use train.aah=offline")
+        return run_training(lambda resume: ReIDTask(cfg, info, resume), default_paths(cfg)["reid_run"],
+                            RunOptions(resume, overwrite, stop_after_steps), is_main=info.is_main)
+    finally:
         cleanup(info)
-        if stopped.signal is not None:
-            last = task.run_dir / "checkpoints" / "last"
-            raise KeyboardInterrupt(f"stopped by signal; resume with --resume ({last})")
-        return {}
-    metrics = {}
-    if info.is_main:
-        with ema_applied(task.ema, task.model):  # with train.ema, the final checkpoint holds the weights evaluated
-            task.save(end, name="final")
-        metrics = task.evaluate(cfg.train.epochs)
-        metrics["pairing"] = {"init_sha256": task.init_digest, "batches_sha256": task.batch_digest}
-    logger.close()
-    cleanup(info)
-    return metrics
 
 
 def _loader(cfg: Config, records, attrs, info: DistInfo):

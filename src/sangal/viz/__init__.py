@@ -7,7 +7,7 @@ the search page and notebooks without loading a model.
 
 from sangal.viz.curves import cmc_figure
 from sangal.viz.heatmap import heatmap_grid, overlay, upsample
-from sangal.viz.localisation import REGION_KEYS, energy_inside, localisation_scores, pointing_hit
+from sangal.viz.localisation import REGION_KEYS, localisation_scores
 from sangal.viz.ranklist import ranked_strip, side_by_side
 from sangal.viz.report import ReportData, render_report, write_report
 
@@ -15,11 +15,9 @@ __all__ = [
     "REGION_KEYS",
     "ReportData",
     "cmc_figure",
-    "energy_inside",
     "heatmap_grid",
     "localisation_scores",
     "overlay",
-    "pointing_hit",
     "ranked_strip",
     "render_report",
     "side_by_side",

@@ -52,43 +52,6 @@ def _dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:
     return out
 
 
-def energy_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heat map's energy inside ``mask``.
-
-    heatmap: (h, w) float; mask: (H, W) bool. Returns a value in [0, 1], or NaN
-    when the (clipped) map is all zero: an empty map has no energy to share, and
-    NaN keeps it from passing for either a good or a bad map; aggregates decide
-    (``localisation_scores`` counts it as 0, a failure to localise).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2 or np.ndim(heatmap) != 2:
-        raise ValueError(f"heatmap and mask must be 2-D, got {np.shape(heatmap)} and {mask.shape}")
-    up = np.clip(upsample(heatmap, mask.shape), 0.0, None)  # (H, W)
-    total = float(up.sum())
-    if total <= 0.0:
-        return math.nan
-    return float(up[mask].sum() / total)
-
-
-def pointing_hit(heatmap: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
-    """Pointing game: is the hottest pixel of the upsampled map inside ``mask``?
-
-    heatmap: (h, w); mask: (H, W) bool. The first maximum in raster order is taken
-    (exact ties are rare for real Grad-CAM maps after bilinear upsampling). An
-    all-zero map points nowhere and is a miss. ``tolerance``: accept a maximum
-    within that many pixels of the mask (default 0: strict).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2 or np.ndim(heatmap) != 2:
-        raise ValueError(f"heatmap and mask must be 2-D, got {np.shape(heatmap)} and {mask.shape}")
-    up = np.clip(upsample(heatmap, mask.shape), 0.0, None)  # (H, W)
-    if not up.max() > 0.0:
-        return False
-    y, x = np.unravel_index(int(np.argmax(up)), up.shape)
-    t = max(0, int(tolerance))
-    return bool(mask[max(0, y - t) : y + t + 1, max(0, x - t) : x + t + 1].any())
-
-
 def _attribute_regions(schema: Any, regions: Sequence[str] | None) -> list[tuple[str, str]]:
     """(name, region) per attribute from an AttributeSchema or from names + regions."""
     if hasattr(schema, "attributes"):
