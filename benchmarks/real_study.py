@@ -47,6 +47,9 @@ ROWS: tuple[Variant, ...] = (
     Variant("id, guided by labels maps", ("model.mode=id", "loss.guide=1000", "train.aah_targets=labels")),
     Variant(PAPER, (SAN_GAL, "train.aah_targets=labels", "model.asam_form=paper")),
     Variant("id+attr", ("model.mode=id+attr",)),
+    # issue 25 item 3b: attribute-guided pooling beside the global feature (the default row's maps and form)
+    Variant("san-gal, default + attribute-guided pooling", (SAN_GAL, "train.aah_targets=agnostic",
+                                                           "model.asam_form=mean1", "model.attr_pool=true")),
     Variant("san-gal, agnostic maps, paper form", (SAN_GAL, "train.aah_targets=agnostic", "model.asam_form=paper")),
     Variant("san-gal, agnostic maps, residual form", (SAN_GAL, "train.aah_targets=agnostic",
                                                       "model.asam_form=residual")),

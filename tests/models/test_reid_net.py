@@ -160,7 +160,7 @@ def test_arch_dict():
     assert net.arch_dict() == {
         "kind": "reid", "backbone": "resnet18", "last_stride": 2, "num_ids": 5,
         "attr_classes": ATTR_CLASSES, "mode": "san-gal", "extra_sigmoid": True,
-        "asam_stages": [2, 3], "asam_gain": 2.0, "asam_form": "paper",
+        "asam_stages": [2, 3], "asam_gain": 2.0, "asam_form": "paper", "attr_pool": False,
     }
     rebuilt = ReIDNet(**{k: v for k, v in net.arch_dict().items() if k != "kind"}, pretrained=False)
     rebuilt.load_state_dict(net.state_dict())
@@ -293,3 +293,25 @@ def test_stage_attention_on_request_leaves_the_features_as_they_are():
     assert torch.equal(plain.features, seen.features)
     assert [tuple(a.shape) for a in seen.attention] == [(2, 8, 4), (2, 4, 2), (2, 4, 2)]  # stride 8, 16, 16
     assert all((a >= 0).all() for a in seen.attention)
+
+
+def test_attribute_guided_pooling_appends_the_map_weighted_average():
+    from sangal.models.reid_net import ReIDNet, map_pool
+
+    act = torch.arange(2 * 3 * 4 * 2, dtype=torch.float32).reshape(2, 3, 4, 2)  # (B, D, h, w)
+    uniform = torch.full((2, 5, 4, 2), 0.3)
+    assert torch.allclose(map_pool(act, uniform), act.mean((2, 3)))  # a flat map is the global average
+    spot = torch.zeros(2, 5, 4, 2)
+    spot[:, :, 1, 0] = 1.0  # every attribute looks at one place: the pooled feature is that place's
+    assert torch.allclose(map_pool(act, spot), act[:, :, 1, 0])
+    assert torch.allclose(map_pool(act, torch.zeros(2, 5, 2, 1)), torch.zeros(2, 3))
+    torch.manual_seed(0)
+    net = ReIDNet(num_ids=5, attr_classes=[2, 3], mode="san-gal", backbone="resnet18", pretrained=False,
+                  asam_form="mean1", attr_pool=True).eval()
+    maps = [torch.rand(2, 2, 8, 4), torch.rand(2, 2, 4, 2), torch.rand(2, 2, 4, 2)]
+    out = net(torch.randn(2, 3, 64, 32), maps)
+    assert out.features.shape == (2, 2 * 512) and out.global_features.shape == (2, 1024)
+    assert [tuple(t.shape) for t in out.attr_logits] == [(2, 2), (2, 3)]  # the heads read the global half
+    assert net.arch_dict()["attr_pool"] is True
+    with pytest.raises(ConfigError, match="attr_pool"):
+        ReIDNet(num_ids=5, attr_classes=[2], mode="id+attr", backbone="resnet18", pretrained=False, attr_pool=True)

@@ -360,3 +360,16 @@ def test_a_diverging_run_stops_in_one_line_without_a_non_finite_checkpoint(prepa
     assert not (checkpoints / "final").exists()
     last = load_checkpoint(checkpoints / "last")  # hash-checked; the weights of the last finite step
     assert all(torch.isfinite(t).all() for t in last.weights.values() if t.is_floating_point())
+
+
+def test_attribute_guided_pooling_trains_and_reloads_through_the_predictor(prepared, tmp_path):
+    from sangal.evaluate.predictor import Predictor
+    from sangal.train.reid import train_reid
+
+    metrics = train_reid(cfg_for(prepared, tmp_path, "model.mode=san-gal", "model.attr_pool=true"))
+    assert metrics["num_valid_queries"] > 0
+    predictor = Predictor.from_checkpoint(tmp_path / "reid/san-gal/checkpoints/final",
+                                          prepared["out"] / "attr" / "checkpoints" / "final")
+    assert predictor.reid.attr_pool and predictor.reid.feature_dim == 2 * 512
+    with pytest.raises(ConfigError, match="attr_pool"):
+        cfg_for(prepared, tmp_path / "x", "model.mode=id", "model.attr_pool=true")

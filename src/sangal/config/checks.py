@@ -87,6 +87,9 @@ def validate(cfg: Config) -> Config:
         problems.append("optim.milestones and optim.milestone_lrs must have the same length")
     if not (stages := cfg.model.asam_stages) or not set(stages) <= {2, 3, 4} or len(set(stages)) < len(stages):
         problems.append(f"model.asam_stages={stages} must list distinct stages among 2, 3, 4")
+    if cfg.model.attr_pool and cfg.model.mode != "san-gal":
+        problems.append(f"model.attr_pool=true pools under the heat maps, which model.mode={cfg.model.mode} does not "
+                        "have: use model.mode=san-gal")
     if problems:
         raise ConfigError("\n".join(problems))
     return cfg

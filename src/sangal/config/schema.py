@@ -58,6 +58,9 @@ class ModelConfig:
     # default: README "What the study says") | residual | gated | mixed (sangal.models.asam; gated/mixed start as
     # the identity and learn how much guidance to take)
 
+    attr_pool: bool = False  # san-gal only: pool layer4 also under the mean attribute map and append it to the
+    # global feature (attribute-guided pooling after AANet, Tay et al. 2019; the embedding doubles)
+
     def attribute_backbone(self) -> str:
         """The attribute net's backbone: ``attr_backbone``, or ``backbone`` when that is empty."""
         return self.attr_backbone or self.backbone

@@ -61,7 +61,8 @@ def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) 
                            extra_sigmoid=bool(arch_value(arch, "extra_sigmoid")),
                            asam_stages=arch.get("asam_stages") or arch_value({}, "asam_stages"),
                            asam_gain=float(arch_value(arch, "asam_gain")),
-                           asam_form=str(arch_value(arch, "asam_form")))
+                           asam_form=str(arch_value(arch, "asam_form")),
+                           attr_pool=bool(arch_value(arch, "attr_pool")))
         if kind == "map_predictor":
             from sangal.models.map_predictor import MapPredictor
 

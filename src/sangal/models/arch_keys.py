@@ -45,6 +45,7 @@ ARCH: tuple[ArchKey, ...] = (
     ArchKey("asam_stages", ("reid",), "model.asam_stages", "asam_stages", [2, 3, 4]),
     ArchKey("asam_gain", ("reid",), "model.asam_gain", "asam_gain", 1.0),
     ArchKey("asam_form", ("reid",), "model.asam_form", "asam_form", "paper"),  # written before asam_form: paper
+    ArchKey("attr_pool", ("reid",), "model.attr_pool", "attr_pool", False),
 )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,6 +62,15 @@ class ReIDOutput:
     attention: tuple[Tensor, ...] | None = None
 
 
+def map_pool(activation: Tensor, maps: Tensor) -> Tensor:
+    """Attribute-guided pooling: the activation's average weighted by the mean over K of the heat maps,
+    (B, D, h, w) and (B, K, h', w') -> (B, D); a map resized to (h, w) first; an all-zero map pools nothing."""
+    weight = maps.to(activation.dtype).mean(dim=1, keepdim=True)  # (B, 1, h', w')
+    if weight.shape[-2:] != activation.shape[-2:]:
+        weight = F.interpolate(weight, size=activation.shape[-2:], mode="bilinear", align_corners=False)
+    return (activation * weight).sum((2, 3)) / weight.sum((2, 3)).clamp_min(1e-6)
+
+
 def stage_attention(activation: Tensor) -> Tensor:
     """Activation-based spatial attention (Zagoruyko & Komodakis 2017): the channel mean of the squared
     activation, (B, C, h, w) -> (B, h, w) float32; what the attention-guidance loss pulls toward the heat maps."""
@@ -82,6 +92,8 @@ class ReIDNet(nn.Module):
         asam_stages: stages followed by ASAM (paper: 2, 3, 4); the others get no attention.
         asam_gain: ASAM option (see :func:`~sangal.models.asam.asam`).
         asam_form: one of :data:`~sangal.models.asam.FORMS` (``paper``: eqs. 3–4).
+        attr_pool: ``san-gal`` only: beside the global average, pool layer4 under the mean of the layer4 heat
+            maps (attribute-guided pooling); the embedding is both, (B, 2D).
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class ReIDNet(nn.Module):
         asam_stages: Sequence[int] = (2, 3, 4),
         asam_gain: float = 1.0,
         asam_form: str = "paper",
+        attr_pool: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -124,14 +137,17 @@ class ReIDNet(nn.Module):
         if asam_form not in FORMS:
             raise ConfigError(f"unknown ASAM form {asam_form!r}; valid: {', '.join(FORMS)}")
         self.asam_form = asam_form
+        if attr_pool and mode != "san-gal":
+            raise ConfigError(f"attr_pool pools under the heat maps, which mode {mode!r} does not take")
+        self.attr_pool = bool(attr_pool)
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride)
         dim = self.backbone.channels[3]
-        self.feature_dim = dim
+        self.feature_dim = 2 * dim if self.attr_pool else dim  # the embedding: [global; attribute-pooled]
         # BNNeck: the bias is frozen at zero so the BN output stays centred for retrieval.
-        self.bottleneck = nn.BatchNorm1d(dim)
+        self.bottleneck = nn.BatchNorm1d(self.feature_dim)
         self.bottleneck.bias.requires_grad_(False)
-        self.classifier = nn.Linear(dim, num_ids, bias=False)
+        self.classifier = nn.Linear(self.feature_dim, num_ids, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
         self.attr_heads: nn.ModuleList | None = None
@@ -170,12 +186,13 @@ class ReIDNet(nn.Module):
                 seen.append(stage_attention(a))
             if aah is not None and stage in self.asam_stages:
                 a = self._attend(a, aah[stage - 2], f"layer{stage}")
-        global_features = F.adaptive_avg_pool2d(a, 1).flatten(1)  # (B, D)
-        features = self.bottleneck(global_features)  # (B, D)
+        pooled = F.adaptive_avg_pool2d(a, 1).flatten(1)  # (B, D)
+        global_features = torch.cat([pooled, map_pool(a, aah[2])], 1) if self.attr_pool else pooled  # (B, 2D)
+        features = self.bottleneck(global_features)  # (B, D) or (B, 2D)
         logits = self.classifier(features)  # (B, num_ids)
         attr_logits = None
         if self.attr_heads is not None:
-            attr_logits = [head(global_features) for head in self.attr_heads]  # K x (B, C_k)
+            attr_logits = [head(pooled) for head in self.attr_heads]  # K x (B, C_k)
         return ReIDOutput(features, global_features, logits, attr_logits, tuple(seen) if attention else None)
 
     def _check_aah(self, x: Tensor, aah: Sequence[Tensor] | None) -> Sequence[Tensor] | None:
