@@ -9,8 +9,10 @@ An index is a directory, written atomically (hidden temp dir + rename, see
     meta.json        paths (relative to gallery_dir, row order of features.npy), absolute
                      gallery_dir, attribute schema, skipped images with reasons, checkpoint
                      path + model.safetensors sha256 (+ the attribute checkpoint's), arch,
-                     backend, creation time, sangal version, git commit, the sha256 of every
-                     other file ("files") and of itself ("document_sha256")
+                     the test-time record the features were embedded with ("embed_spec":
+                     maps, flip, input size; queries are embedded with it too), backend,
+                     creation time, sangal version, git commit, the sha256 of every other
+                     file ("files") and of itself ("document_sha256")
     faiss.index      only when N >= faiss_threshold and faiss is installed
 
 Trust. :meth:`GalleryIndex.load` checks every file against its recorded sha256, and what a
@@ -36,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ import numpy as np
 from sangal.data.attributes import Attribute, AttributeSchema
 from sangal.data.records import is_image_entry
 from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError, printable
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.search.integrity import REBUILD, are_probabilities, bad_rows, check_features, relative_paths
 from sangal.store.files import (
     check_seal,
@@ -58,7 +61,7 @@ from sangal.store.files import (
 )
 from sangal.store.outputs import check_output
 
-__all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
+__all__ = ["GalleryIndex", "build_index", "index_record", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +271,9 @@ def build_index(
             many images (see the module docstring).
         num_workers: DataLoader workers for decoding images.
         aah: how san-gal heat maps are computed, ``"exact"`` or ``"fast"`` (forward only; see
-            :mod:`sangal.aah.fast`); None: as the checkpoint records. In meta.json, so queries use the same.
+            :mod:`sangal.aah.fast`); None: as the checkpoint records. The rest of the embedding (flip, input
+            size, map class and normalisation) is the checkpoint's record; meta.json keeps the record used, so
+            queries are embedded the same way.
     """
     from sangal.evaluate.predictor import Predictor
 
@@ -280,7 +285,7 @@ def build_index(
         files = list_gallery(gallery)
         if not files:
             raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
-        predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=True, method=aah)
+        predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, method=aah)
         good, skipped = _readable(gallery, files, num_workers)
         logger.info("indexing %d images of %s (%d skipped)", len(good), gallery, len(skipped))
         emb = predictor.embed_paths(good, batch_size=batch_size, num_workers=num_workers)
@@ -332,8 +337,8 @@ def _meta(gallery: Path, good: list[Path], skipped: list[dict], dim: int, predic
         "checkpoint": {"path": source["checkpoint"], "sha256": source["sha256"]},
         "attr_checkpoint": ({"path": source["attr_checkpoint"], "sha256": source["attr_sha256"]}
                             if predictor.attr_checkpoint is not None else None),
-        "arch": source["arch"], "features": {"flip": True, "normalized": True, "metric": "cosine"},
-        "aah": predictor.spec.method, "map_spec": predictor.spec.to_dict(), "attributes": None, "backend": backend,
+        "arch": source["arch"], "features": {"normalized": True, "metric": "cosine"},
+        "embed_spec": predictor.embedding.to_dict(), "attributes": None, "backend": backend,
         "faiss": ({"type": "IndexHNSWFlat", "metric": "inner_product", "M": HNSW_M,
                    "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
                   if backend == "faiss-hnsw" else None),
@@ -364,3 +369,15 @@ def _check_embedding(emb: Any, files: list[Path], checkpoint: Path) -> None:
         first = f" (first: {files[int(bad[0])]})" if bad.size else ""
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite or zero features or attribute "
                               f"probabilities for {bad.size} of {len(files)} images{first}; its weights are broken")
+
+
+def index_record(meta: dict[str, Any], recorded: EmbedSpec) -> EmbedSpec:
+    """The record an index's features were embedded with, so queries embed alike; ``recorded``: its checkpoint's.
+
+    An index written before the record keeps the checkpoint's, with the index's own map method (``aah``, default
+    exact) and flip (``features.flip``: such indexes were always flip-averaged).
+    """
+    if "embed_spec" in meta:
+        return EmbedSpec.from_dict(meta["embed_spec"], f"index {meta.get('gallery_dir', '')} meta.json")
+    features = meta.get("features") if isinstance(meta.get("features"), dict) else {}
+    return replace(recorded.with_method(str(meta.get("aah", "exact"))), flip=bool(features.get("flip", True)))
