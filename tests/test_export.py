@@ -327,6 +327,7 @@ def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, 
     assert code == 2 and len(err) == 1
     assert "data.height=128 (the checkpoint has 64)" in err[0] and "train.aah_targets=agnostic" in err[0]
     assert "eval.flip=False (the checkpoint has True)" in err[0]
+    assert err[0].startswith(f"error: checkpoint {checkpoints['san-gal']} was trained with other settings than")
 
 
 def test_export_refuses_a_flip_that_contradicts_the_record(checkpoints, tmp_path, capsys) -> None:

@@ -40,14 +40,13 @@ import logging
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sangal.data.attributes import Attribute, AttributeSchema
 from sangal.data.records import is_image_entry
 from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError, printable
-from sangal.evaluate.embedding import EmbedSpec
 from sangal.search.integrity import REBUILD, are_probabilities, bad_rows, check_features, relative_paths
 from sangal.store.files import (
     check_seal,
@@ -60,6 +59,9 @@ from sangal.store.files import (
     verify_sha256,
 )
 from sangal.store.outputs import check_output
+
+if TYPE_CHECKING:
+    from sangal.evaluate.embedding import EmbedSpec
 
 __all__ = ["GalleryIndex", "build_index", "index_record", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
@@ -371,13 +373,15 @@ def _check_embedding(emb: Any, files: list[Path], checkpoint: Path) -> None:
                               f"probabilities for {bad.size} of {len(files)} images{first}; its weights are broken")
 
 
-def index_record(meta: dict[str, Any], recorded: EmbedSpec) -> EmbedSpec:
+def index_record(meta: dict[str, Any], recorded: EmbedSpec, meta_file: str | Path = META_FILE) -> EmbedSpec:
     """The record an index's features were embedded with, so queries embed alike; ``recorded``: its checkpoint's.
 
     An index written before the record keeps the checkpoint's, with the index's own map method (``aah``, default
     exact) and flip (``features.flip``: such indexes were always flip-averaged).
     """
+    from sangal.evaluate.embedding import EmbedSpec
+
     if "embed_spec" in meta:
-        return EmbedSpec.from_dict(meta["embed_spec"], f"index {meta.get('gallery_dir', '')} meta.json")
+        return EmbedSpec.from_dict(meta["embed_spec"], str(meta_file))
     features = meta.get("features") if isinstance(meta.get("features"), dict) else {}
     return replace(recorded.with_method(str(meta.get("aah", "exact"))), flip=bool(features.get("flip", True)))
