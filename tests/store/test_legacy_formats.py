@@ -136,7 +136,6 @@ def test_legacy_checkpoint_and_index_give_their_test_time_record(legacy: Path) -
 
     from sangal.aah.spec import MapSpec
     from sangal.evaluate.embedding import EmbedSpec
-    from sangal.search.index import index_record
     from sangal.store.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(legacy / "reid" / "checkpoints" / "final")
@@ -147,6 +146,9 @@ def test_legacy_checkpoint_and_index_give_their_test_time_record(legacy: Path) -
     assert unflipped.flip is False  # the flip its training evaluated with, not a constant
     old_index = {"features": {"flip": True, "normalized": True, "metric": "cosine"}, "aah": "fast",
                  "map_spec": recorded.maps.to_dict()}
-    assert index_record(old_index, unflipped) == EmbedSpec(MapSpec("labels", "fast", "max"), True, 64, 32)
-    assert index_record({}, unflipped) == EmbedSpec(MapSpec("labels", "exact", "max"), True, 64, 32)
-    assert index_record({"embed_spec": unflipped.to_dict()}, recorded) == unflipped
+    def from_index(meta: dict) -> EmbedSpec:
+        return EmbedSpec.from_index(meta, unflipped, "index/meta.json")
+
+    assert from_index(old_index) == EmbedSpec(MapSpec("labels", "fast", "max"), True, 64, 32)
+    assert from_index({}) == EmbedSpec(MapSpec("labels", "exact", "max"), True, 64, 32)
+    assert from_index({"embed_spec": recorded.to_dict()}) == recorded

@@ -19,8 +19,8 @@ from sangal.store.reid_info import input_size
 
 __all__ = ["LEGACY_FLIP", "EmbedSpec"]
 
-#: The flip of a checkpoint written before the record: the one its training config evaluated with
-#: (``eval.flip``), else this; an index written before it records its own (``features.flip``, always on).
+#: The flip of a checkpoint or index written before the record, where it says nothing: a checkpoint's is the one
+#: its training config evaluated with (``eval.flip``), an index's its own ``features.flip`` (always on).
 LEGACY_FLIP = True
 
 
@@ -76,6 +76,17 @@ class EmbedSpec:
         section = config.get("eval") if isinstance(config, dict) else None
         flip = section.get("flip", LEGACY_FLIP) if isinstance(section, dict) else LEGACY_FLIP
         return cls(MapSpec.from_state(ckpt.state), bool(flip), *size)
+
+    @classmethod
+    def from_index(cls, meta: dict[str, Any], recorded: EmbedSpec, where: str) -> EmbedSpec:
+        """The record an index's features were embedded with (its ``meta.json``), so its queries embed alike;
+        ``recorded``: its checkpoint's. An index written before the record: the checkpoint's, with the index's own
+        map method (``aah``, default exact) and flip (``features.flip``)."""
+        if "embed_spec" in meta:
+            return cls.from_dict(meta["embed_spec"], where)
+        features = meta.get("features") if isinstance(meta.get("features"), dict) else {}
+        return replace(recorded.with_method(str(meta.get("aah", "exact"))),
+                       flip=bool(features.get("flip", LEGACY_FLIP)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"map_spec": self.maps.to_dict(), "flip": self.flip, "height": self.height, "width": self.width}

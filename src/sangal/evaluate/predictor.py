@@ -108,7 +108,7 @@ class Predictor(nn.Module):
         """Everything from a Re-ID checkpoint directory, embedding as its :class:`EmbedSpec` says.
 
         ``method`` ("exact"/"fast") computes the test-time maps another way (None: as recorded); ``record`` maps the
-        checkpoint's record to the one to embed with (an index's, :func:`sangal.search.index.index_record`); it may
+        checkpoint's record to the one to embed with (an index's, :meth:`EmbedSpec.from_index`); it may
         differ in flip and method only. ``attr_checkpoint``: where the attribute net is (None: as recorded).
 
         Raises:

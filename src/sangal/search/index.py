@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -60,10 +60,7 @@ from sangal.store.files import (
 )
 from sangal.store.outputs import check_output
 
-if TYPE_CHECKING:
-    from sangal.evaluate.embedding import EmbedSpec
-
-__all__ = ["GalleryIndex", "build_index", "index_record", "list_gallery", "load_faiss", "INDEX_FORMAT"]
+__all__ = ["GalleryIndex", "build_index", "list_gallery", "load_faiss", "INDEX_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -372,16 +369,3 @@ def _check_embedding(emb: Any, files: list[Path], checkpoint: Path) -> None:
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite or zero features or attribute "
                               f"probabilities for {bad.size} of {len(files)} images{first}; its weights are broken")
 
-
-def index_record(meta: dict[str, Any], recorded: EmbedSpec, meta_file: str | Path = META_FILE) -> EmbedSpec:
-    """The record an index's features were embedded with, so queries embed alike; ``recorded``: its checkpoint's.
-
-    An index written before the record keeps the checkpoint's, with the index's own map method (``aah``, default
-    exact) and flip (``features.flip``: such indexes were always flip-averaged).
-    """
-    from sangal.evaluate.embedding import EmbedSpec
-
-    if "embed_spec" in meta:
-        return EmbedSpec.from_dict(meta["embed_spec"], str(meta_file))
-    features = meta.get("features") if isinstance(meta.get("features"), dict) else {}
-    return replace(recorded.with_method(str(meta.get("aah", "exact"))), flip=bool(features.get("flip", True)))

@@ -20,9 +20,10 @@ import torch
 
 from sangal.data.dataset import read_image
 from sangal.errors import CheckpointError, ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.predictor import Embedded, Predictor
 from sangal.search.html import render_page
-from sangal.search.index import HNSW_EF_SEARCH, META_FILE, GalleryIndex, index_record
+from sangal.search.index import HNSW_EF_SEARCH, META_FILE, GalleryIndex
 from sangal.search.match import Match
 from sangal.search.where import predicted_attributes, where_mask
 from sangal.store.checkpoint import MODEL_FILE
@@ -109,9 +110,9 @@ class Searcher:
             recorded_attr = None
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
         # queries embedded exactly as the gallery was: the index's test-time record
-        meta_file = index_dir / META_FILE
+        where = str(index_dir / META_FILE)
         self.predictor = Predictor.from_checkpoint(ckpt, attr, device,
-                                                   record=lambda recorded: index_record(meta, recorded, meta_file))
+                                                   record=lambda recorded: EmbedSpec.from_index(meta, recorded, where))
         self._last_query: tuple[tuple[str, int, int], Embedded] | None = None
         if recorded_attr and self.predictor.source.get("attr_sha256") != recorded_attr["sha256"]:
             if self.predictor.mode == "san-gal":  # its heat maps shape the features
