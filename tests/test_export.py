@@ -258,7 +258,8 @@ class Agreement:
         from sangal.evaluate import reid as module
 
         seen, score, cached = {}, module.evaluate_features, module.cached_test_maps
-        monkeypatch.setattr(module, "evaluate_features", lambda qf, gf, *a: score(qf, seen.setdefault("gf", gf), *a))
+        monkeypatch.setattr(module, "evaluate_features",
+                            lambda qf, gf, *a, **k: score(qf, seen.setdefault("gf", gf), *a, **k))
         monkeypatch.setattr(module, "cached_test_maps",
                             lambda *a: seen.setdefault(a[2], cached(*a)))  # split -> its MapsFn or None
         assert main(["evaluate", "--checkpoint", str(ckpt), *self._data(out)]) == 0
