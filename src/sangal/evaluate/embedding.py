@@ -1,7 +1,7 @@
 """How a Re-ID model embeds an image at test time: one frozen record, written at training, read by every consumer.
 
 :class:`EmbedSpec` holds the heat maps (:class:`~sangal.aah.spec.MapSpec`: class choice, method, normalisation
-and, where recorded, precision), the flip-average and the input size. Training writes it into every Re-ID
+and precision), the flip-average and the input size. Training writes it into every Re-ID
 checkpoint (``state["embed_spec"]``), ``sangal index`` into every index (``meta.json``), ``sangal export`` into
 the ONNX metadata; :class:`~sangal.evaluate.predictor.Predictor` embeds with nothing else, so evaluate, index,
 search, serve, export and the demo report compute one vector per image. This is the one place the flip is decided.
