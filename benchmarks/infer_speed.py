@@ -94,6 +94,8 @@ def _median_time(fn, repeats: int) -> float:
 
 def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[str, float]:
     """Section 1: img/s of each pipeline on the same random batch."""
+    from sangal.aah.spec import MapSpec
+    from sangal.evaluate.embedding import EmbedSpec
     from sangal.export import export_onnx
 
     torch.manual_seed(0)
@@ -133,9 +135,10 @@ def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-wait stealing torch's cores
         for name, model in (("id", reid_id), ("san-gal fast", reid_sg)):
+            record = EmbedSpec(MapSpec(method="fast"), flip, args.height, args.width)  # what the graph embeds with
             ckpt = save_checkpoint(tmp / name.replace(" ", "_"), model, {**model.arch_dict(), **extra},
-                                   {"attr_checkpoint": str(attr_dir)})
-            info = export_onnx(ckpt, tmp / f"{name.replace(' ', '_')}.onnx", flip=flip)
+                                   {"attr_checkpoint": str(attr_dir), "embed_spec": record.to_dict()})
+            info = export_onnx(ckpt, tmp / f"{name.replace(' ', '_')}.onnx")
             print(f"exported {name}: onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.1e}")
             sessions[name] = ort.InferenceSession(str(tmp / f"{name.replace(' ', '_')}.onnx"), opts,
                                                   providers=["CPUExecutionProvider"])

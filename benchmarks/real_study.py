@@ -103,7 +103,8 @@ def measure_costs(cfg: Config, doc: dict, images: int = 256, repeats: int = 3) -
         mode = next(o.split("=", 1)[1] for o in entry["overrides"] if o.startswith("model.mode="))
         ckpt = run_dir(Path(cfg.out), name, 0) / "reid" / mode / "checkpoints" / "final"
         if ckpt.exists():
-            predictors[name] = Predictor.from_checkpoint(ckpt, default_paths(cfg)["attr_checkpoint"], flip=False)
+            # embedded as the checkpoint records (eval.flip=false above: no flip-average)
+            predictors[name] = Predictor.from_checkpoint(ckpt, default_paths(cfg)["attr_checkpoint"])
     best = {n: float("inf") for n in predictors}
     with torch.inference_mode():
         for _ in range(repeats):

@@ -134,8 +134,8 @@ def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
     from sangal.aah.predictor import load_map_predictor
     from sangal.store.checkpoint import load_model
 
-    graph, meta = load_predictor(checkpoints["san-gal"], flip=True)
-    assert meta["map_spec"]["method"] == "fast"
+    graph, meta = load_predictor(checkpoints["san-gal"])  # a checkpoint without a record: flip-averaged
+    assert meta["embed_spec"]["map_spec"]["method"] == "fast" and meta["embed_spec"]["flip"] is True
     reid, _ = load_model(checkpoints["san-gal"], expected_kind="reid")
     attr, _ = load_model(checkpoints["attr"], expected_kind="attribute")
     images = torch.randn(4, 3, H, W, generator=torch.Generator().manual_seed(3))
@@ -181,7 +181,7 @@ def test_fast_index_records_its_maps_and_queries_use_them(request, tmp_path, bac
     checkpoints = request.getfixturevalue("checkpoints" if backbone == "resnet18" else "mobilenet_checkpoints")
     gallery = _gallery(tmp_path / "gallery")
     index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
-    assert index.meta["aah"] == "fast"
+    assert index.meta["embed_spec"]["map_spec"]["method"] == "fast"
     searcher = Searcher(tmp_path / "index")
     assert searcher.predictor.spec.method == "fast" and searcher.predictor.map_predictor is not None
     top = searcher.search(gallery / "3.jpg", k=1)[0]
@@ -196,7 +196,7 @@ def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints
 
     gallery = _gallery(tmp_path / "gallery")
     index = build_index(gallery, mobilenet_checkpoints["san-gal"], tmp_path / "index", batch_size=4)
-    assert index.meta["aah"] == "exact" and len(index) == 5
+    assert index.meta["embed_spec"]["map_spec"]["method"] == "exact" and len(index) == 5
     searcher = Searcher(tmp_path / "index")
     top = searcher.search(gallery / "2.jpg", k=5)
     assert Path(top[0].path).name == "2.jpg" and top[0].distance == pytest.approx(0.0, abs=1e-5)
@@ -207,48 +207,144 @@ def test_mobilenet_v2_exact_index_and_search_with_a_filter(mobilenet_checkpoints
     assert [m.path for m in filtered] == [m.path for m in top if m.attributes["backpack"] == backpack]
 
 
+class Agreement:
+    """Gallery features of one checkpoint record through `sangal evaluate`, `sangal index` and the ONNX graph, each
+    computed once per module (the rows share them): checkpoints, caches, indexes and graphs are memoised."""
+
+    def __init__(self, checkpoints: dict[str, Path], root: Path, tmp: Path) -> None:
+        from sangal.data import load_dataset
+
+        self.checkpoints, self.root, self.tmp, self.memo = checkpoints, root, tmp, {}
+        self.gallery = root / "bounding_box_test"
+        self.order = [str(r.path.relative_to(self.gallery)) for r in load_dataset("synthetic", root).gallery]
+
+    def _once(self, key: tuple, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+    def checkpoint(self, mode: str, method: str, flip: bool) -> Path:
+        """``mode``'s weights again, recording the test-time embedding (maps of ``method``, ``flip``)."""
+        from sangal.aah.spec import MapSpec
+        from sangal.evaluate.embedding import EmbedSpec
+        from sangal.store.checkpoint import load_model
+
+        def make() -> Path:
+            model, ckpt = load_model(self.checkpoints[mode], expected_kind="reid")
+            record = EmbedSpec(MapSpec("labels", method, "max"), flip, H, W)
+            return save_checkpoint(self.tmp / f"{mode.replace('+', '_')}-{method}-{flip}", model, ckpt.arch,
+                                   {"attr_checkpoint": str(self.checkpoints["attr"]), "embed_spec": record.to_dict()})
+        return self._once(("checkpoint", mode, method, flip), make)
+
+    def _data(self, out: Path) -> list[str]:
+        return ["data.dataset=synthetic", f"data.root={self.root}", "data.num_workers=0", "train.device=cpu",
+                f"out={out}"]
+
+    def cache(self, method: str) -> Path:
+        """A run folder whose query/gallery heat-map caches (`sangal aah`) hold the maps of ``method``."""
+        from sangal.aah.job import build_caches
+        from sangal.config import load_config
+
+        def make() -> Path:
+            out = self.tmp / f"cached-{method}"
+            build_caches(load_config(None, [*self._data(out), "data.height=64", "data.width=32", f"eval.aah={method}",
+                                            f"train.attr_checkpoint={self.checkpoints['attr']}",
+                                            "train.aah_targets=labels"]), ["query", "gallery"])
+            return out
+        return self._once(("cache", method), make)
+
+    def evaluate(self, ckpt: Path, out: Path, monkeypatch) -> tuple[np.ndarray, bool]:
+        """`sangal evaluate`'s gallery features (dataset order) and whether they were embedded with cached maps."""
+        from sangal.evaluate import reid as module
+
+        seen, score, cached = {}, module.evaluate_features, module.cached_test_maps
+        monkeypatch.setattr(module, "evaluate_features",
+                            lambda qf, gf, *a, **k: score(qf, seen.setdefault("gf", gf), *a, **k))
+        monkeypatch.setattr(module, "cached_test_maps",
+                            lambda *a: seen.setdefault(a[2], cached(*a)))  # split -> its MapsFn or None
+        assert main(["evaluate", "--checkpoint", str(ckpt), *self._data(out)]) == 0
+        return seen["gf"], seen["gallery"] is not None
+
+    def index(self, ckpt: Path) -> np.ndarray:
+        from sangal.search import build_index
+
+        def make() -> np.ndarray:
+            index = build_index(self.gallery, ckpt, ckpt.with_name(ckpt.name + ".index"), batch_size=16)
+            return np.asarray(index.features)[[index.paths.index(p) for p in self.order]]
+        return self._once(("index", ckpt), make)
+
+    def query(self, ckpt: Path) -> np.ndarray:
+        """The first gallery image as a query of the checkpoint's index (`sangal search` and `serve` embed so)."""
+        from sangal.search import Searcher
+
+        self.index(ckpt)
+        index_dir = ckpt.with_name(ckpt.name + ".index")
+        return self._once(("query", ckpt), lambda: Searcher(index_dir).embed_query(self.gallery / self.order[0])[0])
+
+    def onnx(self, ckpt: Path, count: int = 6) -> np.ndarray:
+        """The exported graph's embedding of the first ``count`` gallery images."""
+        from sangal.data.dataset import read_image
+        from sangal.data.transforms import build_transforms
+
+        def make() -> np.ndarray:
+            path = ckpt.with_name(ckpt.name + ".onnx")
+            export_onnx(ckpt, path, check=False)
+            transform = build_transforms(H, W, train=False)
+            images = torch.stack([transform(read_image(self.gallery / p)) for p in self.order[:count]]).numpy()
+            return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+        return self._once(("onnx", ckpt), make)
+
+
+@pytest.fixture(scope="module")
+def agreement(checkpoints, tiny_synth, tmp_path_factory) -> Agreement:
+    return Agreement(checkpoints, tiny_synth, tmp_path_factory.mktemp("agreement"))
+
+
+#: model mode x maps x flip x offline cache; maps and caches only exist for san-gal.
+ROWS = [(mode, "exact", flip, False) for mode in ("id", "id+attr") for flip in (True, False)] + [
+    ("san-gal", maps, flip, cache) for maps in ("exact", "fast") for flip in (True, False) for cache in (False, True)]
+
+
 @pytest.mark.slow
-def test_evaluate_index_and_export_embed_alike(checkpoints, tiny_synth, tmp_path, monkeypatch) -> None:
-    """One path: `sangal evaluate`, `sangal index` and the exported graph give the same features (1e-5) for
-    the same checkpoint and gallery images."""
-    from sangal.data.transforms import build_transforms
-    from sangal.evaluate import reid as evaluate_module
-    from sangal.data.dataset import read_image
-    from sangal.search import build_index
-
-    seen = {}
-    score = evaluate_module.evaluate_features
-
-    def capture(qf, gf, *args):
-        seen["gallery"] = gf
-        return score(qf, gf, *args)
-
-    monkeypatch.setattr(evaluate_module, "evaluate_features", capture)
-    code = main(["evaluate", "--checkpoint", str(checkpoints["san-gal"]), "data.dataset=synthetic",
-                 f"data.root={tiny_synth}", "data.num_workers=0", "train.device=cpu", "eval.flip=true",
-                 "eval.aah=fast", f"out={tmp_path / 'run'}"])
-    assert code == 0
-    gallery = tiny_synth / "bounding_box_test"
-    index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
-    from sangal.data import load_dataset
-
-    order = [str(r.path.relative_to(gallery)) for r in load_dataset("synthetic", tiny_synth).gallery]
-    rows = [index.paths.index(p) for p in order]
-    np.testing.assert_allclose(np.asarray(index.features)[rows], seen["gallery"], atol=1e-5)
-
-    export_onnx(checkpoints["san-gal"], tmp_path / "m.onnx", flip=True)
-    transform = build_transforms(H, W, train=False)
-    images = torch.stack([transform(read_image(gallery / p)) for p in order[:6]]).numpy()
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"images": images})[0], seen["gallery"][:6], atol=1e-5)
+@pytest.mark.parametrize(("mode", "maps", "flip", "cache"), ROWS)
+def test_evaluate_index_and_export_embed_alike(agreement, tmp_path, monkeypatch, mode, maps, flip, cache) -> None:
+    """One record, one vector: `sangal evaluate`, `sangal index`, a search of the index and the exported graph embed
+    the gallery images of a checkpoint alike (1e-5); exact maps have no graph (no backward pass). Maps read from a
+    float16 cache moved the features by at most 2.6e-6 here (computed maps: 4.5e-8), inside the same bound."""
+    ckpt = agreement.checkpoint(mode, maps, flip)
+    out = agreement.cache(maps) if cache else tmp_path / "run"
+    evaluated, used_cache = agreement.evaluate(ckpt, out, monkeypatch)
+    assert used_cache == cache
+    indexed = agreement.index(ckpt)
+    np.testing.assert_allclose(indexed, evaluated, atol=1e-5)
+    if cache:  # float16 maps: the features moved a little, so the cache was read, not computed maps
+        assert 0 < np.abs(indexed - evaluated).max()
+    np.testing.assert_allclose(agreement.query(ckpt), indexed[0], atol=1e-5)  # the index's record, at query time
+    if maps == "fast" or mode != "san-gal":
+        graph = agreement.onnx(ckpt)
+        np.testing.assert_allclose(graph, indexed[:len(graph)], atol=1e-5)
+    flipped = agreement.index(agreement.checkpoint(mode, maps, not flip))
+    assert np.abs(flipped - indexed).max() > 1e-4  # the record's flip reaches the index
 
 
 def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, tiny_synth, tmp_path, capsys) -> None:
     code = main(["evaluate", "--checkpoint", str(checkpoints["san-gal"]), "data.dataset=synthetic",
-                 f"data.root={tiny_synth}", "data.height=128", "train.aah_targets=agnostic", f"out={tmp_path}"])
+                 f"data.root={tiny_synth}", "data.height=128", "train.aah_targets=agnostic", "eval.flip=false",
+                 f"out={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "data.height=128 (the checkpoint has 64)" in err[0] and "train.aah_targets=agnostic" in err[0]
+    assert "eval.flip=False (the checkpoint has True)" in err[0]
+    assert err[0].startswith(f"error: checkpoint {checkpoints['san-gal']} was trained with other settings than")
+
+
+def test_export_refuses_a_flip_that_contradicts_the_record(checkpoints, tmp_path, capsys) -> None:
+    """The checkpoint decides the flip; `--flip` that agrees is accepted, `--no-flip` that contradicts is refused."""
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--checkpoint", str(checkpoints["id"]), "--out", str(out), "--no-flip"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "records flip=True" in err[0] and not out.exists()
+    assert load_predictor(checkpoints["id"], flip=True)[1]["embed_spec"]["flip"] is True
 
 
 @pytest.mark.slow
@@ -262,8 +358,8 @@ def test_a_soft_map_model_exports_with_its_soft_maps(checkpoints, tmp_path) -> N
     soft = save_checkpoint(tmp_path / "soft", reid.reid, ckpt.arch, {
         "attr_checkpoint": str(checkpoints["attr"]), "map_spec": {"targets": "soft", "method": "fast",
                                                                     "normalize": "max"}})
-    meta = export_onnx(soft, tmp_path / "soft.onnx", flip=True)
-    assert meta["map_spec"]["targets"] == "soft" and meta["max_abs_diff"] < 1e-5
+    meta = export_onnx(soft, tmp_path / "soft.onnx")
+    assert meta["embed_spec"]["map_spec"]["targets"] == "soft" and meta["max_abs_diff"] < 1e-5
     predictor = Predictor.from_checkpoint(soft)
     images = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(predictor.maps(images)[1], load_predictor(checkpoints["san-gal"])[0].maps(images)[1])

@@ -13,6 +13,7 @@ from sangal.version import __version__
 _EXPORTS = {
     "Predictor": "sangal.evaluate.predictor",
     "MapSpec": "sangal.aah.spec",
+    "EmbedSpec": "sangal.evaluate.embedding",
     "Searcher": "sangal.search",
     "build_index": "sangal.search",
     "evaluate_rank": "sangal.metrics.rank",

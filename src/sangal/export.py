@@ -17,9 +17,11 @@ backward pass), so a san-gal checkpoint whose attribute checkpoint has no
 ``map_predictor.safetensors`` is refused (run ``sangal distill``).
 
 The graph is the traced :class:`~sangal.evaluate.predictor.Predictor`, the very module ``sangal evaluate``
-and ``sangal index`` embed with. ``flip=True`` averages each image's features with its mirror's inside the
-graph (heat maps mirrored, as ``sangal index`` does); the default graph embeds the image only. Opset:
-:data:`OPSET` (17) by default, through the TorchScript-based exporter.
+and ``sangal index`` embed with, and it embeds as the checkpoint records (:class:`~sangal.evaluate.embedding.
+EmbedSpec`, written to the metadata as ``embed_spec``): with the flip-average inside the graph (heat maps
+mirrored) when the checkpoint was trained with ``eval.flip``; a ``flip`` that contradicts the record is refused.
+Its maps are always fast: a checkpoint that records exact maps exports with the distilled ones (a warning
+says so; the metadata records it). Opset: :data:`OPSET` (17) by default, through the TorchScript-based exporter.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sangal.errors import CheckpointError
+from sangal.errors import CheckpointError, ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.predictor import Predictor
 from sangal.store.files import atomic_file
 from sangal.store.outputs import check_output
@@ -46,19 +49,25 @@ log = logging.getLogger(__name__)
 OPSET = 17
 
 
-def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = None, flip: bool = False,
+def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = None, flip: bool | None = None,
                    device: str = "cpu") -> tuple[Predictor, dict[str, Any]]:
     """The forward-only :class:`~sangal.evaluate.predictor.Predictor` of a Re-ID checkpoint (the graph to trace)
-    and the metadata the ONNX file records.
+    and the metadata the ONNX file records. ``flip``: None, or what the caller expects the record to say.
 
     Raises:
         CheckpointError: san-gal checkpoint without a usable attribute checkpoint or distilled predictor.
+        ConfigError: ``flip`` contradicts the checkpoint's record.
     """
     from sangal.aah.predictor import DISTILL_HINT, PREDICTOR_FILE
     from sangal.store.checkpoint import load_checkpoint
     from sangal.store.reid_info import find_attribute_checkpoint
 
     ckpt = load_checkpoint(checkpoint, expected_kind="reid")
+    recorded = EmbedSpec.from_checkpoint(ckpt)
+    if flip is not None and flip != recorded.flip:
+        raise ConfigError(f"checkpoint {checkpoint} records flip={recorded.flip} (eval.flip at training); a graph "
+                          f"with flip={flip} would not embed as evaluate and index do: drop the flip option, the "
+                          f"checkpoint decides it")
     if ckpt.arch.get("mode", "san-gal") == "san-gal":
         attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
         load_checkpoint(attr_checkpoint, expected_kind="attribute")  # a Re-ID checkpoint here: "is kind reid"
@@ -68,19 +77,22 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
                                   f"distilled map predictor ({PREDICTOR_FILE}); {DISTILL_HINT.split(' or ')[0]}")
     else:
         attr_checkpoint = None  # an id / id+attr graph embeds with the Re-ID net alone
-    predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=flip, method="fast")
+    predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, method="fast")
+    if predictor.mode == "san-gal" and recorded.maps.method != "fast":
+        log.warning("checkpoint %s records %s test maps; the graph computes the distilled (fast) ones, so its "
+                    "features differ from `sangal evaluate`'s", checkpoint, recorded.maps.method)
     arch, source = predictor.source["arch"], predictor.source
     meta: dict[str, Any] = {"mode": predictor.mode, "height": predictor.size[0], "width": predictor.size[1],
-                            "flip": flip, "checkpoint_sha256": source["sha256"],
+                            "embed_spec": predictor.embedding.to_dict(), "checkpoint_sha256": source["sha256"],
                             "attr_classes": list(arch.get("attr_classes") or []), "dataset": arch.get("dataset"),
                             "colour_mode": arch.get("colour_mode")}
     if predictor.mode == "san-gal":
-        meta.update(aah="fast", map_spec=predictor.spec.to_dict(), attr_checkpoint_sha256=source["attr_sha256"])
+        meta.update(attr_checkpoint_sha256=source["attr_sha256"])
     return predictor.eval(), meta
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, attr_checkpoint: str | Path | None = None,
-                opset: int = OPSET, flip: bool = False, check: bool = True) -> dict[str, Any]:
+                opset: int = OPSET, flip: bool | None = None, check: bool = True) -> dict[str, Any]:
     """Write the ONNX graph of a Re-ID checkpoint to ``out`` (atomically); returns its metadata.
 
     ``out`` is refused before any work when it is one of the checkpoints' files or cannot be written.

@@ -17,6 +17,7 @@ from sangal.data.dataset import ImageDataset, read_image
 from sangal.data.records import ImageRecord
 from sangal.data.transforms import build_transforms
 from sangal.errors import ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.features import FeatureSet
 from sangal.evaluate.predictor import Predictor
 from sangal.models.attribute_net import AttributeNet
@@ -47,8 +48,12 @@ def nets() -> tuple[ReIDNet, AttributeNet]:
     return ReIDNet(4, [2, 3], mode="san-gal", backbone="resnet18", pretrained=False).eval(), attr
 
 
+def _record(flip: bool = True, spec: MapSpec | None = None) -> EmbedSpec:
+    return EmbedSpec(spec or MapSpec(), flip, H, W)
+
+
 def _predictor(nets, flip: bool = True, spec: MapSpec | None = None) -> Predictor:
-    return Predictor(nets[0], nets[1], spec=spec, flip=flip, size=(H, W))
+    return Predictor(nets[0], _record(flip, spec), nets[1])
 
 
 def _maps(batch: dict) -> tuple[torch.Tensor, ...]:
@@ -117,12 +122,42 @@ def test_one_image_embeds_as_in_a_loader(loader, nets) -> None:
 def test_id_models_predict_no_attributes_and_need_no_maps(loader) -> None:
     torch.manual_seed(0)
     net = ReIDNet(4, None, mode="id", backbone="resnet18", pretrained=False)
-    fs = Predictor(net, flip=False, size=(H, W)).embed_loader(loader, progress=False)
+    fs = Predictor(net, _record(flip=False)).embed_loader(loader, progress=False)
     assert fs.attr_probs is None and fs.feats.shape == (N, 512)
+
+
+@pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
+def test_only_san_gal_models_compute_heat_maps(loader, nets, monkeypatch, mode) -> None:
+    """id and id+attr use no maps, so an attribute net beside them makes none and runs once per batch (its
+    attributes); a san-gal model makes its maps once per batch (the mirror reuses them mirrored)."""
+    from sangal.evaluate import predictor as module
+
+    calls = {"maps": 0, "attr_net": 0}
+    make = module.attribute_maps
+
+    def counted(*args, **kwargs):
+        calls["maps"] += 1
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(module, "attribute_maps", counted)
+    # every pass through the attribute net (its attributes or a Grad-CAM) ends in its heads
+    hook = nets[1].heads[0].register_forward_pre_hook(lambda *_: calls.__setitem__("attr_net", calls["attr_net"] + 1))
+    torch.manual_seed(0)
+    reid = nets[0] if mode == "san-gal" else ReIDNet(4, [2, 3] if mode == "id+attr" else None, mode=mode,
+                                                     backbone="resnet18", pretrained=False)
+    try:
+        e = Predictor(reid, _record(flip=True), nets[1]).embed(next(iter(loader))["image"])
+    finally:
+        hook.remove()
+    if mode == "san-gal":
+        assert calls["maps"] == 1 and e.maps is not None
+    else:
+        assert calls == {"maps": 0, "attr_net": 0 if mode == "id+attr" else 1} and e.maps is None
+        assert e.attr_probs is not None  # the Re-ID heads (id+attr) or the attribute net (id) still predict
 
 
 def test_a_san_gal_predictor_needs_its_attribute_net_and_fast_maps_their_predictor(nets) -> None:
     with pytest.raises(ConfigError, match="needs the attribute net"):
-        Predictor(nets[0], size=(H, W))
+        Predictor(nets[0], _record())
     with pytest.raises(ConfigError, match="distilled map predictor"):
-        Predictor(nets[0], nets[1], spec=MapSpec(method="fast"), size=(H, W))
+        Predictor(nets[0], _record(spec=MapSpec(method="fast")), nets[1])

@@ -97,7 +97,7 @@ def test_what_next_commands_run_as_written(tiny_demo, monkeypatch, capsys):
     printed = capsys.readouterr().out
     out = Path("runs/demo")
     assert (out / "hits.html").is_file() and "hits.html" in printed
-    # The exported graph embeds the query exactly as the index does (flip-averaged, forward-only maps).
+    # The exported graph embeds the query exactly as the index does (the checkpoint's record: forward-only maps).
     import onnxruntime as ort
 
     predictor = Predictor.from_checkpoint(out / BEST_LINK, method="fast")

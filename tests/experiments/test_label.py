@@ -110,3 +110,21 @@ def test_schema_mismatch_is_refused(labelled, tiny_synth, tiny_overrides) -> Non
     with pytest.raises(ConfigError, match="predicts the market1501 attributes, but data.dataset=dukemtmc"):
         label_dataset(cfg, labelled["ckpt"], out=labelled["out"] / "never")
     assert not (labelled["out"] / "never").exists()
+
+
+def test_label_reads_the_checkpoints_input_size_and_leaves_the_config_untouched(labelled, tiny_synth,
+                                                                                 tiny_overrides) -> None:
+    """The attribute net's input size decides how images are read; the caller's config is not changed, and a size
+    the user gave that contradicts the checkpoint is refused in one line."""
+    from sangal.config import to_dict
+    from sangal.errors import ConfigError
+
+    over = [o for o in tiny_overrides(tiny_synth, labelled["out"]) if not o.startswith(("data.height", "data.width"))]
+    cfg = load_config(None, over)  # the default 256x128, not the checkpoint's 64x32
+    before = to_dict(cfg)
+    summary = label_dataset(cfg, labelled["ckpt"], out=labelled["out"] / "default-size")
+    assert to_dict(cfg) == before and (cfg.data.height, cfg.data.width) == (256, 128)
+    assert summary["identities"] == labelled["summary"]["identities"]
+    with pytest.raises(ConfigError, match=r"data.height=256 \(the checkpoint has 64\)") as info:
+        label_dataset(cfg, labelled["ckpt"], out=labelled["out"] / "refused", given={"data.height"})
+    assert "\n" not in str(info.value) and str(labelled["ckpt"]) in str(info.value)

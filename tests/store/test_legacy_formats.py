@@ -127,3 +127,28 @@ def test_a_legacy_re_id_checkpoint_reads_its_map_spec_with_a_precision() -> None
     state = json.loads((LEGACY / "reid" / "checkpoints" / "final" / STATE_FILE).read_text())
     assert "map_spec" not in state and state["config"]["train"]["amp"] is False
     assert MapSpec.from_state(state) == MapSpec("labels", "exact", "max", "float32")
+
+
+def test_legacy_checkpoint_and_index_give_their_test_time_record(legacy: Path) -> None:
+    """Written before the record (no ``embed_spec``): a checkpoint embeds with its config's map spec and eval.flip at
+    its arch's size; an index with its checkpoint's record, its own map method (``aah``) and flip (always on)."""
+    from dataclasses import replace
+
+    from sangal.aah.spec import MapSpec
+    from sangal.evaluate.embedding import EmbedSpec
+    from sangal.store.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(legacy / "reid" / "checkpoints" / "final")
+    assert "embed_spec" not in ckpt.state and ckpt.state["config"]["eval"]["flip"] is True
+    recorded = EmbedSpec.from_checkpoint(ckpt)
+    assert recorded == EmbedSpec(MapSpec("labels", "exact", "max"), True, 64, 32)
+    unflipped = EmbedSpec.from_checkpoint(replace(ckpt, state={**ckpt.state, "config": {"eval": {"flip": False}}}))
+    assert unflipped.flip is False  # the flip its training evaluated with, not a constant
+    old_index = {"features": {"flip": True, "normalized": True, "metric": "cosine"}, "aah": "fast",
+                 "map_spec": recorded.maps.to_dict()}
+    def from_index(meta: dict) -> EmbedSpec:
+        return EmbedSpec.from_index(meta, unflipped, "index/meta.json")
+
+    assert from_index(old_index) == EmbedSpec(MapSpec("labels", "fast", "max"), True, 64, 32)
+    assert from_index({}) == EmbedSpec(MapSpec("labels", "exact", "max"), True, 64, 32)
+    assert from_index({"embed_spec": recorded.to_dict()}) == recorded

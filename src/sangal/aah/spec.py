@@ -2,7 +2,8 @@
 
 :class:`MapSpec` is the only place that decides which class each split's maps follow, how test-time maps
 are computed and normalised, and where their cache lives. Training writes it into every Re-ID checkpoint
-(``state["map_spec"]``); test time reads it back (:meth:`MapSpec.from_state`), so a checkpoint is scored,
+(in its test-time record, ``state["embed_spec"]``, :mod:`sangal.evaluate.embedding`; earlier checkpoints:
+``state["map_spec"]``, read by :meth:`MapSpec.from_state`), so a checkpoint is scored,
 indexed and exported with the maps it was trained for. :class:`Targets` is what one cache or one batch of
 maps follows: a mode, plus the (N, K) attribute labels of label-guided maps.
 

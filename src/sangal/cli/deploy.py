@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from sangal.cli.common import at_least, device, device_arg
@@ -14,8 +15,9 @@ def add_export(sub) -> None:
     p.add_argument("--attr-checkpoint", help="attribute checkpoint of a san-gal model (default: the one training "
                                              "used); it must hold the predictor of `sangal distill`")
     p.add_argument("--opset", type=at_least(14), default=17, help="ONNX opset (default 17)")
-    p.add_argument("--flip", action="store_true", help="average with the mirrored image inside the graph, as "
-                                                       "`sangal index` does (twice the Re-ID cost)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="the checkpoint decides whether the graph averages with the mirrored image (eval.flip at "
+                        "training); a value that contradicts it is refused")
     p.set_defaults(func=export)
 
 

@@ -163,10 +163,12 @@ def add_label(sub) -> None:
 
 
 def label(args) -> int:
+    from sangal.config import given_keys
     from sangal.experiments.label import label_dataset
 
+    given = given_keys(args.config, overrides(args))  # the checkpoint decides the input size
     summary = label_dataset(load_cfg(args), args.checkpoint, out=args.out, min_confidence=args.min_confidence,
-                            compare=args.compare)
+                            compare=args.compare, given=given)
     ids = summary["identities"]
     print(f"labelled {ids['train']} train and {ids['test']} test identities into {summary['out']} "
           f"(attributes.mat, dataset.csv, identities.csv, images.csv); "

@@ -11,6 +11,7 @@ from sangal.config.load import (
     parse_override,
     parse_pretrained,
     to_dict,
+    with_decided,
     with_overrides,
 )
 from sangal.config.schema import (
@@ -28,4 +29,4 @@ from sangal.config.schema import (
 __all__ = ["CHOICES", "RANGES", "AttrTrainConfig", "Config", "DataConfig", "DistillConfig",
            "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig", "dump_yaml", "from_dict",
            "given_keys", "load_config", "parse_override", "parse_pretrained", "to_dict", "validate",
-           "with_overrides"]
+           "with_decided", "with_overrides"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,18 @@ def with_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Confi
     out = from_dict(to_dict(cfg))
     _apply_overrides(out, overrides)
     return validate(out)
+
+
+def with_decided(cfg: Config, decided: Mapping[str, Any], given: Collection[str], source: str) -> Config:
+    """A copy of ``cfg`` with the dotted keys a checkpoint decides (``decided``: key -> its value); a key the user
+    set (``given``) to another value is refused in one line naming ``source`` (e.g. "checkpoint runs/x/final")."""
+    current = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in decided}
+    clash = [f"{key}={current[key]} (the checkpoint has {value})" for key, value in decided.items()
+             if key in given and current[key] != value]
+    if clash:
+        raise ConfigError(f"{source} was trained with other settings than the config gives: {'; '.join(clash)}; "
+                          f"drop those keys, the checkpoint decides them")
+    return with_overrides(cfg, [f"{key}={value}" for key, value in decided.items()])
 
 
 def _apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> None:

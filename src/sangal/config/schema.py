@@ -153,7 +153,8 @@ class EvalConfig:
     """Retrieval evaluation."""
 
     metric: str = "cosine"  # cosine | euclidean
-    flip: bool = True  # average the features of each image and its mirror
+    flip: bool = True  # average the features of each image and its mirror; recorded with the checkpoint, which every
+    # test-time consumer then follows (sangal.evaluate.embedding)
     rerank: bool = False  # k-reciprocal re-ranking (Zhong et al. 2017)
     k1: int = 20
     k2: int = 6

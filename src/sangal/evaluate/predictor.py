@@ -2,10 +2,11 @@
 
 :meth:`Predictor.from_checkpoint` builds everything test time needs from the checkpoint alone (fast-reid's
 ``DefaultPredictor``): the Re-ID net, the attribute net and the distilled map predictor of a SAN-GAL model,
-the input size and the :class:`~sangal.aah.spec.MapSpec` it was trained with. ``sangal evaluate``,
-``sangal index`` / ``search``, the search page and ``sangal export`` (which traces :meth:`Predictor.forward`)
-all embed through it, so one checkpoint is scored with exactly the maps it is deployed with. The
-flip-average (features of the image and its mirror, maps mirrored with it) lives in :meth:`Predictor.embed`.
+and the :class:`~sangal.evaluate.embedding.EmbedSpec` it was trained with (maps, flip, input size). ``sangal
+evaluate``, ``sangal index`` / ``search``, the search page and ``sangal export`` (which traces
+:meth:`Predictor.forward`) all embed through it, so one checkpoint is scored with exactly the maps it is
+deployed with. The flip-average (features of the image and its mirror, maps mirrored with it) lives in
+:meth:`Predictor.embed`; only san-gal models compute heat maps there.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from sangal.aah.spec import MapSpec
 from sangal.data.attributes import AttributeSchema, get_schema
 from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError, ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.features import FeatureSet, batch_paths
 from sangal.store.checkpoint import MODEL_FILE, Checkpoint, load_model
 from sangal.store.files import cached_sha256
-from sangal.store.reid_info import find_attribute_checkpoint, input_size
+from sangal.store.reid_info import find_attribute_checkpoint
 
 __all__ = ["Embedded", "MapsFn", "Predictor"]
 
@@ -48,7 +50,8 @@ class Embedded:
     Attributes:
         features: (B, D) float32, L2-normalised (flip-averaged when the predictor flips).
         attr_probs: K tensors (B, C_k), or None when nothing predicts attributes.
-        maps: the heat maps of the un-mirrored images, 3 x (B, K, h, w), or None without an attribute net.
+        maps: the heat maps the san-gal Re-ID net used for the un-mirrored images, 3 x (B, K, h, w); None for the
+            ``id`` and ``id+attr`` modes, which use none (and so compute none).
     """
 
     features: Tensor
@@ -61,33 +64,38 @@ class Predictor(nn.Module):
 
     Args:
         reid: the ReIDNet.
+        embedding: how it embeds an image (maps, flip, input size; test-time maps never follow the labels).
         attr_net: its attribute net (required by ``san-gal``; otherwise it only predicts attributes).
-        map_predictor: the distilled map predictor (``san-gal`` with ``spec.method == "fast"``).
-        spec: how the maps are made (test time: never the labels).
-        flip: average the features with those of the mirrored image.
-        size: (height, width) of the input the model was trained at.
+        map_predictor: the distilled map predictor (``san-gal`` with fast maps).
         schema: the attribute schema of the predicted attributes, if known.
         source: provenance (checkpoint paths and sha256) for indexes and ONNX metadata.
     """
 
-    def __init__(self, reid: nn.Module, attr_net: nn.Module | None = None, map_predictor: nn.Module | None = None,
-                 spec: MapSpec | None = None, flip: bool = True, size: tuple[int, int] = (256, 128),
-                 schema: AttributeSchema | None = None, source: dict[str, Any] | None = None) -> None:
+    def __init__(self, reid: nn.Module, embedding: EmbedSpec, attr_net: nn.Module | None = None,
+                 map_predictor: nn.Module | None = None, schema: AttributeSchema | None = None,
+                 source: dict[str, Any] | None = None) -> None:
         super().__init__()
-        spec = spec or MapSpec()
         self.reid = reid.eval()
         self.mode = str(getattr(reid, "mode", "id"))
         self.attr_net = attr_net.eval() if attr_net is not None else None
         self.map_predictor = map_predictor.eval() if map_predictor is not None else None
         if self.mode == "san-gal" and self.attr_net is None:
             raise ConfigError("a san-gal Predictor needs the attribute net that makes its heat maps")
-        if self.mode == "san-gal" and spec.method == "fast" and self.map_predictor is None:
+        if self.mode == "san-gal" and embedding.maps.method == "fast" and self.map_predictor is None:
             raise ConfigError("fast heat maps need the distilled map predictor (`sangal distill`)")
-        self.spec, self.flip, self.size, self.schema = spec, flip, tuple(size), schema
+        self.embedding, self.schema = embedding, schema
         self.source = dict(source or {})
-        self.transform = build_transforms(self.size[0], self.size[1], train=False)
+        self.transform = build_transforms(embedding.height, embedding.width, train=False)
         heads = getattr(reid, "attr_heads", None) is not None
         self.attr_source = "reid" if heads else ("attribute_net" if self.attr_net is not None else None)
+
+    @property
+    def spec(self) -> MapSpec:
+        return self.embedding.maps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.embedding.size
 
     @property
     def device(self) -> torch.device:
@@ -95,35 +103,44 @@ class Predictor(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, attr_checkpoint: str | Path | None = None,
-                        device: str | torch.device = "cpu", flip: bool = True, method: str | None = None) -> Predictor:
-        """Everything from a Re-ID checkpoint directory; ``method`` ("exact"/"fast") overrides how the test-time
-        maps are computed (None: as recorded), ``attr_checkpoint`` where the attribute net is (None: as recorded).
+                        device: str | torch.device = "cpu", method: str | None = None,
+                        record: Callable[[EmbedSpec], EmbedSpec] | None = None) -> Predictor:
+        """Everything from a Re-ID checkpoint directory, embedding as its :class:`EmbedSpec` says.
+
+        ``method`` ("exact"/"fast") computes the test-time maps another way (None: as recorded); ``record`` maps the
+        checkpoint's record to the one to embed with (an index's, :meth:`EmbedSpec.from_index`); it may
+        differ in flip and method only. ``attr_checkpoint``: where the attribute net is (None: as recorded).
 
         Raises:
-            CheckpointError: not a Re-ID checkpoint, or a san-gal model whose attribute net or predictor is missing.
+            CheckpointError: not a Re-ID checkpoint, a san-gal model whose attribute net or predictor is missing,
+                or a ``record`` for another input size or other maps.
         """
         reid, ckpt = load_model(checkpoint, expected_kind="reid", device=device)
-        spec = MapSpec.from_state(ckpt.state).with_method(method)
+        recorded = EmbedSpec.from_checkpoint(ckpt)
+        embedding = (record(recorded) if record is not None else recorded).with_method(method)
+        other = recorded.differences(embedding, allowed=("flip", "method"))
+        if other:
+            raise CheckpointError(f"checkpoint {checkpoint} cannot embed as asked: {'; '.join(other)}")
         mode = str(ckpt.arch.get("mode", "san-gal"))
         if mode == "san-gal":
             attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
-        size = input_size(ckpt)
         source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": cached_sha256(Path(checkpoint) / MODEL_FILE),
-                  "arch": {**ckpt.arch, "height": size[0], "width": size[1]}}
+                  "arch": {**ckpt.arch, "height": embedding.height, "width": embedding.width}}
         attr_net = map_predictor = None
         if attr_checkpoint is not None:
             attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
             source.update(attr_checkpoint=str(Path(attr_checkpoint).resolve()),
                           attr_sha256=cached_sha256(Path(attr_checkpoint) / MODEL_FILE))
-        if mode == "san-gal" and spec.method == "fast":
+        if mode == "san-gal" and embedding.maps.method == "fast":
             from sangal.aah.predictor import load_map_predictor
 
             map_predictor = load_map_predictor(attr_checkpoint, device=device)
         heads = len(ckpt.arch.get("attr_classes") or []) if mode != "id" else getattr(attr_net, "num_attributes", 0)
         schema = checkpoint_schema(ckpt, heads) if heads else None
-        predictor = cls(reid, attr_net, map_predictor, spec, flip, size, schema, source)
-        logger.info("loaded %s model %s (%dx%d, %s %s maps)%s", mode, checkpoint, *predictor.size, spec.method,
-                    spec.mode("query"), f" with attribute net {attr_checkpoint}" if attr_net is not None else "")
+        predictor = cls(reid, embedding, attr_net, map_predictor, schema, source)
+        logger.info("loaded %s model %s (%dx%d, flip %s, %s %s maps)%s", mode, checkpoint, *embedding.size,
+                    embedding.flip, embedding.maps.method, embedding.maps.mode("query"),
+                    f" with attribute net {attr_checkpoint}" if attr_net is not None else "")
         return predictor
 
     @property
@@ -146,15 +163,16 @@ class Predictor(nn.Module):
     @torch.no_grad()
     def embed(self, images: Tensor, maps: Sequence[Tensor] | None = None) -> Embedded:
         """Features, attribute probabilities and maps of a batch; ``maps`` given (e.g. from a cache) are used as
-        they are, else computed (:meth:`maps`). The one place the flip-average happens."""
-        if maps is None:
+        they are, else computed (:meth:`maps`), by san-gal models only. The one place the flip-average happens."""
+        if self.mode != "san-gal":
+            maps = None  # id and id+attr use no maps, so they compute none
+        elif maps is None:
             maps = self.maps(images)
         else:
             maps = tuple(m.to(device=images.device, dtype=torch.float32) for m in maps)
-        used = maps if self.mode == "san-gal" else None
-        feats, probs = self._once(images, used)
-        if self.flip:
-            feats2, probs2 = self._once(images.flip(-1), None if used is None else tuple(m.flip(-1) for m in used))
+        feats, probs = self._once(images, maps)
+        if self.embedding.flip:
+            feats2, probs2 = self._once(images.flip(-1), None if maps is None else tuple(m.flip(-1) for m in maps))
             feats = (feats + feats2) / 2
             probs = None if probs is None or probs2 is None else [(a + b) / 2 for a, b in zip(probs, probs2)]
         if self.attr_source == "attribute_net":

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.aah.spec import MapSpec
-from sangal.config import Config, with_overrides
+from sangal.config import Config, with_decided
 from sangal.data import setup
 from sangal.errors import CacheError, ConfigError, DatasetError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.predictor import MapsFn, Predictor
 from sangal.models.arch_keys import ARCH
 from sangal.store.paths import default_paths
@@ -116,10 +116,12 @@ def evaluate_predictor(predictor: Predictor, dataset, cfg: Config, cache_root: s
 
 
 def training_predictor(model, cfg: Config, attr_checkpoint: str | Path | None) -> Predictor:
-    """The predictor of a model being trained: its map spec from the config, its attribute net from disk."""
+    """The predictor of a model being trained: its record from the config (as its checkpoints will hold it), its
+    attribute net from disk."""
     from sangal.store.checkpoint import load_model
 
-    spec = MapSpec.from_config(cfg)
+    embedding = EmbedSpec.from_config(cfg)
+    spec = embedding.maps
     attr_net = map_predictor = None
     source = {}
     if cfg.model.mode == "san-gal":
@@ -130,8 +132,7 @@ def training_predictor(model, cfg: Config, attr_checkpoint: str | Path | None) -
             from sangal.aah.predictor import load_map_predictor
 
             map_predictor = load_map_predictor(attr_checkpoint, device=device)
-    return Predictor(model, attr_net, map_predictor, spec, cfg.eval.flip, (cfg.data.height, cfg.data.width),
-                     source=source)
+    return Predictor(model, embedding, attr_net, map_predictor, source=source)
 
 
 def attribute_metrics_from_probs(cfg: Config, dataset, q, g) -> dict:
@@ -147,30 +148,26 @@ def attribute_metrics_from_probs(cfg: Config, dataset, q, g) -> dict:
 
 
 def checkpoint_config(cfg: Config, predictor: Predictor, given: Collection[str], checkpoint: str | Path) -> Config:
-    """``cfg`` with what the checkpoint decides (mode, backbone, input size, map spec); a key the user gave
-    (``given``: set in the config file or an override) that contradicts the checkpoint is refused in one line."""
-    arch, spec = predictor.reid.arch_dict(), predictor.spec
+    """``cfg`` with what the checkpoint decides (its arch's strict keys, its test-time record: input size, flip, map
+    spec); a key the user gave (``given``: set in the config file or an override) that contradicts it is refused in
+    one line."""
+    arch, record = predictor.reid.arch_dict(), predictor.embedding
     decided = {key.config: arch[key.name] for key in ARCH if key.strict and key.config and key.name in arch}
-    decided.update({"data.height": predictor.size[0], "data.width": predictor.size[1],
-                    "train.aah_targets": spec.targets, "model.aah_normalize": spec.normalize, "eval.aah": spec.method})
-    current = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in decided}
-    clash = [f"{key}={current[key]} (the checkpoint has {value})" for key, value in decided.items()
-             if key in given and current[key] != value]
-    if clash:
-        raise ConfigError(f"checkpoint {checkpoint} was trained with other settings than the config gives: "
-                          f"{'; '.join(clash)}; drop those keys, the checkpoint decides them")
-    return with_overrides(cfg, [f"{key}={value}" for key, value in decided.items()])
+    decided.update({"data.height": record.height, "data.width": record.width, "eval.flip": record.flip,
+                    "train.aah_targets": record.maps.targets, "model.aah_normalize": record.maps.normalize,
+                    "eval.aah": record.maps.method})
+    return with_decided(cfg, decided, given, f"checkpoint {checkpoint}")
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, given: Collection[str] = ()) -> dict:
-    """`sangal evaluate`: the checkpoint's predictor on the configured dataset (``given``: the config keys the
-    user set; ``eval.aah`` among them computes the test maps that way instead of the recorded one)."""
+    """`sangal evaluate`: the checkpoint's predictor on the configured dataset, embedding as the checkpoint records
+    (``given``: the config keys the user set; ``eval.aah`` among them computes the test maps that way instead)."""
     from sangal.runtime.distributed import resolve_device
 
     device = resolve_device(cfg.train.device)
     method = cfg.eval.aah if "eval.aah" in given else None
     attr = cfg.train.attr_checkpoint if "train.attr_checkpoint" in given else None
-    predictor = Predictor.from_checkpoint(checkpoint, attr, device, flip=cfg.eval.flip, method=method)
+    predictor = Predictor.from_checkpoint(checkpoint, attr, device, method=method)
     cfg = checkpoint_config(cfg, predictor, set(given) - {"eval.aah"}, checkpoint)
     dataset = setup.load_reid_dataset(cfg)
     return evaluate_predictor(predictor, dataset, cfg, cache_root=default_paths(cfg)["aah"])

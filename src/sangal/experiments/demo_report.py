@@ -62,7 +62,7 @@ def ranked_samples(cfg: Config, paths: dict, dataset, variants, n: int = 4, k: i
     for variant in [v for v in variants if v.name in ("id", "san-gal")]:
         run_cfg = variant_config(cfg, variant, 0)
         run = default_paths(run_cfg)
-        predictor = Predictor.from_checkpoint(run["reid_run"] / "checkpoints" / "final", flip=True)
+        predictor = Predictor.from_checkpoint(run["reid_run"] / "checkpoints" / "final")  # as evaluate embeds
         feats[variant.name] = [predictor.embed_loader(setup.test_loader(records, run_cfg),
                                                       cached_test_maps(predictor, records, split, run["aah"]))
                                for split, records in (("query", dataset.query), ("gallery", dataset.gallery))]

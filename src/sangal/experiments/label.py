@@ -22,12 +22,13 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sangal.config import Config
+from sangal.config import Config, with_decided
 from sangal.data import setup
 from sangal.data.attributes import schema_name
 from sangal.errors import ConfigError
@@ -81,11 +82,12 @@ def _name(schema, k: int, label: int) -> str:
 
 
 def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = None,
-                  min_confidence: float = 0.0, compare: str | Path | None = None) -> dict:
+                  min_confidence: float = 0.0, compare: str | Path | None = None, given: Collection[str] = ()) -> dict:
     """Pseudo-label every identity of the configured dataset with the attribute net at ``checkpoint``.
 
-    ``compare``: a Lin et al. file of true labels; the summary then holds the mA of the
-    per-image predictions and of the identity labels on the train images.
+    Images are read at the checkpoint's input size (a ``data.height``/``data.width`` the user gave, ``given``, that
+    contradicts it is refused); ``cfg`` itself is left as it is. ``compare``: a Lin et al. file of true labels; the
+    summary then holds the mA of the per-image predictions and of the identity labels on the train images.
     """
     from sangal.data.attribute_files import attribute_mat_bytes
     from sangal.data.attributes import get_schema
@@ -102,7 +104,8 @@ def label_dataset(cfg: Config, checkpoint: str | Path, out: str | Path | None = 
         check_output(out / name, inputs, "--out")
     device = resolve_device(cfg.train.device)
     model, ckpt = load_model(checkpoint, expected_kind="attribute", device=str(device))
-    cfg.data.height, cfg.data.width = ckpt.arch["height"], ckpt.arch["width"]
+    decided = {"data.height": int(ckpt.arch["height"]), "data.width": int(ckpt.arch["width"])}
+    cfg = with_decided(cfg, decided, given, f"attribute checkpoint {checkpoint}")
     schema = get_schema(ckpt.arch["dataset"], ckpt.arch["colour_mode"])
     wanted = schema_name(cfg.data.dataset)  # the schema training will read
     if schema.dataset != wanted:

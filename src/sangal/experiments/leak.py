@@ -81,7 +81,7 @@ def oracle_evaluation(run_cfg: Config) -> dict:
     device = resolve_device(run_cfg.train.device)
     paths = default_paths(run_cfg)
     predictor = Predictor.from_checkpoint(paths["reid_run"] / "checkpoints" / "final", paths["attr_checkpoint"],
-                                          device, flip=run_cfg.eval.flip)
+                                          device)
     dataset = setup.load_reid_dataset(run_cfg)
     table = setup.load_attributes(run_cfg, dataset)
     oracle = {split: _reader(oracle_maps(run_cfg, split, getattr(dataset, split), table, device))

@@ -9,8 +9,10 @@ An index is a directory, written atomically (hidden temp dir + rename, see
     meta.json        paths (relative to gallery_dir, row order of features.npy), absolute
                      gallery_dir, attribute schema, skipped images with reasons, checkpoint
                      path + model.safetensors sha256 (+ the attribute checkpoint's), arch,
-                     backend, creation time, sangal version, git commit, the sha256 of every
-                     other file ("files") and of itself ("document_sha256")
+                     the test-time record the features were embedded with ("embed_spec":
+                     maps, flip, input size; queries are embedded with it too), backend,
+                     creation time, sangal version, git commit, the sha256 of every other
+                     file ("files") and of itself ("document_sha256")
     faiss.index      only when N >= faiss_threshold and faiss is installed
 
 Trust. :meth:`GalleryIndex.load` checks every file against its recorded sha256, and what a
@@ -268,7 +270,9 @@ def build_index(
             many images (see the module docstring).
         num_workers: DataLoader workers for decoding images.
         aah: how san-gal heat maps are computed, ``"exact"`` or ``"fast"`` (forward only; see
-            :mod:`sangal.aah.fast`); None: as the checkpoint records. In meta.json, so queries use the same.
+            :mod:`sangal.aah.fast`); None: as the checkpoint records. The rest of the embedding (flip, input
+            size, map class and normalisation) is the checkpoint's record; meta.json keeps the record used, so
+            queries are embedded the same way.
     """
     from sangal.evaluate.predictor import Predictor
 
@@ -280,7 +284,7 @@ def build_index(
         files = list_gallery(gallery)
         if not files:
             raise DatasetError(f"{gallery}: no .jpg/.jpeg/.png images in the folder or its subfolders")
-        predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, flip=True, method=aah)
+        predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, method=aah)
         good, skipped = _readable(gallery, files, num_workers)
         logger.info("indexing %d images of %s (%d skipped)", len(good), gallery, len(skipped))
         emb = predictor.embed_paths(good, batch_size=batch_size, num_workers=num_workers)
@@ -332,8 +336,8 @@ def _meta(gallery: Path, good: list[Path], skipped: list[dict], dim: int, predic
         "checkpoint": {"path": source["checkpoint"], "sha256": source["sha256"]},
         "attr_checkpoint": ({"path": source["attr_checkpoint"], "sha256": source["attr_sha256"]}
                             if predictor.attr_checkpoint is not None else None),
-        "arch": source["arch"], "features": {"flip": True, "normalized": True, "metric": "cosine"},
-        "aah": predictor.spec.method, "map_spec": predictor.spec.to_dict(), "attributes": None, "backend": backend,
+        "arch": source["arch"], "features": {"normalized": True, "metric": "cosine"},
+        "embed_spec": predictor.embedding.to_dict(), "attributes": None, "backend": backend,
         "faiss": ({"type": "IndexHNSWFlat", "metric": "inner_product", "M": HNSW_M,
                    "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
                   if backend == "faiss-hnsw" else None),
@@ -364,3 +368,4 @@ def _check_embedding(emb: Any, files: list[Path], checkpoint: Path) -> None:
         first = f" (first: {files[int(bad[0])]})" if bad.size else ""
         raise CheckpointError(f"checkpoint {checkpoint} gives non-finite or zero features or attribute "
                               f"probabilities for {bad.size} of {len(files)} images{first}; its weights are broken")
+

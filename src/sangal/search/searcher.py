@@ -20,9 +20,10 @@ import torch
 
 from sangal.data.dataset import read_image
 from sangal.errors import CheckpointError, ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.predictor import Embedded, Predictor
 from sangal.search.html import render_page
-from sangal.search.index import HNSW_EF_SEARCH, GalleryIndex
+from sangal.search.index import HNSW_EF_SEARCH, META_FILE, GalleryIndex
 from sangal.search.match import Match
 from sangal.search.where import predicted_attributes, where_mask
 from sangal.store.checkpoint import MODEL_FILE
@@ -108,8 +109,10 @@ class Searcher:
             logger.warning("attribute checkpoint %s of the index is gone: no heat maps", recorded_attr["path"])
             recorded_attr = None
         attr = _resolve_checkpoint(attr_checkpoint, recorded_attr, "attribute checkpoint", index_dir)
-        # queries embedded exactly as the gallery was: flip-averaged, with the index's test-time maps
-        self.predictor = Predictor.from_checkpoint(ckpt, attr, device, flip=True, method=meta.get("aah", "exact"))
+        # queries embedded exactly as the gallery was: the index's test-time record
+        where = str(index_dir / META_FILE)
+        self.predictor = Predictor.from_checkpoint(ckpt, attr, device,
+                                                   record=lambda recorded: EmbedSpec.from_index(meta, recorded, where))
         self._last_query: tuple[tuple[str, int, int], Embedded] | None = None
         if recorded_attr and self.predictor.source.get("attr_sha256") != recorded_attr["sha256"]:
             if self.predictor.mode == "san-gal":  # its heat maps shape the features
@@ -217,8 +220,11 @@ class Searcher:
         net = predictor.attr_net
         if net is None:
             raise ConfigError("no attribute network: pass attr_checkpoint to Searcher for heat maps")
-        maps = self.query(query_path).maps
         image = read_image(query_path)
+        maps = self.query(query_path).maps  # the maps a san-gal model used; other modes use none: drawn for the page
+        if maps is None:
+            with torch.no_grad():
+                maps = predictor.maps(predictor.transform(image)[None].to(predictor.device))
         with torch.no_grad():
             probs, labels = net.predict(predictor.transform(image)[None].to(predictor.device))
         schema = predictor.schema if predictor.schema is not None and len(predictor.schema) == net.num_attributes \

@@ -1,10 +1,10 @@
 """The one place the server runs the model: a decoded image in; its feature, attributes and heat maps out.
 
 It is the test-time pipeline that embedded the gallery (:class:`~sangal.evaluate.predictor.Predictor`, built by
-:class:`~sangal.search.Searcher` from the checkpoint recorded in the index): the checkpoint's test transform,
-features of the image and its mirror averaged and L2-normalised, and for ``san-gal`` models the heat maps of
-the index's kind (``fast`` or ``exact``, paper eqs. 1-2). The maps returned are the very tensors the Re-ID net
-consumed for the image (the mirror gets them mirrored), computed once.
+:class:`~sangal.search.Searcher` from the checkpoint and the test-time record of the index): the checkpoint's
+test transform, features L2-normalised (averaged with the mirror's where the record flips), and for ``san-gal``
+models the heat maps of the index's kind (``fast`` or ``exact``, paper eqs. 1-2). The maps returned are the
+very tensors the Re-ID net consumed for the image (the mirror gets them mirrored), computed once.
 """
 
 from __future__ import annotations

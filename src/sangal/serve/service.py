@@ -94,7 +94,7 @@ class SearchService:
         """The gallery and model in a few fields, and the filter chips."""
         return {
             "num_images": len(self.index), "backend": self.index.backend, "mode": self.mode,
-            "aah": self.index.meta.get("aah", "exact"), "input_size": self.input_size,
+            "aah": self.predictor.spec.method, "input_size": self.input_size,
             "heat_maps": self.mode == "san-gal", "filters": self.filters, "max_results": MAX_RESULTS,
         }
 
@@ -182,7 +182,7 @@ class SearchService:
             return {"stages": [], "attributes": names, "maps": [], "note": f"this {self.mode} model uses no heat maps"}
         return {"stages": list(STAGE_NAMES), "attributes": names or [f"attribute {k}" for k in range(len(maps[0]))],
                 "maps": [np.round(m, 4).tolist() for m in maps], "note": None,
-                "kind": self.index.meta.get("aah", "exact")}
+                "kind": self.predictor.spec.method}
 
     def gallery_maps(self, gallery_id: int) -> dict[str, Any]:
         """The heat maps the model used for gallery image ``gallery_id`` (computed now: the index keeps none)."""

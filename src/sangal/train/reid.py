@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from sangal.aah.spec import MapSpec
 from sangal.config import Config, LossConfig, dump_yaml, parse_pretrained, to_dict
 from sangal.data import setup
 from sangal.errors import CheckpointError, ConfigError
+from sangal.evaluate.embedding import EmbedSpec
 from sangal.models.arch import arch_for, build_model
 from sangal.runtime.distributed import DistInfo, cleanup, gather_plain, gather_with_grad, init_distributed
 from sangal.runtime.precision import channels_last
@@ -182,7 +182,8 @@ class ReIDTask(Task):
         state = {"epoch": position.epoch, "step": position.step, "global_step": position.global_step,
                  "rng": capture_rng_state(), "batch_digest": self.batch_digest, "init_digest": self.init_digest,
                  "config": to_dict(cfg), "history": self.logger.history if self.logger else None,
-                 "attr_checkpoint": str(self.paths["attr_checkpoint"]), "map_spec": MapSpec.from_config(cfg).to_dict()}
+                 "attr_checkpoint": str(self.paths["attr_checkpoint"]),
+                 "embed_spec": EmbedSpec.from_config(cfg).to_dict()}  # what every test-time consumer embeds with
         if self.ema is not None:
             state["ema"] = self.ema.state()
         source = self.aah_source
