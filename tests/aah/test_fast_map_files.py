@@ -1,4 +1,4 @@
-"""The distilled map predictor on disk: its record binds the file, loading refuses a changed one or one without it."""
+"""The distilled fast-map network on disk (aah.fast_map_files): its record binds the file, loading refuses a changed one or one without it."""
 
 from __future__ import annotations
 
@@ -36,5 +36,6 @@ def test_a_saved_predictor_loads_and_a_flipped_byte_is_refused(attr_dir):
     with pytest.raises(CheckpointError, match=rf"{FAST_MAP_NET_FILE}: sha256 .* differs .*sangal distill"):
         load_fast_map_net(attr_dir)
     (attr_dir / FAST_MAP_NET_RECORD).unlink()  # without its record nothing says the bytes are the ones written
-    with pytest.raises(CheckpointError, match=rf"{FAST_MAP_NET_RECORD} is missing.*{FAST_MAP_NET_FILE}.*sangal distill"):
+    with pytest.raises(CheckpointError,
+                       match=rf"{FAST_MAP_NET_RECORD} is missing.*{FAST_MAP_NET_FILE}.*sangal distill"):
         load_fast_map_net(attr_dir)
