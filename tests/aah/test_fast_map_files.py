@@ -1,4 +1,5 @@
-"""The distilled fast-map network on disk (aah.fast_map_files): its record binds the file, loading refuses a changed one or one without it."""
+"""The distilled fast-map network on disk (aah.fast_map_files): its record binds the file, loading refuses a
+changed one or one without it."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def attr_dir(tmp_path):
     return directory
 
 
-def test_a_saved_predictor_loads_and_a_flipped_byte_is_refused(attr_dir):
+def test_a_saved_fast_map_net_loads_and_a_flipped_byte_is_refused(attr_dir):
     record = json.loads((attr_dir / FAST_MAP_NET_RECORD).read_text())
     assert record["file"] == FAST_MAP_NET_FILE and len(record["sha256"]) == 64
     assert load_fast_map_net(attr_dir).meta["config"]["hidden"] == 4
