@@ -29,8 +29,8 @@ from sangal.train.losses import ATTR_LOSSES, balanced_class_weights, class_ratio
 
 def _data(out: Path, style: str | None) -> tuple[Path, list[str]]:
     """The standard demo plan's two synthetic sets (as `run_demo` draws them)."""
-    from sangal.data.synthetic import generate_synthetic
     from sangal.experiments.demo import PLANS
+    from sangal.synthetic.generate import generate_synthetic
 
     plan = PLANS["standard"]
     kwargs = {}

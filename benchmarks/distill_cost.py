@@ -24,8 +24,8 @@ from pathlib import Path
 
 from sangal.aah.job import build_caches
 from sangal.config import with_overrides
-from sangal.data.synthetic import generate_synthetic
 from sangal.experiments.demo import PLANS, demo_config
+from sangal.synthetic.generate import generate_synthetic
 from sangal.train import distill as distill_module
 from sangal.train.attr import train_attribute_net
 from sangal.train.reid import train_reid

@@ -85,9 +85,9 @@ def prepare_data(a: argparse.Namespace, tmp: Path):
     from sangal.aah.cache import AAHCache
     from sangal.aah.spec import Targets
     from sangal.data import load_dataset, read_attribute_mat
-    from sangal.data.synthetic import generate_synthetic
     from sangal.models.attribute_net import AttributeNet
     from sangal.store.checkpoint import save_checkpoint
+    from sangal.synthetic.generate import generate_synthetic
 
     root = generate_synthetic(tmp / "synth", num_ids=2 * a.ids, num_cams=6 if not a.dry_run else 3, seed=0,
                               height=a.height, width=a.width, images_per_cam=2)
@@ -150,14 +150,14 @@ def aah_rates(a: argparse.Namespace) -> dict[str, float]:
     from sangal.aah.fast import fast_attribute_heatmaps
     from sangal.aah.gradcam import attribute_heatmaps
     from sangal.models.attribute_net import AttributeNet
-    from sangal.models.map_predictor import MapPredictor
+    from sangal.models.fast_map_net import FastMapNet
 
     torch.manual_seed(0)
     net = AttributeNet(MARKET_CLASSES, backbone=a.backbone, pretrained=False).to(a.device).eval()
     images = torch.randn(a.aah_batch, 3, a.height, a.width, device=a.device)
     with torch.no_grad():
         a2, a3, _ = net.forward_stages(images[:1])
-    predictor = MapPredictor((a2.shape[1], a3.shape[1]), sum(MARKET_CLASSES)).to(a.device).eval()
+    predictor = FastMapNet((a2.shape[1], a3.shape[1]), sum(MARKET_CLASSES)).to(a.device).eval()
     runs = {"exact": lambda: attribute_heatmaps(net, images),
             "fast": lambda: fast_attribute_heatmaps(net, predictor, images)}
     out = {}

@@ -48,9 +48,9 @@ import torch  # noqa: E402
 from sangal.train.distill import map_agreement  # noqa: E402
 from sangal.aah.fast import fast_attribute_heatmaps  # noqa: E402
 from sangal.aah.gradcam import attribute_heatmaps  # noqa: E402
-from sangal.aah.predictor import save_map_predictor  # noqa: E402
+from sangal.aah.fast_map_files import save_fast_map_net  # noqa: E402
 from sangal.models.attribute_net import AttributeNet  # noqa: E402
-from sangal.models.map_predictor import MapPredictor  # noqa: E402
+from sangal.models.fast_map_net import FastMapNet  # noqa: E402
 from sangal.models.reid_net import ReIDNet  # noqa: E402
 from sangal.store.checkpoint import save_checkpoint  # noqa: E402
 
@@ -104,7 +104,7 @@ def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[
     attr = AttributeNet(MARKET_CLASSES, backbone=attr_backbone, pretrained=False).eval()
     with torch.no_grad():
         stages = attr.forward_stages(torch.zeros(1, 3, args.height, args.width))
-    predictor = MapPredictor((stages[0].shape[1], stages[1].shape[1]), sum(MARKET_CLASSES)).eval()
+    predictor = FastMapNet((stages[0].shape[1], stages[1].shape[1]), sum(MARKET_CLASSES)).eval()
     reid_id = ReIDNet(751, MARKET_CLASSES, mode="id", backbone=args.backbone, pretrained=False).eval()
     reid_sg = ReIDNet(751, MARKET_CLASSES, mode="san-gal", backbone=args.backbone, pretrained=False).eval()
     images = torch.randn(args.batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(1))
@@ -126,7 +126,7 @@ def throughput(args: argparse.Namespace, tmp: Path, attr_backbone: str) -> dict[
     # ONNX graphs of the same models (sangal export), flip inside the graph as above.
     extra = {"dataset": "market1501", "colour_mode": "binary", "height": args.height, "width": args.width}
     attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **extra}, {})
-    save_map_predictor(attr_dir, predictor, {"normalize": "max"})
+    save_fast_map_net(attr_dir, predictor, {"normalize": "max"})
     sessions = {}
     try:
         import onnxruntime as ort
@@ -177,8 +177,8 @@ def quality(args: argparse.Namespace, tmp: Path) -> None:
     from sangal.train.distill import distill
     from sangal.aah.job import build_caches
     from sangal.config import load_config
-    from sangal.data.synthetic import generate_synthetic
     from sangal.evaluate.reid import evaluate_checkpoint
+    from sangal.synthetic.generate import generate_synthetic
     from sangal.train.attr import train_attribute_net
     from sangal.train.reid import train_reid
 

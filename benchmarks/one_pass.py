@@ -32,11 +32,11 @@ from sangal.aah.cache import AAHCache
 from sangal.aah.job import build_caches
 from sangal.aah.spec import MapSpec, Targets
 from sangal.data import setup
-from sangal.data.synthetic import generate_synthetic
 from sangal.experiments.demo import PLANS, demo_config
 from sangal.models.attribute_net import AttributeNet
 from sangal.store.checkpoint import save_checkpoint
 from sangal.store.paths import default_paths
+from sangal.synthetic.generate import generate_synthetic
 from sangal.train.distill import distill
 from sangal.train.maps import targets_classes
 

@@ -43,17 +43,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sangal.aah.predictor import save_map_predictor
+from sangal.aah.fast_map_files import save_fast_map_net
 from sangal.config import load_config
 from sangal.data.attributes import get_schema
-from sangal.data.synthetic import generate_synthetic
 from sangal.models.arch import arch_for, build_model
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.search import Searcher
 from sangal.search import index as index_files
 from sangal.search.index import list_gallery
 from sangal.serve import SearchService
 from sangal.store.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, save_checkpoint
+from sangal.synthetic.generate import generate_synthetic
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,7 +78,7 @@ def _checkpoints(work: Path) -> Path:
     attr_arch = arch_for(cfg, "attribute", attr_classes=classes)
     attr = build_model(attr_arch).eval()
     attr_dir = save_checkpoint(work / "attr", attr, attr_arch, {})
-    save_map_predictor(attr_dir, MapPredictor(attr.backbone.channels[1:3], sum(classes), cfg.distill.hidden),
+    save_fast_map_net(attr_dir, FastMapNet(attr.backbone.channels[1:3], sum(classes), cfg.distill.hidden),
                        {"normalize": "max"})
     reid_arch = arch_for(cfg, "reid", num_ids=150, attr_classes=classes)
     return save_checkpoint(reid_dir, build_model(reid_arch).eval(), reid_arch, {"attr_checkpoint": str(attr_dir)})

@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from sangal.data.synthetic import generate_synthetic
 from sangal.experiments.demo import PLANS, DemoPlan, demo_config, demo_data
 from sangal.experiments.study import PRESETS, ensure_attribute_net, run_study, slug
+from sangal.synthetic.generate import generate_synthetic
 
 ROWS = tuple(v for v in PRESETS["table1"] if v.name in ("id", "san-gal"))
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sangal.data.synthetic import ATTRIBUTE_FIELDS, generate_synthetic, plan_synthetic
-from sangal.data.synthetic_stats import CARRY, COUNTS, LOWER_NAMES, NODES, UPPER_NAMES
 from sangal.experiments.demo import PLANS, demo_config
 from sangal.experiments.study import ensure_attribute_net
+from sangal.synthetic.generate import ATTRIBUTE_FIELDS, generate_synthetic, plan_synthetic
+from sangal.synthetic.stats import CARRY, COUNTS, LOWER_NAMES, NODES, UPPER_NAMES
 
 
 def real_shares() -> dict[str, float]:

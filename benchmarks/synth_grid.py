@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sangal.data.synthetic import LOWER_COLOURS, UPPER_COLOURS, generate_synthetic, plan_synthetic
+from sangal.synthetic.generate import LOWER_COLOURS, UPPER_COLOURS, generate_synthetic, plan_synthetic
 
 MASK_COLOURS = {"hat": (255, 0, 0), "hair": (120, 60, 0), "upper": (0, 200, 0), "lower": (0, 80, 255),
                 "backpack": (255, 0, 255), "bag": (0, 255, 255), "handbag": (255, 255, 0), "shoes": (255, 128, 0)}

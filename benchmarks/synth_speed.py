@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sangal.data.synthetic import generate_synthetic, plan_synthetic, render_image
+from sangal.synthetic.generate import generate_synthetic, plan_synthetic, render_image
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def shared_root(tmp_path_factory) -> Path:
 def tiny_synth(tmp_path_factory) -> Path:
     """8 identities x 3 cameras at 64x32, Market-1501 layout, attributes and masks (one copy for all workers:
     generate_synthetic stages it and reuses a finished one)."""
-    from sangal.data.synthetic import generate_synthetic
+    from sangal.synthetic.generate import generate_synthetic
 
     return generate_synthetic(shared_root(tmp_path_factory) / "synth" / "tiny", num_ids=8, num_cams=3, seed=0,
                               height=64, width=32, images_per_cam=2)

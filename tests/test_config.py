@@ -6,7 +6,7 @@ import pytest
 
 from sangal.config import Config, from_dict, load_config, to_dict
 from sangal.errors import ConfigError
-from sangal.train.loop import warmup_step_lr
+from sangal.train.run_parts import warmup_step_lr
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

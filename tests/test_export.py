@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from sangal.aah.predictor import PREDICTOR_FILE, save_map_predictor
+from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, save_fast_map_net
 from sangal.cli import main
 from sangal.errors import CheckpointError
 from sangal.export import export_onnx, load_predictor
 from sangal.models.attribute_net import AttributeNet
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.models.reid_net import ReIDNet
 from sangal.store.checkpoint import save_checkpoint
 
@@ -48,8 +48,8 @@ def _checkpoints(tmp: Path, backbone: str) -> dict[str, Path]:
     for head in attr.heads:  # predictions that vary between images
         torch.nn.init.normal_(head.fc.weight, std=0.05)
     attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **EXTRA}, {})
-    predictor = MapPredictor(attr.backbone.channels[1:3], sum(CLASSES), hidden=8)
-    save_map_predictor(attr_dir, predictor, {"normalize": "max"})
+    predictor = FastMapNet(attr.backbone.channels[1:3], sum(CLASSES), hidden=8)
+    save_fast_map_net(attr_dir, predictor, {"normalize": "max"})
     bare_attr = save_checkpoint(tmp / "attr_bare", attr, {**attr.arch_dict(), **EXTRA}, {})
     out = {"attr": attr_dir, "attr_bare": bare_attr}
     for mode in ("id", "id+attr", "san-gal"):
@@ -131,7 +131,7 @@ def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
     """The graph's embedding, written out by hand: fast maps of the image, the Re-ID net on it and on its mirror
     (maps mirrored), averaged, L2-normalised."""
     from sangal.aah.fast import fast_attribute_heatmaps
-    from sangal.aah.predictor import load_map_predictor
+    from sangal.aah.fast_map_files import load_fast_map_net
     from sangal.store.checkpoint import load_model
 
     graph, meta = load_predictor(checkpoints["san-gal"])  # a checkpoint without a record: flip-averaged
@@ -140,7 +140,7 @@ def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
     attr, _ = load_model(checkpoints["attr"], expected_kind="attribute")
     images = torch.randn(4, 3, H, W, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        maps = fast_attribute_heatmaps(attr, load_map_predictor(checkpoints["attr"]), images)
+        maps = fast_attribute_heatmaps(attr, load_fast_map_net(checkpoints["attr"]), images)
         a = reid(images, maps).features
         b = reid(images.flip(-1), tuple(m.flip(-1) for m in maps)).features
         embedding = graph(images)[0]
@@ -148,7 +148,7 @@ def test_san_gal_graph_is_the_flip_averaged_fast_pipeline(checkpoints) -> None:
 
 
 def test_san_gal_export_needs_the_distilled_predictor(checkpoints, tmp_path, capsys) -> None:
-    with pytest.raises(CheckpointError, match=f"no distilled map predictor.*{PREDICTOR_FILE}.*sangal distill"):
+    with pytest.raises(CheckpointError, match=f"no distilled map predictor.*{FAST_MAP_NET_FILE}.*sangal distill"):
         export_onnx(checkpoints["san-gal"], tmp_path / "m.onnx", attr_checkpoint=checkpoints["attr_bare"])
     assert not (tmp_path / "m.onnx").exists()
     code = main(["export", "--checkpoint", str(checkpoints["san-gal"]), "--out", str(tmp_path / "m.onnx"),
@@ -183,7 +183,7 @@ def test_fast_index_records_its_maps_and_queries_use_them(request, tmp_path, bac
     index = build_index(gallery, checkpoints["san-gal"], tmp_path / "index", batch_size=4, aah="fast")
     assert index.meta["embed_spec"]["map_spec"]["method"] == "fast"
     searcher = Searcher(tmp_path / "index")
-    assert searcher.predictor.spec.method == "fast" and searcher.predictor.map_predictor is not None
+    assert searcher.predictor.spec.method == "fast" and searcher.predictor.fast_map_net is not None
     top = searcher.search(gallery / "3.jpg", k=1)[0]
     assert Path(top.path).name == "3.jpg" and top.distance == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(CheckpointError, match="no distilled map predictor"):

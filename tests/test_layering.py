@@ -18,10 +18,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sangal"
 LAYERS = (
     "version", "errors", "choices", "config",  # foundation
     "runtime",  # device, process groups, precision
-    "data",  # datasets, attributes, synthetic pedestrians, transforms, sampling
+    "data",  # datasets (the synthetic folder's reader included), attributes, transforms, sampling
+    "synthetic",  # the synthetic pedestrian renderer (reads data's attribute files for its label statistics)
     "metrics",  # CMC/mAP/mINP, distances, re-ranking, attribute mA
     "viz",  # heat-map overlays, ranked lists, localisation scores, the HTML report
-    "models",  # backbones, attribute net, ASAM, Re-ID net, map predictor
+    "models",  # backbones, attribute net, ASAM, Re-ID net, fast-map net
     "store",  # atomic files, checkpoints, run folders
     "aah",  # heat maps: Grad-CAM, fast maps, map modes, cache, distillation
     "evaluate",  # features and retrieval scores of a trained model

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sangal.aah.predictor import PREDICTOR_FILE, PREDICTOR_RECORD, save_map_predictor
+from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, FAST_MAP_NET_RECORD, save_fast_map_net
 from sangal.cli import main
 from sangal.data.attributes import get_schema
 from sangal.models import ReIDNet
 from sangal.models.attribute_net import AttributeNet
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.store.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,7 +41,7 @@ def world(tmp_path_factory, tiny_synth, tiny_overrides):
     ckpt = save_checkpoint(tmp / "ckpt", model, {**model.arch_dict(), **EXTRA}, {"step": 1})
     attr = AttributeNet(classes, backbone="resnet18", pretrained=False).eval()
     attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **EXTRA}, {})
-    save_map_predictor(attr_dir, MapPredictor(attr.backbone.channels[1:3], sum(classes), hidden=8), {})
+    save_fast_map_net(attr_dir, FastMapNet(attr.backbone.channels[1:3], sum(classes), hidden=8), {})
     san = ReIDNet(4, classes, mode="san-gal", backbone="resnet18", pretrained=False).eval()
     san_dir = save_checkpoint(tmp / "san", san, {**san.arch_dict(), **EXTRA}, {"attr_checkpoint": str(attr_dir)})
     gallery = Path(shutil.copytree(tiny_synth / "bounding_box_test", tmp / "gallery"))
@@ -153,12 +153,12 @@ def test_label_onto_the_truth_it_compares_with_is_refused(world, tmp_path, capsy
 
 def test_a_map_predictor_without_its_record_is_refused(world, tmp_path, capsys):
     attr = Path(shutil.copytree(world["attr"], tmp_path / "attr"))
-    (attr / PREDICTOR_RECORD).unlink()
-    data = bytearray((attr / PREDICTOR_FILE).read_bytes())
+    (attr / FAST_MAP_NET_RECORD).unlink()
+    data = bytearray((attr / FAST_MAP_NET_FILE).read_bytes())
     data[-2] ^= 0x40  # a weight's byte: safetensors loads it without complaint
-    (attr / PREDICTOR_FILE).write_bytes(bytes(data))
+    (attr / FAST_MAP_NET_FILE).write_bytes(bytes(data))
     refused(play(capsys, "index", world["gallery"], "--checkpoint", world["san"], "--attr-checkpoint", attr,
-                 "--aah", "fast", "--out", tmp_path / "index"), attr / PREDICTOR_RECORD, "sangal distill")
+                 "--aah", "fast", "--out", tmp_path / "index"), attr / FAST_MAP_NET_RECORD, "sangal distill")
     assert not (tmp_path / "index").exists()
 
 

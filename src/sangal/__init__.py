@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_dataset": "sangal.data",
     "read_attribute_mat": "sangal.data.attributes",
     "get_schema": "sangal.data.attributes",
-    "generate_synthetic": "sangal.data.synthetic",
+    "generate_synthetic": "sangal.synthetic.generate",
     "AttributeNet": "sangal.models.attribute_net",
     "ReIDNet": "sangal.models.reid_net",
     "ASAM": "sangal.models.asam",

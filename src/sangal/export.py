@@ -58,7 +58,7 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
         CheckpointError: san-gal checkpoint without a usable attribute checkpoint or distilled predictor.
         ConfigError: ``flip`` contradicts the checkpoint's record.
     """
-    from sangal.aah.predictor import DISTILL_HINT, PREDICTOR_FILE
+    from sangal.aah.fast_map_files import DISTILL_HINT, FAST_MAP_NET_FILE
     from sangal.store.checkpoint import load_checkpoint
     from sangal.store.reid_info import find_attribute_checkpoint
 
@@ -71,10 +71,10 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
     if ckpt.arch.get("mode", "san-gal") == "san-gal":
         attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
         load_checkpoint(attr_checkpoint, expected_kind="attribute")  # a Re-ID checkpoint here: "is kind reid"
-        if not (Path(attr_checkpoint) / PREDICTOR_FILE).is_file():
+        if not (Path(attr_checkpoint) / FAST_MAP_NET_FILE).is_file():
             raise CheckpointError(f"cannot export san-gal checkpoint {checkpoint}: exact Grad-CAM needs a backward "
                                   f"pass, which ONNX graphs lack, and attribute checkpoint {attr_checkpoint} has no "
-                                  f"distilled map predictor ({PREDICTOR_FILE}); {DISTILL_HINT.split(' or ')[0]}")
+                                  f"distilled map predictor ({FAST_MAP_NET_FILE}); {DISTILL_HINT.split(' or ')[0]}")
     else:
         attr_checkpoint = None  # an id / id+attr graph embeds with the Re-ID net alone
     predictor = Predictor.from_checkpoint(checkpoint, attr_checkpoint, device, method="fast")

@@ -17,7 +17,7 @@ from sangal.aah.fast import (
 from sangal.aah.gradcam import attribute_heatmaps, target_classes
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.models.attribute_net import AttributeNet
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -190,7 +190,7 @@ def test_fast_class_agnostic_maps_with_perfect_predictor_equal_exact_ones() -> N
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_fast_heatmaps_shapes_range_and_refusals(backbone) -> None:
     net, images = _net(MARKET_CLASSES, backbone=backbone), _images()
-    predictor = MapPredictor(net.backbone.channels[1:3], sum(MARKET_CLASSES), hidden=8).eval()
+    predictor = FastMapNet(net.backbone.channels[1:3], sum(MARKET_CLASSES), hidden=8).eval()
     maps = fast_attribute_heatmaps(net, predictor, images)
     assert [tuple(m.shape) for m in maps] == [(B, 27, 8, 4), (B, 27, 4, 2), (B, 27, 4, 2)]
     for m in maps:
@@ -225,7 +225,7 @@ def test_distill_loss_is_zero_for_a_perfect_prediction_and_pushes_dead_maps_up()
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fast_maps_on_cuda_match_cpu_and_exact_layer4() -> None:
     net, images, labels = _net(MARKET_CLASSES), _images(), _labels(MARKET_CLASSES)
-    predictor = MapPredictor((128, 256), sum(MARKET_CLASSES), hidden=8).eval()
+    predictor = FastMapNet((128, 256), sum(MARKET_CLASSES), hidden=8).eval()
     cpu = fast_attribute_heatmaps(net, predictor, images, labels)
     gpu_net, gpu_predictor = _net(MARKET_CLASSES).cuda(), predictor.cuda()
     gpu = fast_attribute_heatmaps(gpu_net, gpu_predictor, images.cuda(), labels.cuda())

@@ -18,7 +18,7 @@ from sangal.aah.fast import fast_attribute_heatmaps, layer4_heatmaps
 from sangal.models import backbone as backbone_module
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.backbone import BackboneSpec, sequential_cuts
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.models.reid_net import ReIDNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,7 +93,7 @@ def test_exact_grad_cam_layer4_equals_the_closed_form() -> None:
 
 def test_map_predictor_gives_fast_maps() -> None:
     net = _attr_net()
-    predictor = MapPredictor(net.backbone.channels[1:3], sum(CLASSES), hidden=8).eval()
+    predictor = FastMapNet(net.backbone.channels[1:3], sum(CLASSES), hidden=8).eval()
     maps = fast_attribute_heatmaps(net, predictor, _images())
     assert [tuple(m.shape) for m in maps] == [(2, 27, 8, 4), (2, 27, 4, 2), (2, 27, 4, 2)]
     assert all(float(m.min()) >= 0 and float(m.max()) <= 1 + 1e-6 for m in maps)

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from sangal.data import ImageDataset, build_transforms, get_schema, load_dataset, read_attribute_mat
-from sangal.data.synthetic import generate_synthetic
 from sangal.errors import CacheError, CheckpointError, ConfigError, DatasetError
 from sangal.models import AttributeNet, ReIDNet
 from sangal.search import Match, Searcher, build_index, format_matches, parse_where, search_html
@@ -28,6 +27,7 @@ from sangal.search import index as index_module
 from sangal.search.searcher import top_k
 from sangal.search.where import predicted_attributes, where_mask
 from sangal.store.checkpoint import save_checkpoint
+from sangal.synthetic.generate import generate_synthetic
 from sangal.train.losses import reid_losses
 
 H, W = 64, 32

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sangal.aah.predictor import save_map_predictor
+from sangal.aah.fast_map_files import save_fast_map_net
 from sangal.data.attributes import get_schema
 from sangal.models.attribute_net import AttributeNet
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.models.reid_net import ReIDNet
 from sangal.store.checkpoint import save_checkpoint
 
@@ -34,7 +34,7 @@ def served_index(tiny_synth: Path, tmp_path_factory) -> dict:
     for head in attr.heads:  # predictions that vary between images
         torch.nn.init.normal_(head.fc.weight, std=0.05)
     attr_dir = save_checkpoint(tmp / "attr", attr, {**attr.arch_dict(), **EXTRA}, {})
-    save_map_predictor(attr_dir, MapPredictor(attr.backbone.channels[1:3], sum(classes), hidden=8), {"normalize": "max"})
+    save_fast_map_net(attr_dir, FastMapNet(attr.backbone.channels[1:3], sum(classes), hidden=8), {"normalize": "max"})
     model = ReIDNet(6, classes, mode="san-gal", backbone="resnet18", pretrained=False).eval()
     for m in model.modules():  # non-trivial statistics: distinct embeddings and attribute predictions
         if isinstance(m, torch.nn.BatchNorm1d):

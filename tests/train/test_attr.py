@@ -13,7 +13,7 @@ from sangal.train.engine import Stopped
 
 
 def test_extra_roots_add_every_labelled_identity(tiny_synth, tiny_overrides, tmp_path) -> None:
-    from sangal.data.synthetic import generate_synthetic
+    from sangal.synthetic.generate import generate_synthetic
 
     other = generate_synthetic(tmp_path / "other", num_ids=6, num_cams=2, seed=5, height=64, width=32)
     cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "out") + [f"attr_train.extra_roots=[{other}]"])

@@ -39,13 +39,13 @@ def _distilled(run) -> dict:
 
 
 def test_fast_maps_before_distill_are_a_clear_error(run) -> None:
-    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, load_fast_map_net
     from sangal.evaluate.reid import training_predictor
 
-    if (run["ckpt"] / PREDICTOR_FILE).exists():
+    if (run["ckpt"] / FAST_MAP_NET_FILE).exists():
         pytest.skip("distilled already (test order)")
     with pytest.raises(CheckpointError, match="no distilled map predictor.*sangal distill"):
-        load_map_predictor(run["ckpt"])
+        load_fast_map_net(run["ckpt"])
     cfg = _cfg(run, *FAST)
     assert cfg.model.mode == "san-gal"
     with pytest.raises(CheckpointError, match="sangal distill"):  # the san-gal net's test-time maps
@@ -53,11 +53,11 @@ def test_fast_maps_before_distill_are_a_clear_error(run) -> None:
 
 
 def test_distill_saves_a_predictor_that_learns(run, tmp_path) -> None:
-    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, load_fast_map_net
     from sangal.train.distill import distill
 
     result = _distilled(run)
-    assert (run["ckpt"] / PREDICTOR_FILE).is_file()
+    assert (run["ckpt"] / FAST_MAP_NET_FILE).is_file()
     losses = result["train_loss"]
     assert len(losses) == 4 and losses[-1] < losses[0]  # the fit makes progress
     # held-out agreement rises with training: 4 epochs against 1 from the same seed (measured 2026-12-07: layer2
@@ -70,12 +70,12 @@ def test_distill_saves_a_predictor_that_learns(run, tmp_path) -> None:
         agreement, early = result["val"][stage], one["val"][stage]
         print("PROBE", stage, agreement, early)
         assert agreement["pearson"] > early["pearson"] + 0.02 and agreement["maps"] > 0
-    predictor = load_map_predictor(run["ckpt"])
+    predictor = load_fast_map_net(run["ckpt"])
     assert not predictor.training and predictor.meta["metrics"]["val_images"] == result["val_images"] > 0
 
 
 def test_predictor_of_other_attribute_weights_is_refused(run, tmp_path) -> None:
-    from sangal.aah.predictor import PREDICTOR_FILE, PREDICTOR_RECORD, load_map_predictor
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, FAST_MAP_NET_RECORD, load_fast_map_net
     from sangal.store.checkpoint import load_model, save_checkpoint
 
     _distilled(run)
@@ -83,10 +83,10 @@ def test_predictor_of_other_attribute_weights_is_refused(run, tmp_path) -> None:
     with torch.no_grad():
         net.heads[0].fc.bias.add_(1.0)  # the attribute net changed after distillation
     other = save_checkpoint(tmp_path / "other", net, ckpt.arch, {})
-    for name in (PREDICTOR_FILE, PREDICTOR_RECORD):
+    for name in (FAST_MAP_NET_FILE, FAST_MAP_NET_RECORD):
         shutil.copy(run["ckpt"] / name, other / name)
     with pytest.raises(CheckpointError, match="distilled for other attribute weights"):
-        load_map_predictor(other)
+        load_fast_map_net(other)
 
 
 def test_fast_query_cache_is_separate_exact_at_layer4_and_bound_to_the_predictor(run) -> None:
@@ -146,23 +146,23 @@ def test_a_fitted_predictor_is_reused_and_a_stale_one_refitted(run, monkeypatch)
 def test_a_stopped_fit_resumes_to_the_bit(run, tmp_path) -> None:
     from safetensors.torch import load_file
 
-    from sangal.aah.predictor import PREDICTOR_FILE
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE
     from sangal.train.distill import distill
     from sangal.train.engine import Stopped
 
     attr = tmp_path / "attr"
     shutil.copytree(run["ckpt"], attr)
-    (attr / PREDICTOR_FILE).unlink(missing_ok=True)
+    (attr / FAST_MAP_NET_FILE).unlink(missing_ok=True)
     base = [f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}"]
     whole = distill(_cfg(run, *base, f"out={tmp_path / 'whole'}"))
-    fitted = load_file(attr / PREDICTOR_FILE)
+    fitted = load_file(attr / FAST_MAP_NET_FILE)
     with pytest.raises(Stopped):
         distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), stop_after_steps=4)  # in the second epoch
     with pytest.raises(ConfigError, match="holds an interrupted run.*--resume"):  # one rule: resume when asked
         distill(_cfg(run, *base, f"out={tmp_path / 'split'}"))
     again = distill(_cfg(run, *base, f"out={tmp_path / 'split'}"), resume=True)
     assert again["train_loss"] == whole["train_loss"] and again["epochs"] == 4
-    resumed = load_file(attr / PREDICTOR_FILE)
+    resumed = load_file(attr / FAST_MAP_NET_FILE)
     assert all(torch.equal(fitted[k], resumed[k]) for k in fitted)
 
 
@@ -186,14 +186,14 @@ def test_ctrl_c_in_sangal_distill_prints_one_line_and_leaves_a_resumable_fit(run
     import sys
     import time
 
-    from sangal.aah.predictor import PREDICTOR_FILE
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE
     from sangal.store.checkpoint import load_checkpoint
     from sangal.train.distill import distill
     from sangal.train.engine import Stopped
 
     attr = tmp_path / "attr"
     shutil.copytree(run["ckpt"], attr)
-    (attr / PREDICTOR_FILE).unlink(missing_ok=True)
+    (attr / FAST_MAP_NET_FILE).unlink(missing_ok=True)
     over = [*run["overrides"], f"train.attr_checkpoint={attr}", f"train.aah_cache={run['out'] / 'aah'}",
             f"out={tmp_path / 'fit'}", "distill.epochs=10000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -209,7 +209,7 @@ def test_ctrl_c_in_sangal_distill_prints_one_line_and_leaves_a_resumable_fit(run
     assert proc.returncode == 130 and "Traceback" not in output and len(errors) == 1, output
     assert "stopped by SIGINT" in errors[0] and "resume with --resume" in errors[0], errors[0]
     last = next(tmp_path.glob("fit/distill/*/checkpoints/last"))
-    assert str(last) in errors[0] and not (attr / PREDICTOR_FILE).exists()
+    assert str(last) in errors[0] and not (attr / FAST_MAP_NET_FILE).exists()
     step = load_checkpoint(last).state["global_step"]
     cfg = load_config(None, over)
     with pytest.raises(Stopped, match="stopped at epoch"):  # resumed at its step, one step more, stopped again

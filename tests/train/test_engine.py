@@ -11,7 +11,7 @@ import torch
 from sangal.errors import NonFiniteError, SangalError
 from sangal.train.engine import LoopSettings, Schedule, Stopped, Task, run_task, step_schedule
 from sangal.train.hooks import Hook
-from sangal.train.loop import Position, RunLogger
+from sangal.train.run_parts import Position, RunLogger
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sangal"
 

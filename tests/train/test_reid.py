@@ -139,8 +139,8 @@ def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp
 
 def test_parameter_groups_split_backbone_from_new_layers():
     from sangal.models.reid_net import ReIDNet
-    from sangal.train.loop import make_optimizer, set_lr
     from sangal.train.reid import param_groups
+    from sangal.train.run_parts import make_optimizer, set_lr
 
     net = ReIDNet(5, [2, 3], mode="id+attr", backbone="resnet18", pretrained=False)
     one = param_groups(net, None, 1.0)

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-from sangal.data.synthetic import generate_synthetic
 from sangal.experiments.demo import PLANS, demo_config
 from sangal.experiments.study import PRESETS, format_study, run_study
+from sangal.synthetic.generate import generate_synthetic
 
 out = Path(sys.argv[1]); seeds = int(sys.argv[2])
 rows = sys.argv[3].split("|") if len(sys.argv) > 3 else [v.name for v in PRESETS["hypotheses"]]

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sangal import choices
+from sangal.aah.fast_map_files import load_fast_map_net, fast_map_net_sha256
 from sangal.aah.manifest import IDENTITY, MANIFEST, METHOD_KEYS, PROGRESS, cache_files, changed_keys, read_progress
 from sangal.aah.modes import attribute_maps
-from sangal.aah.predictor import load_map_predictor, predictor_sha256
 from sangal.data.dataset import ImageDataset
 from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError
@@ -137,8 +137,8 @@ def method_setup(manifest: dict[str, Any], method: str, attr_ckpt_dir: str | Pat
     if method == "exact":
         manifest.update(METHOD_KEYS)
         return None
-    predictor = load_map_predictor(attr_ckpt_dir, device=device)
-    manifest.update(method="fast", predictor_sha256=predictor_sha256(attr_ckpt_dir))
+    predictor = load_fast_map_net(attr_ckpt_dir, device=device)
+    manifest.update(method="fast", predictor_sha256=fast_map_net_sha256(attr_ckpt_dir))
     return predictor
 
 

@@ -17,7 +17,7 @@ Layer3 and layer2, by a light predictor. The same algebra holds at any stage
 *logit* j at that stage: d y_c / d A^s = y_c (d z_c / d A^s - sum_j y_j
 d z_j / d A^s), because the chain rule through layer4 is linear in the
 cotangent. Only the ``P^s_j`` need a backward pass, and they do not depend on
-the target class. :class:`~sangal.models.map_predictor.MapPredictor` regresses
+the target class. :class:`~sangal.models.fast_map_net.FastMapNet` regresses
 them from the attribute net's own activations (layer s and the exact layer4
 ``Z``); the class choice, the softmax weighting and the sign stay exact
 (:func:`combine_logit_maps`). Binary heads reduce to ``ReLU(+-(P_1 - P_0))``:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sangal.aah.predictor import predictor_sha256
+from sangal.aah.fast_map_files import fast_map_net_sha256
 from sangal.aah.spec import Targets
 from sangal.data.attributes import get_schema
 from sangal.data.transforms import build_transforms
@@ -43,7 +43,7 @@ IDENTITY = ("format_version", "checkpoint_sha256", "images_sha256", "schema", "h
              "targets", "normalize", "stages", "dtype")
 #: how the maps were computed (eval.aah): "exact" Grad-CAM or "fast" (sangal.aah.fast + the distilled
 #: predictor, whose file sha256 binds the cache); manifests written before these keys existed are exact.
-METHOD_KEYS = {"method": "exact", "predictor_sha256": None}
+METHOD_KEYS = {"method": "exact", "predictor_sha256": None}  # the fast-map network's sha256 (key keeps its disk name)
 
 
 def image_list(records: Sequence[Any]) -> dict[str, Any]:
@@ -181,6 +181,6 @@ def check_method(out: Path, m: dict[str, Any], method: str, attr_ckpt_dir: str |
     if built != method:
         raise CacheError(f"AAH cache {out} holds {built} heat maps, not {method} ones (eval.aah); {REBUILD}")
     if method == "fast" and attr_ckpt_dir is not None:
-        if predictor_sha256(attr_ckpt_dir) != m.get("predictor_sha256"):
+        if fast_map_net_sha256(attr_ckpt_dir) != m.get("predictor_sha256"):
             raise CacheError(f"AAH cache {out} is stale: the map predictor in {attr_ckpt_dir} changed since "
                              f"it was built; {REBUILD}")

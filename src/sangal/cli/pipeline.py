@@ -47,8 +47,8 @@ def add_synth(sub) -> None:
 
 def synth(args) -> int:
     from sangal.data import load_dataset
-    from sangal.data.synthetic import generate_synthetic
     from sangal.store.outputs import check_output
+    from sangal.synthetic.generate import generate_synthetic
 
     check_output(args.out, flag="--out", folder=True)  # before a single image is drawn
     root = generate_synthetic(args.out, num_ids=args.ids, num_cams=args.cams, seed=args.seed, height=args.height,

@@ -1,6 +1,6 @@
-"""Datasets: Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, CSV/folder and synthetic pedestrians, their attribute labels,
-transforms and P×K sampling. Reads image folders and Lin et al. .mat files from disk; hands ImageRecords,
-attribute tables and loaders to every layer above."""
+"""Datasets: Market-1501, DukeMTMC-reID, MSMT17, CUHK03-NP, CSV/folder and the synthetic folder (drawn by
+:mod:`sangal.synthetic`), their attribute labels, transforms and P×K sampling. Reads image folders and Lin et al.
+.mat files from disk; hands ImageRecords, attribute tables and loaders to every layer above."""
 
 from sangal.data.attributes import (
     IGNORE_INDEX,

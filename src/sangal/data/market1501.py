@@ -39,7 +39,7 @@ MARKET1501_LAYOUT = DatasetLayout(
     dir_names=("Market-1501-v15.09.15", "Market-1501"),
 )
 
-# The synthetic generator (sangal.data.synthetic) writes exactly the Market layout;
+# The synthetic generator (sangal.synthetic.generate) writes exactly the Market layout;
 # its camera count is its own choice, so no camera limit is enforced.
 SYNTHETIC_LAYOUT = replace(MARKET1501_LAYOUT, name="synthetic", max_camera=None, dir_names=())
 

@@ -66,22 +66,22 @@ class Predictor(nn.Module):
         reid: the ReIDNet.
         embedding: how it embeds an image (maps, flip, input size; test-time maps never follow the labels).
         attr_net: its attribute net (required by ``san-gal``; otherwise it only predicts attributes).
-        map_predictor: the distilled map predictor (``san-gal`` with fast maps).
+        fast_map_net: the distilled fast-map network (``san-gal`` with fast maps).
         schema: the attribute schema of the predicted attributes, if known.
         source: provenance (checkpoint paths and sha256) for indexes and ONNX metadata.
     """
 
     def __init__(self, reid: nn.Module, embedding: EmbedSpec, attr_net: nn.Module | None = None,
-                 map_predictor: nn.Module | None = None, schema: AttributeSchema | None = None,
+                 fast_map_net: nn.Module | None = None, schema: AttributeSchema | None = None,
                  source: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.reid = reid.eval()
         self.mode = str(getattr(reid, "mode", "id"))
         self.attr_net = attr_net.eval() if attr_net is not None else None
-        self.map_predictor = map_predictor.eval() if map_predictor is not None else None
+        self.fast_map_net = fast_map_net.eval() if fast_map_net is not None else None
         if self.mode == "san-gal" and self.attr_net is None:
             raise ConfigError("a san-gal Predictor needs the attribute net that makes its heat maps")
-        if self.mode == "san-gal" and embedding.maps.method == "fast" and self.map_predictor is None:
+        if self.mode == "san-gal" and embedding.maps.method == "fast" and self.fast_map_net is None:
             raise ConfigError("fast heat maps need the distilled map predictor (`sangal distill`)")
         self.embedding, self.schema = embedding, schema
         self.source = dict(source or {})
@@ -126,18 +126,18 @@ class Predictor(nn.Module):
             attr_checkpoint = find_attribute_checkpoint(ckpt, attr_checkpoint)
         source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": cached_sha256(Path(checkpoint) / MODEL_FILE),
                   "arch": {**ckpt.arch, "height": embedding.height, "width": embedding.width}}
-        attr_net = map_predictor = None
+        attr_net = fast_map_net = None
         if attr_checkpoint is not None:
             attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
             source.update(attr_checkpoint=str(Path(attr_checkpoint).resolve()),
                           attr_sha256=cached_sha256(Path(attr_checkpoint) / MODEL_FILE))
         if mode == "san-gal" and embedding.maps.method == "fast":
-            from sangal.aah.predictor import load_map_predictor
+            from sangal.aah.fast_map_files import load_fast_map_net
 
-            map_predictor = load_map_predictor(attr_checkpoint, device=device)
+            fast_map_net = load_fast_map_net(attr_checkpoint, device=device)
         heads = len(ckpt.arch.get("attr_classes") or []) if mode != "id" else getattr(attr_net, "num_attributes", 0)
         schema = checkpoint_schema(ckpt, heads) if heads else None
-        predictor = cls(reid, embedding, attr_net, map_predictor, schema, source)
+        predictor = cls(reid, embedding, attr_net, fast_map_net, schema, source)
         logger.info("loaded %s model %s (%dx%d, flip %s, %s %s maps)%s", mode, checkpoint, *embedding.size,
                     embedding.flip, embedding.maps.method, embedding.maps.mode("query"),
                     f" with attribute net {attr_checkpoint}" if attr_net is not None else "")
@@ -151,7 +151,7 @@ class Predictor(nn.Module):
         """Test-time heat maps of normalised images (B, 3, H, W): the spec's class choice and method."""
         if self.attr_net is None:
             return None
-        fast = self.map_predictor if self.spec.method == "fast" else None
+        fast = self.fast_map_net if self.spec.method == "fast" else None
         return attribute_maps(self.attr_net, images, self.spec.mode("query"), None, self.spec.normalize, fast)
 
     def _once(self, images: Tensor, maps: Heatmaps | None) -> tuple[Tensor, list[Tensor] | None]:

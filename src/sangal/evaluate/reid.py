@@ -122,17 +122,17 @@ def training_predictor(model, cfg: Config, attr_checkpoint: str | Path | None) -
 
     embedding = EmbedSpec.from_config(cfg)
     spec = embedding.maps
-    attr_net = map_predictor = None
+    attr_net = fast_map_net = None
     source = {}
     if cfg.model.mode == "san-gal":
         device = next(model.parameters()).device
         attr_net, _ = load_model(attr_checkpoint, expected_kind="attribute", device=device)
         source["attr_checkpoint"] = str(attr_checkpoint)
         if spec.method == "fast":
-            from sangal.aah.predictor import load_map_predictor
+            from sangal.aah.fast_map_files import load_fast_map_net
 
-            map_predictor = load_map_predictor(attr_checkpoint, device=device)
-    return Predictor(model, embedding, attr_net, map_predictor, source=source)
+            fast_map_net = load_fast_map_net(attr_checkpoint, device=device)
+    return Predictor(model, embedding, attr_net, fast_map_net, source=source)
 
 
 def attribute_metrics_from_probs(cfg: Config, dataset, q, g) -> dict:

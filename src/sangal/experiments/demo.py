@@ -75,7 +75,7 @@ def milestone(epochs: int) -> int:
 def demo_data(out: Path, plan: DemoPlan, **generator: Any) -> tuple[Path, list[str]]:
     """The plan's synthetic data under ``out`` (reused when it exists) and the overrides that point the
     attribute net at its extra identities; ``generator``: more options of ``generate_synthetic`` (``style``)."""
-    from sangal.data.synthetic import generate_synthetic
+    from sangal.synthetic.generate import generate_synthetic
 
     data_root = generate_synthetic(out / "data", num_ids=plan.ids, num_cams=plan.cams, seed=0, height=plan.height,
                                    width=plan.width, images_per_cam=plan.images_per_cam, progress=True, **generator)
@@ -95,11 +95,11 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     and budgets are the plan's (``DemoPlan``: ``ids`` for more test identities, ``epochs`` and
     ``steps_per_epoch`` for more steps). ``data``: the synthetic generator's style, "real" or "easy"
     (recorded in each data folder's synthetic.json and in study.json)."""
-    from sangal.data.synthetic import synthetic_record
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
     from sangal.store.files import write_json_atomic
+    from sangal.synthetic.generate import synthetic_record
 
     t0 = time.time()
     out = Path(out)

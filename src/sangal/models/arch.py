@@ -2,7 +2,7 @@
 
 Checkpoints store it in state.json (docs/design.md); its keys are the table :data:`~sangal.models.arch_keys.ARCH`.
 :func:`build_model` turns it into an :class:`~sangal.models.attribute_net.AttributeNet`, a
-:class:`~sangal.models.reid_net.ReIDNet` or a :class:`~sangal.models.map_predictor.MapPredictor`; every caller
+:class:`~sangal.models.reid_net.ReIDNet` or a :class:`~sangal.models.fast_map_net.FastMapNet`; every caller
 that makes one of these networks goes through it.
 """
 
@@ -42,7 +42,7 @@ def _config_value(cfg: Config, dotted: str | None) -> Any:
 
 
 def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) -> nn.Module:
-    """Build the ReIDNet, AttributeNet or MapPredictor that ``arch`` describes (random or pretrained backbone);
+    """Build the ReIDNet, AttributeNet or FastMapNet that ``arch`` describes (random or pretrained backbone);
     an entry an older checkpoint lacks takes its :data:`ARCH` default."""
     kind = arch.get("kind")
     try:
@@ -64,9 +64,9 @@ def build_model(arch: Mapping[str, Any], pretrained: bool | str | Path = False) 
                            asam_form=str(arch_value(arch, "asam_form")),
                            attr_pool=bool(arch_value(arch, "attr_pool")))
         if kind == "map_predictor":
-            from sangal.models.map_predictor import MapPredictor
+            from sangal.models.fast_map_net import FastMapNet
 
-            return MapPredictor(tuple(arch["stage_channels"]), int(arch["num_logits"]), int(arch["hidden"]))
+            return FastMapNet(tuple(arch["stage_channels"]), int(arch["num_logits"]), int(arch["hidden"]))
     except KeyError as exc:
         raise ConfigError(f"arch {dict(arch)} lacks {exc.args[0]!r}") from exc
     raise ConfigError(f"arch kind must be 'reid', 'attribute' or 'map_predictor', got {kind!r}")

@@ -16,8 +16,8 @@ from sangal.store.paths import default_paths
 from sangal.store.runs import check_resume_config
 from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer, step_schedule
 from sangal.train.lifecycle import RunOptions, run_training
-from sangal.train.loop import Position, make_optimizer, resume_from
 from sangal.train.losses import attribute_class_weights
+from sangal.train.run_parts import Position, make_optimizer, resume_from
 
 log = logging.getLogger(__name__)
 

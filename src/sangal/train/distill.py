@@ -1,6 +1,6 @@
 """`sangal distill`: fit the layer2/layer3 map predictor of ``eval.aah=fast`` to the exact AAH cache.
 
-The predictor (:class:`~sangal.models.map_predictor.MapPredictor`) learns the per-class logit Grad-CAM
+The predictor (:class:`~sangal.models.fast_map_net.FastMapNet`) learns the per-class logit Grad-CAM
 maps of layer2 and layer3 from the frozen attribute net's activations; :mod:`sangal.aah.fast` turns them
 into AAH with the exact probabilities and target classes. Targets are the exact label-guided maps read off the
 train split's cache of every class's map (``sangal aah``; the one exact pass the Re-ID training maps come from
@@ -12,7 +12,7 @@ of the training images measures agreement with the exact maps (Pearson r, same-a
 ``<out>/distill/<fit>`` resume a killed fit, and with ``distill.patience`` > 0 an
 :class:`~sangal.train.hooks.EarlyStopping` hook stops the fit once the held-out agreement has not improved for
 that many epochs, keeping the best epoch's weights. The predictor is saved INTO the attribute checkpoint
-directory (:mod:`sangal.aah.predictor`); ``model.safetensors`` is untouched.
+directory (:mod:`sangal.aah.fast_map_files`); ``model.safetensors`` is untouched.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from sangal.config import DistillConfig
 from sangal.errors import ConfigError
 from sangal.models.arch import build_model
 from sangal.models.attribute_net import AttributeNet
-from sangal.models.map_predictor import MapPredictor
+from sangal.models.fast_map_net import FastMapNet
 from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer
 from sangal.train.hooks import EarlyStopping
 from sangal.train.lifecycle import RunOptions, run_training
-from sangal.train.loop import Position, make_optimizer, resume_from
+from sangal.train.run_parts import Position, make_optimizer, resume_from
 
-__all__ = ["DistillTask", "distill_loss", "fit_map_predictor", "map_agreement"]
+__all__ = ["DistillTask", "distill_loss", "fit_fast_map_net", "map_agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def distill_loss(signed: Tensor, exact: Tensor) -> Tensor:
     return mse + hinge
 
 
-def _signed_maps(net: AttributeNet, predictor: MapPredictor, stages: Sequence[Tensor], logits: list[Tensor],
+def _signed_maps(net: AttributeNet, predictor: FastMapNet, stages: Sequence[Tensor], logits: list[Tensor],
                  classes: Tensor) -> tuple[Tensor, Tensor]:
     """Pre-ReLU layer2/layer3 maps ``y_c (P_c - sum_j y_j P_j)`` of the predictor, (B, K, h_s, w_s) each.
     ``stages``: the frozen net's layer2 and layer3 activations and its exact layer4 logit maps ``Z``."""
@@ -149,7 +149,7 @@ class _Examples:
         maps = maps_for_mode(self.cache.class_maps(idx), "select", classes.cpu(), normalize=self.normalize)
         return [m.to(self.device) for m in maps[:2]]
 
-    def agreement(self, predictor: MapPredictor, indices: list[int], normalize: str) -> dict[str, dict]:
+    def agreement(self, predictor: FastMapNet, indices: list[int], normalize: str) -> dict[str, dict]:
         """Held-out agreement of the predictor's layer2/layer3 maps with the exact ones (:func:`map_agreement`)."""
         preds: list[list[Tensor]] = [[], []]
         exacts: list[list[Tensor]] = [[], []]
@@ -163,11 +163,11 @@ class _Examples:
 
 
 class DistillTask(Task):
-    """Fit a :class:`MapPredictor` to exact maps on the one loop; checkpoints in ``run_dir`` (None: none)."""
+    """Fit a :class:`FastMapNet` to exact maps on the one loop; checkpoints in ``run_dir`` (None: none)."""
 
     name = "distill"
 
-    def __init__(self, examples: _Examples, predictor: MapPredictor, train: list[int], val: list[int],
+    def __init__(self, examples: _Examples, predictor: FastMapNet, train: list[int], val: list[int],
                  dc: DistillConfig, normalize: str, seed: int, run_dir: Path | None, device: torch.device) -> None:
         self.examples, self.predictor, self.train, self.val = examples, predictor, train, val
         self.dc, self.normalize, self.run_dir, self.device = dc, normalize, run_dir, device
@@ -268,11 +268,11 @@ class DistillTask(Task):
         return metrics
 
 
-def fit_map_predictor(net: AttributeNet, loader_factory, cache, classes: np.ndarray | None, dc: DistillConfig,
+def fit_fast_map_net(net: AttributeNet, loader_factory, cache, classes: np.ndarray | None, dc: DistillConfig,
                       val_indices: Sequence[int] = (), device: str | torch.device = "cpu", normalize: str = "max",
                       seed: int = 0, run_dir: Path | None = None,
-                      options: RunOptions = RunOptions()) -> tuple[MapPredictor, dict]:
-    """Train a :class:`MapPredictor` on the exact maps read off ``cache`` (every class's maps of the same records).
+                      options: RunOptions = RunOptions()) -> tuple[FastMapNet, dict]:
+    """Train a :class:`FastMapNet` on the exact maps read off ``cache`` (every class's maps of the same records).
 
     Args:
         net: the attribute network (frozen, eval mode).
@@ -320,8 +320,8 @@ def distill(cfg, resume: bool | None = False, overwrite: bool = False, stop_afte
     ``stop_after_steps`` stops after that many steps as a kill would (:class:`~sangal.train.engine.Stopped`).
     """
     from sangal.aah.cache import AAHCache
+    from sangal.aah.fast_map_files import save_fast_map_net
     from sangal.aah.job import build_caches
-    from sangal.aah.predictor import save_map_predictor
     from sangal.aah.spec import MapSpec
     from sangal.data import ImageDataset, build_transforms, setup
     from sangal.errors import CheckpointError
@@ -360,10 +360,10 @@ def distill(cfg, resume: bool | None = False, overwrite: bool = False, stop_afte
                                                   cfg.train.seed)
     if resume is None:
         resume = (run_dir / "checkpoints" / "last").is_dir()
-    predictor, metrics = fit_map_predictor(net, loader_factory, cache, labels, dc, val, device,
+    predictor, metrics = fit_fast_map_net(net, loader_factory, cache, labels, dc, val, device,
                                            spec.normalize, cfg.train.seed, run_dir,
                                            RunOptions(resume, overwrite, stop_after_steps))
-    path = save_map_predictor(ckpt, predictor, {"normalize": spec.normalize, "metrics": metrics,
+    path = save_fast_map_net(ckpt, predictor, {"normalize": spec.normalize, "metrics": metrics,
                                                 "cache": str(cache.path)})
     log.info("map predictor saved to %s", path)
     return {"path": str(path), **metrics}
@@ -372,17 +372,17 @@ def distill(cfg, resume: bool | None = False, overwrite: bool = False, stop_afte
 def ensure_distilled(cfg) -> dict:
     """The map predictor of the config's attribute checkpoint: kept when one fitted to these weights exists
     (its recorded figures are returned, ``reused``: true), else fitted with :func:`distill`."""
-    from sangal.aah.predictor import PREDICTOR_FILE, load_map_predictor
+    from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, load_fast_map_net
     from sangal.errors import CheckpointError
     from sangal.store.paths import default_paths
 
     ckpt = Path(default_paths(cfg)["attr_checkpoint"])
     try:
-        meta = load_map_predictor(ckpt).meta  # refuses a predictor fitted to other attribute weights
+        meta = load_fast_map_net(ckpt).meta  # refuses a predictor fitted to other attribute weights
     except CheckpointError as exc:
         log.info("distilling: %s", exc)
         return {**distill(cfg, resume=None), "reused": False}
-    return {"path": str(ckpt / PREDICTOR_FILE), **meta["metrics"], "reused": True}
+    return {"path": str(ckpt / FAST_MAP_NET_FILE), **meta["metrics"], "reused": True}
 
 
 def _fit_key(attr_sha256: str, cache, classes: np.ndarray | None, dc: DistillConfig, seed: int) -> str:

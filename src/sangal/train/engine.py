@@ -22,7 +22,7 @@ from tqdm import tqdm
 from sangal.errors import NonFiniteError, SangalError
 from sangal.runtime.precision import autocast
 from sangal.train.hooks import Hook
-from sangal.train.loop import Position, RunLogger, StopSignal, check_finite, set_lr, warmup_step_lr
+from sangal.train.run_parts import Position, RunLogger, StopSignal, check_finite, set_lr, warmup_step_lr
 
 __all__ = ["LoopSettings", "Schedule", "Stopped", "Task", "run_task", "step_schedule"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from sangal.store.files import atomic_write_text
 from sangal.store.runs import run_folder
 from sangal.train.engine import Stopped, Task, run_task
-from sangal.train.loop import RunLogger
+from sangal.train.run_parts import RunLogger
 
 __all__ = ["RunOptions", "run_training"]
 

@@ -27,8 +27,8 @@ from sangal.train.ema import WeightEMA, ema_applied
 from sangal.train.engine import LoopSettings, Schedule, Task, saved_optimizer, step_schedule
 from sangal.train.hooks import PeriodicEvaluation
 from sangal.train.lifecycle import RunOptions, run_training
-from sangal.train.loop import Position, make_optimizer, resume_from
 from sangal.train.maps import AAHSource, uses_training_maps
+from sangal.train.run_parts import Position, make_optimizer, resume_from
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 
 from sangal.train.engine import LoopSettings, Schedule, Task, run_task
 from sangal.train.hooks import Hook
-from sangal.train.loop import Position, RunLogger
+from sangal.train.run_parts import Position, RunLogger
 
 __all__ = ["timed_steps"]
 

@@ -1,4 +1,5 @@
-"""Light predictor of layer2/layer3 logit Grad-CAM maps, distilled from exact AAH (see sangal.aah.fast).
+"""The fast-map network: a light predictor of layer2/layer3 logit Grad-CAM maps, distilled from exact AAH (see
+sangal.aah.fast).
 
 What it predicts. At stage s the exact map of head k, target class c, is
 ``ReLU(y_c (P_c - sum_j y_j P_j))`` where ``P_j = sum_d w_jd(x) A^s_d`` is the
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MapPredictor", "StageHead"]
+__all__ = ["FastMapNet", "StageHead"]
 
 
 class StageHead(nn.Module):
@@ -49,7 +50,7 @@ class StageHead(nn.Module):
         return self.linear(a) + self.context(torch.cat([hidden, self.prior_norm(prior)], dim=1))  # (B, J, h, w)
 
 
-class MapPredictor(nn.Module):
+class FastMapNet(nn.Module):
     """Two :class:`StageHead` s (layer2, layer3) sharing the exact layer4 logit maps as prior.
 
     Args:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sangal.data.synthetic_people import (
+from sangal.synthetic.people import (
     BINARY_FIELDS,
     DISAGREEMENT,
     LOWER_COLOURS,
@@ -14,7 +14,7 @@ from sangal.data.synthetic_people import (
     sample_look_real,
     written_labels_real,
 )
-from sangal.data.synthetic_stats import CARRY, market_codes, sample_labels
+from sangal.synthetic.stats import CARRY, market_codes, sample_labels
 
 N = 3000
 

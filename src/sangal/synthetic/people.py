@@ -2,7 +2,7 @@
 
 ``easy`` (generator v1, kept bit for bit): a pool of coarse Market attribute combinations shared by
 several identities, with uniform-ish class ratios; every label is shown exactly as written.
-``real`` (the default): labels drawn from the real label statistics (``synthetic_stats``), shown
+``real`` (the default): labels drawn from the real label statistics (``stats``), shown
 through wide colour shades, off-list colours, small dark bags and annotator disagreement.
 """
 
@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from sangal.data.synthetic_draw import Look
-from sangal.data.synthetic_stats import CARRY, DUKE_SHOES, NODES, market_codes, sample_labels
+from sangal.synthetic.draw import Look
+from sangal.synthetic.stats import CARRY, DUKE_SHOES, NODES, market_codes, sample_labels
 
 UPPER_COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (30, 30, 34), "white": (232, 232, 226), "red": (192, 34, 40), "purple": (112, 54, 150),
@@ -159,7 +159,7 @@ _LIGHT_SHOES = ((232, 232, 228), (196, 196, 192), (214, 200, 170))
 
 
 def _disagree(labels: dict[str, int], rng: np.random.Generator) -> tuple[dict[str, int], dict[str, str]]:
-    """What the pictures show: the written labels (``synthetic_stats`` classes), each overturned at its
+    """What the pictures show: the written labels (``stats`` classes), each overturned at its
     ``DISAGREEMENT`` rate; returns the shown classes and the shown colour name per garment ("upper", "lower")."""
     shown = dict(labels)
     colours = {}
@@ -199,7 +199,7 @@ def _shade_real(rgb: tuple[int, int, int], rng: np.random.Generator, achromatic:
 
 
 def sample_look_real(labels: dict[str, int], rng: np.random.Generator) -> Look:
-    """The look of one identity whose written labels (``synthetic_stats`` classes) are ``labels``.
+    """The look of one identity whose written labels (``stats`` classes) are ``labels``.
 
     Bags, hats and shoes are mostly dark (on dark clothes and hair they barely show), bags are
     smaller, long hair is often tied back, and builds overlap more between women and men.
@@ -242,7 +242,7 @@ def sample_look_real(labels: dict[str, int], rng: np.random.Generator) -> Look:
 
 
 def written_labels_real(pids: list[int], seed: int, tag: int) -> dict[int, dict[str, int]]:
-    """Written labels (``synthetic_stats`` classes) of ``pids``, each identity from its own stream.
+    """Written labels (``stats`` classes) of ``pids``, each identity from its own stream.
 
     Where a binary Market field takes one value in every identity (a tiny set: tests, smoke runs),
     one identity is redrawn from the model until it shows the other value, so that the attribute

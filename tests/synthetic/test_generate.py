@@ -2,7 +2,7 @@
 
 The pixel-exact checks (masks against drawn colours, hat and backpack masks against labels) run on the
 ``easy`` style, where every label is drawn as written; the ``real`` style shows some labels otherwise
-on purpose (tests/data/test_synthetic_people.py).
+on purpose (tests/synthetic/test_people.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import scipy.io
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from sangal.data.synthetic import (
+from sangal.errors import DatasetError
+from sangal.synthetic.generate import (
     ATTRIBUTE_FIELDS,
     LOWER_COLOURS,
     SPLIT_DIRS,
@@ -28,7 +29,6 @@ from sangal.data.synthetic import (
     render_image,
     synthetic_record,
 )
-from sangal.errors import DatasetError
 
 NAME = re.compile(r"^(-?\d+)_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 REAL_MAT = Path("/work/shared/data/attributes/market_attribute.mat")

@@ -5,7 +5,7 @@ or a plain gradient, all muted and textured) with its own illumination gain and
 colour cast, person-scale range, viewpoint mix, blur, sensor noise and occlusion
 rate; each image is then cut from the scene at its own offset and gets its own
 viewpoint, scale, position and walking phase. Drawing itself is in
-``synthetic_draw``.
+``draw``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from sangal.data.synthetic_labels import OCCLUDER, PASSER_HEAD, PASSER_LOWER, PASSER_UPPER
+from sangal.synthetic.labels import OCCLUDER, PASSER_HEAD, PASSER_LOWER, PASSER_UPPER
 
 logger = logging.getLogger(__name__)
 

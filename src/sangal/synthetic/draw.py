@@ -1,4 +1,4 @@
-"""Drawing one procedural pedestrian image for the synthetic dataset (see ``synthetic.py``).
+"""Drawing one procedural pedestrian image for the synthetic dataset (see ``generate.py``).
 
 A person is first drawn as a *label map* with ``PIL.ImageDraw`` (one small
 integer per body part, in painter's order, then any occluder on top), and only
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sangal.data.synthetic_labels import (
+from sangal.synthetic.labels import (
     BACKPACK,
     BACKPACK_DETAIL,
     BAG,
@@ -43,7 +43,7 @@ from sangal.data.synthetic_labels import (
     UPPER,
     UPPER_DETAIL,
 )
-from sangal.data.synthetic_scene import CameraStyle, Shot, draw_occluder, photograph
+from sangal.synthetic.scene import CameraStyle, Shot, draw_occluder, photograph
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ and whose attributes are *visually grounded* with known pixel regions.
 Two styles (``style=``), one layout:
 
 * ``real`` (default, generator v2): attributes as hard as on real crops. Labels follow the real
-  label statistics (``synthetic_stats``: Lin et al.'s Market class ratios, so rare colours are as
+  label statistics (``stats``: Lin et al.'s Market class ratios, so rare colours are as
   rare as there, and the main co-occurrences); each identity is drawn on its own. Pictures make
-  attributes ambiguous (``synthetic_people``, ``synthetic_scene``): wide colour shades and colours
+  attributes ambiguous (``people``, ``scene``): wide colour shades and colours
   off Market's lists, small and mostly dark bags, dark hats on dark hair, tied-back hair, dim or
   tinted light with flat contrast, small blurry detections scaled up (hats and shoes a few pixels),
   feet, head top or a side cut by the box, passers-by in front or behind, and a few percent of
@@ -57,8 +57,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from sangal.data.synthetic_draw import Look, render
-from sangal.data.synthetic_people import (  # noqa: F401 (the palettes are part of this module's interface)
+from sangal.synthetic.draw import Look, render
+from sangal.synthetic.people import (  # noqa: F401 (the palettes are part of this module's interface)
     ATTRIBUTE_FIELDS,
     LOWER_COLOURS,
     UPPER_COLOURS,
@@ -69,8 +69,9 @@ from sangal.data.synthetic_people import (  # noqa: F401 (the palettes are part 
     sample_pool,
     written_labels_real,
 )
-from sangal.data.synthetic_labels import region_masks
-from sangal.data.synthetic_scene import (
+from sangal.errors import DatasetError
+from sangal.synthetic.labels import region_masks
+from sangal.synthetic.scene import (
     CameraStyle,
     Shot,
     sample_camera,
@@ -78,8 +79,7 @@ from sangal.data.synthetic_scene import (
     sample_shot,
     sample_shot_real,
 )
-from sangal.data.synthetic_stats import market_codes, sample_labels
-from sangal.errors import DatasetError
+from sangal.synthetic.stats import market_codes, sample_labels
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +248,8 @@ def _manifest(plan: SyntheticPlan) -> dict:
         "gallery_images": count("gallery", lambda im: im.pid > 0),
         "distractors": count("gallery", lambda im: im.pid == 0), "junk": count("gallery", lambda im: im.pid == -1),
     }
+    # "sangal.data.synthetic": the generator's module before it became sangal.synthetic.generate, kept so that
+    # synthetic.json (and every dataset hash over it) stays byte for byte what it was.
     return {"generator": "sangal.data.synthetic", "version": STYLE_VERSIONS[plan.params["style"]],
             "style": plan.params["style"], "params": plan.params,
             "counts": counts, "layout": "market1501", "mask_keys": list(region_masks(np.zeros((1, 1), np.uint8)))}

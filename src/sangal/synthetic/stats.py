@@ -8,7 +8,7 @@ gender -> hair, gender -> dress, (dress, age) -> lower length, (gender, age) -> 
 (backpack, bag and handbag exclude each other in Market and in Duke: one ``carry`` node),
 gender -> upper colour, (gender, dress) -> lower colour. Colours are one node per body part: one
 named colour or ``other`` (no colour marked: a shade outside the list, 10 % of upper, 5 % of lower
-garments). ``estimate_counts`` recomputes ``COUNTS`` from the file (tests/data/test_synthetic_stats.py).
+garments). ``estimate_counts`` recomputes ``COUNTS`` from the file (tests/synthetic/test_stats.py).
 Duke (``duke_attribute.mat``) adds one figure the Market schema lacks: how many people wear light shoes.
 """
 

@@ -1,6 +1,6 @@
 """The label map of a synthetic pedestrian: one small integer per body part, and the part masks read off it.
 
-``synthetic_draw`` paints people into such a map; the masks it yields are what the localisation scores
+``draw`` paints people into such a map; the masks it yields are what the localisation scores
 (:mod:`sangal.viz.localisation`) compare heat maps with.
 """
 

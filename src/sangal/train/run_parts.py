@@ -1,5 +1,6 @@
-"""What the one loop (:mod:`sangal.train.engine`) and its tasks use: the learning-rate schedule, the optimizer, the
-resume read, the finite-loss check, the stop signal and the run log. No loop lives here."""
+"""The parts a training run is built of, used by the one loop (:mod:`sangal.train.engine`), the run around it
+(:mod:`sangal.train.lifecycle`) and the tasks: the learning-rate schedule, the optimizer, the resume read and the
+step position, the finite-loss check, the stop signal and the run log."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from sangal.data.synthetic_stats import (
+from sangal.synthetic.stats import (
     CARRY,
     COUNTS,
     DUKE_SHOES,
