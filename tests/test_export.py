@@ -224,7 +224,8 @@ class Agreement:
         return self.memo[key]
 
     def checkpoint(self, mode: str, method: str, flip: bool, precision: str = "float32") -> Path:
-        """``mode``'s weights again, recording the test-time embedding (maps of ``method`` in ``precision``, ``flip``)."""
+        """``mode``'s weights again, recording the test-time embedding (maps of ``method`` in ``precision``,
+        ``flip``)."""
         from sangal.aah.spec import MapSpec
         from sangal.evaluate.embedding import EmbedSpec
         from sangal.store.checkpoint import load_model

@@ -23,7 +23,8 @@ mirrored) when the checkpoint was trained with ``eval.flip``; a ``flip`` that co
 Its maps are always fast: a checkpoint that records exact maps exports with the distilled ones (a warning
 says so; the metadata records it), and always float32: onnxruntime has no bf16 convolution on CPU, so a model
 trained under ``train.amp`` (bf16 maps) exports with float32 maps, a warning stating the bound
-:data:`BF16_GRAPH_BOUND` (measured) and the metadata's ``embed_spec`` saying float32. Opset: :data:`OPSET` (17) by default, through the TorchScript-based exporter.
+:data:`BF16_GRAPH_BOUND` (measured) and the metadata's ``embed_spec`` saying float32. Opset: :data:`OPSET` (17)
+by default, through the TorchScript-based exporter.
 """
 
 from __future__ import annotations
