@@ -11,7 +11,7 @@ import torch
 from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, save_fast_map_net
 from sangal.cli import main
 from sangal.errors import CheckpointError
-from sangal.export import export_onnx, load_predictor
+from sangal.export import BF16_GRAPH_BOUND, export_onnx, load_predictor
 from sangal.models.attribute_net import AttributeNet
 from sangal.models.fast_map_net import FastMapNet
 from sangal.models.reid_net import ReIDNet
@@ -223,35 +223,39 @@ class Agreement:
             self.memo[key] = make()
         return self.memo[key]
 
-    def checkpoint(self, mode: str, method: str, flip: bool) -> Path:
-        """``mode``'s weights again, recording the test-time embedding (maps of ``method``, ``flip``)."""
+    def checkpoint(self, mode: str, method: str, flip: bool, precision: str = "float32") -> Path:
+        """``mode``'s weights again, recording the test-time embedding (maps of ``method`` in ``precision``,
+        ``flip``)."""
         from sangal.aah.spec import MapSpec
         from sangal.evaluate.embedding import EmbedSpec
         from sangal.store.checkpoint import load_model
 
         def make() -> Path:
             model, ckpt = load_model(self.checkpoints[mode], expected_kind="reid")
-            record = EmbedSpec(MapSpec("labels", method, "max"), flip, H, W)
-            return save_checkpoint(self.tmp / f"{mode.replace('+', '_')}-{method}-{flip}", model, ckpt.arch,
-                                   {"attr_checkpoint": str(self.checkpoints["attr"]), "embed_spec": record.to_dict()})
-        return self._once(("checkpoint", mode, method, flip), make)
+            record = EmbedSpec(MapSpec("labels", method, "max", precision), flip, H, W)
+            return save_checkpoint(self.tmp / f"{mode.replace('+', '_')}-{method}-{flip}-{precision}", model,
+                                   ckpt.arch, {"attr_checkpoint": str(self.checkpoints["attr"]),
+                                               "embed_spec": record.to_dict()})
+        return self._once(("checkpoint", mode, method, flip, precision), make)
 
     def _data(self, out: Path) -> list[str]:
         return ["data.dataset=synthetic", f"data.root={self.root}", "data.num_workers=0", "train.device=cpu",
                 f"out={out}"]
 
-    def cache(self, method: str) -> Path:
-        """A run folder whose query/gallery heat-map caches (`sangal aah`) hold the maps of ``method``."""
+    def cache(self, method: str, precision: str = "float32") -> Path:
+        """A run folder whose query/gallery heat-map caches (`sangal aah`) hold the maps of ``method``, computed in
+        ``precision`` (bf16: under train.amp, as its training would build them)."""
         from sangal.aah.job import build_caches
         from sangal.config import load_config
 
         def make() -> Path:
-            out = self.tmp / f"cached-{method}"
+            out = self.tmp / f"cached-{method}-{precision}"
             build_caches(load_config(None, [*self._data(out), "data.height=64", "data.width=32", f"eval.aah={method}",
                                             f"train.attr_checkpoint={self.checkpoints['attr']}",
-                                            "train.aah_targets=labels"]), ["query", "gallery"])
+                                            "train.aah_targets=labels", f"train.amp={precision == 'bf16'}"]),
+                         ["query", "gallery"])
             return out
-        return self._once(("cache", method), make)
+        return self._once(("cache", method, precision), make)
 
     def evaluate(self, ckpt: Path, out: Path, monkeypatch) -> tuple[np.ndarray, bool]:
         """`sangal evaluate`'s gallery features (dataset order) and whether they were embedded with cached maps."""
@@ -300,19 +304,26 @@ def agreement(checkpoints, tiny_synth, tmp_path_factory) -> Agreement:
     return Agreement(checkpoints, tiny_synth, tmp_path_factory.mktemp("agreement"))
 
 
-#: model mode x maps x flip x offline cache; maps and caches only exist for san-gal.
-ROWS = [(mode, "exact", flip, False) for mode in ("id", "id+attr") for flip in (True, False)] + [
-    ("san-gal", maps, flip, cache) for maps in ("exact", "fast") for flip in (True, False) for cache in (False, True)]
+#: model mode x maps x flip x offline cache x map precision; maps and caches only exist for san-gal, bf16 maps only
+#: for a model trained under train.amp (one flip: the flip's path is the float32 rows').
+ROWS = [(mode, "exact", flip, False, "float32") for mode in ("id", "id+attr") for flip in (True, False)] + [
+    ("san-gal", maps, flip, cache, "float32") for maps in ("exact", "fast") for flip in (True, False)
+    for cache in (False, True)] + [("san-gal", maps, True, cache, "bf16") for maps in ("exact", "fast")
+                                   for cache in (False, True)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "maps", "flip", "cache"), ROWS)
-def test_evaluate_index_and_export_embed_alike(agreement, tmp_path, monkeypatch, mode, maps, flip, cache) -> None:
+@pytest.mark.parametrize(("mode", "maps", "flip", "cache", "precision"), ROWS)
+def test_evaluate_index_and_export_embed_alike(agreement, tmp_path, monkeypatch, mode, maps, flip, cache,
+                                               precision) -> None:
     """One record, one vector: `sangal evaluate`, `sangal index`, a search of the index and the exported graph embed
     the gallery images of a checkpoint alike (1e-5); exact maps have no graph (no backward pass). Maps read from a
-    float16 cache moved the features by at most 2.6e-6 here (computed maps: 4.5e-8), inside the same bound."""
-    ckpt = agreement.checkpoint(mode, maps, flip)
-    out = agreement.cache(maps) if cache else tmp_path / "run"
+    float16 cache moved the features by at most 2.6e-6 here (computed maps: 4.5e-8), inside the same bound. A bf16
+    model (train.amp) computes its maps in bf16 in evaluate (its bf16 cache or on the fly) and in the index alike:
+    1.9e-6 with the cache, 3e-8 without, inside 1e-5, while float32 maps move them 1e-3; its graph has float32 maps
+    (:data:`~sangal.export.BF16_GRAPH_BOUND`)."""
+    ckpt = agreement.checkpoint(mode, maps, flip, precision)
+    out = agreement.cache(maps, precision) if cache else tmp_path / "run"
     evaluated, used_cache = agreement.evaluate(ckpt, out, monkeypatch)
     assert used_cache == cache
     indexed = agreement.index(ckpt)
@@ -320,11 +331,16 @@ def test_evaluate_index_and_export_embed_alike(agreement, tmp_path, monkeypatch,
     if cache:  # float16 maps: the features moved a little, so the cache was read, not computed maps
         assert 0 < np.abs(indexed - evaluated).max()
     np.testing.assert_allclose(agreement.query(ckpt), indexed[0], atol=1e-5)  # the index's record, at query time
-    if maps == "fast" or mode != "san-gal":
+    f32 = indexed if precision == "float32" else agreement.index(agreement.checkpoint(mode, maps, flip))
+    if precision == "bf16":  # the maps were computed in bf16, not float32
+        assert np.abs(f32 - indexed).max() > 1e-4
+    if maps == "fast" or mode != "san-gal":  # the graph's maps are float32 (`sangal export` says so for bf16)
         graph = agreement.onnx(ckpt)
-        np.testing.assert_allclose(graph, indexed[:len(graph)], atol=1e-5)
-    flipped = agreement.index(agreement.checkpoint(mode, maps, not flip))
-    assert np.abs(flipped - indexed).max() > 1e-4  # the record's flip reaches the index
+        np.testing.assert_allclose(graph, f32[:len(graph)], atol=1e-5)
+        np.testing.assert_allclose(graph, indexed[:len(graph)], atol=BF16_GRAPH_BOUND)
+    if precision == "float32":
+        flipped = agreement.index(agreement.checkpoint(mode, maps, not flip))
+        assert np.abs(flipped - indexed).max() > 1e-4  # the record's flip reaches the index
 
 
 def test_evaluate_refuses_a_config_that_contradicts_the_checkpoint(checkpoints, tiny_synth, tmp_path, capsys) -> None:
@@ -363,3 +379,12 @@ def test_a_soft_map_model_exports_with_its_soft_maps(checkpoints, tmp_path) -> N
     predictor = Predictor.from_checkpoint(soft)
     images = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(predictor.maps(images)[1], load_predictor(checkpoints["san-gal"])[0].maps(images)[1])
+
+
+def test_a_bf16_model_exports_float32_maps_and_says_so(agreement, caplog) -> None:
+    """onnxruntime has no bf16 convolution on CPU: the graph's maps are float32, its metadata and one line say so."""
+    with caplog.at_level("WARNING", logger="sangal.export"):
+        predictor, meta = load_predictor(agreement.checkpoint("san-gal", "fast", True, "bf16"))
+    assert predictor.spec.precision == "float32" and meta["embed_spec"]["map_spec"]["precision"] == "float32"
+    (line,) = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert "\n" not in line and "float32" in line and f"{BF16_GRAPH_BOUND:g}" in line

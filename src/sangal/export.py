@@ -21,7 +21,10 @@ and ``sangal index`` embed with, and it embeds as the checkpoint records (:class
 EmbedSpec`, written to the metadata as ``embed_spec``): with the flip-average inside the graph (heat maps
 mirrored) when the checkpoint was trained with ``eval.flip``; a ``flip`` that contradicts the record is refused.
 Its maps are always fast: a checkpoint that records exact maps exports with the distilled ones (a warning
-says so; the metadata records it). Opset: :data:`OPSET` (17) by default, through the TorchScript-based exporter.
+says so; the metadata records it), and always float32: onnxruntime has no bf16 convolution on CPU, so a model
+trained under ``train.amp`` (bf16 maps) exports with float32 maps, a warning stating the bound
+:data:`BF16_GRAPH_BOUND` (measured) and the metadata's ``embed_spec`` saying float32. Opset: :data:`OPSET` (17)
+by default, through the TorchScript-based exporter.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +45,15 @@ from sangal.evaluate.predictor import Predictor
 from sangal.store.files import atomic_file
 from sangal.store.outputs import check_output
 
-__all__ = ["OPSET", "export_onnx", "load_predictor"]
+__all__ = ["BF16_GRAPH_BOUND", "OPSET", "export_onnx", "load_predictor"]
 
 log = logging.getLogger(__name__)
 
 #: Default ONNX opset (onnxruntime >= 1.17 runs it; Einsum, Resize, Gather, ArgMax are all it needs).
 OPSET = 17
+#: How far the float32-map graph of a bf16-map model (train.amp) embeds from its index: 1.1e-3 measured on the
+#: agreement test's random-weight model (fast maps; float32 vs bf16 index 1.0e-3 exact, 1.1e-3 fast), x 3.
+BF16_GRAPH_BOUND = 3e-3
 
 
 def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = None, flip: bool | None = None,
@@ -81,6 +88,11 @@ def load_predictor(checkpoint: str | Path, attr_checkpoint: str | Path | None = 
     if predictor.mode == "san-gal" and recorded.maps.method != "fast":
         log.warning("checkpoint %s records %s test maps; the graph computes the distilled (fast) ones, so its "
                     "features differ from `sangal evaluate`'s", checkpoint, recorded.maps.method)
+    if predictor.mode == "san-gal" and recorded.maps.precision != "float32":
+        log.warning("checkpoint %s records %s heat maps (train.amp); the graph computes them in float32 (onnxruntime "
+                    "has no bf16 convolution on CPU), so its embeddings differ from `sangal index`'s by up to %g "
+                    "(tests/test_export.py)", checkpoint, recorded.maps.precision, BF16_GRAPH_BOUND)
+        predictor.embedding = replace(predictor.embedding, maps=replace(predictor.spec, precision="float32"))
     arch, source = predictor.source["arch"], predictor.source
     meta: dict[str, Any] = {"mode": predictor.mode, "height": predictor.size[0], "width": predictor.size[1],
                             "embed_spec": predictor.embedding.to_dict(), "checkpoint_sha256": source["sha256"],

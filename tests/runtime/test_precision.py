@@ -63,33 +63,36 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
     moved = [n for n, p in start.named_parameters() if not torch.equal(p, final.state_dict()[n])]
     assert len(moved) > len(list(start.parameters())) // 2  # the bf16 steps trained the parameters
     assert all(torch.isfinite(t).all() for t in final.state_dict().values() if t.is_floating_point())
-    _evaluate_reads_only_maps_of_the_models_precision(cfg, tmp_path / "r" / "reid" / "san-gal" / "checkpoints" / "final",
-                                                      tmp_path / "a" / "aah")
+    _evaluate_reads_only_maps_of_the_models_precision(
+        cfg, tmp_path / "r" / "reid" / "san-gal" / "checkpoints" / "final", tmp_path / "a" / "aah", fp32)
 
 
-def _evaluate_reads_only_maps_of_the_models_precision(cfg, checkpoint, aah) -> None:
-    """A bf16 model (issue 26): its record says bf16; evaluate builds a bf16 cache where none is, never reads the
-    float32 one beside it, and without a cache folder refuses in one line."""
+def _evaluate_reads_only_maps_of_the_models_precision(cfg, checkpoint, aah, fp32) -> None:
+    """A bf16 model (issue 26): its record says bf16; evaluate reads its bf16 cache, never the float32 one beside
+    it, and without one the predictor computes the maps in bf16 itself (closer to the bf16 cache than to float32)."""
     import shutil
 
     from sangal.aah.cache import AAHCache
     from sangal.data import setup
-    from sangal.errors import ConfigError
+    from sangal.data.dataset import read_image
     from sangal.evaluate.predictor import Predictor
     from sangal.evaluate.reid import cached_test_maps
 
     predictor = Predictor.from_checkpoint(checkpoint)
     assert predictor.spec.precision == "bf16"
+    dataset = setup.load_reid_dataset(cfg)
+    batch = {"index": torch.tensor([0, 1])}
+    read = cached_test_maps(predictor, dataset.query, "query", aah)
+    bf16_cache = AAHCache.open_path(aah / "query_bf16").get([0, 1])
+    assert all(torch.equal(m, c) for m, c in zip(read(batch), bf16_cache))
     shutil.rmtree(aah / "gallery_bf16")
     shutil.copytree(aah / "query_bf16", aah / "gallery")  # a cache of other maps under the float32 name
-    gallery = setup.load_reid_dataset(cfg).gallery
-    maps = cached_test_maps(predictor, gallery, "gallery", aah)
-    built = AAHCache.open_path(aah / "gallery_bf16", records=gallery)
-    assert built.manifest["precision"] == "bf16"
-    batch = {"index": torch.tensor([0, 1])}
-    assert all(torch.equal(m, c) for m, c in zip(maps(batch), built.get([0, 1])))
-    with pytest.raises(ConfigError, match="maps are bf16.*give the heat-map cache folder"):
-        cached_test_maps(predictor, gallery, "gallery", None)
+    assert cached_test_maps(predictor, dataset.gallery, "gallery", aah) is None  # not read: computed instead
+    assert cached_test_maps(predictor, dataset.gallery, "gallery", None) is None
+    images = torch.stack([predictor.transform(read_image(r.path)) for r in dataset.query[:2]])
+    computed, f32_cache = predictor.maps(images), AAHCache.open_path(fp32).get([0, 1])
+    for m, b, f in zip(computed, bf16_cache, f32_cache):
+        assert m.dtype == torch.float32 and (m - b).abs().mean() < (m - f).abs().mean()
 
 
 def test_gradcam_uses_channels_last_only_with_bf16() -> None:

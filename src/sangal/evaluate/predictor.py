@@ -5,8 +5,8 @@
 and the :class:`~sangal.evaluate.embedding.EmbedSpec` it was trained with (maps, flip, input size). ``sangal
 evaluate``, ``sangal index`` / ``search``, the search page and ``sangal export`` (which traces
 :meth:`Predictor.forward`) all embed through it, so one checkpoint is scored with exactly the maps it is
-deployed with. The flip-average (features of the image and its mirror, maps mirrored with it) lives in
-:meth:`Predictor.embed`; only san-gal models compute heat maps there.
+deployed with, computed in the precision it records. The flip-average (features of the image and its mirror, maps
+mirrored with it) lives in :meth:`Predictor.embed`; only san-gal models compute heat maps there.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sangal.data.transforms import build_transforms
 from sangal.errors import CheckpointError, ConfigError
 from sangal.evaluate.embedding import EmbedSpec
 from sangal.evaluate.features import FeatureSet, batch_paths
+from sangal.runtime.precision import autocast
 from sangal.store.checkpoint import MODEL_FILE, Checkpoint, load_model
 from sangal.store.files import cached_sha256
 from sangal.store.reid_info import find_attribute_checkpoint
@@ -148,11 +149,14 @@ class Predictor(nn.Module):
         return Path(self.source["attr_checkpoint"]) if "attr_checkpoint" in self.source else None
 
     def maps(self, images: Tensor) -> Heatmaps | None:
-        """Test-time heat maps of normalised images (B, 3, H, W): the spec's class choice and method."""
+        """Test-time heat maps of normalised images (B, 3, H, W): the spec's class choice and method, computed in its
+        precision (bf16 autocast for a model trained under ``train.amp``, as ``sangal aah`` builds its caches)."""
         if self.attr_net is None:
             return None
         fast = self.fast_map_net if self.spec.method == "fast" else None
-        return attribute_maps(self.attr_net, images, self.spec.mode("query"), None, self.spec.normalize, fast)
+        with autocast(images.device, self.spec.precision == "bf16", dtype=torch.bfloat16):
+            maps = attribute_maps(self.attr_net, images, self.spec.mode("query"), None, self.spec.normalize, fast)
+        return tuple(m.float() for m in maps)  # type: ignore[return-value]
 
     def _once(self, images: Tensor, maps: Heatmaps | None) -> tuple[Tensor, list[Tensor] | None]:
         """BN-neck features (B, D) float32 and the Re-ID heads' softmax K x (B, C_k) (or None)."""

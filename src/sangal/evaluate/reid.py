@@ -20,29 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def cached_test_maps(predictor: Predictor, records, split: str, cache_root: str | Path | None) -> MapsFn | None:
-    """A split's maps from its offline cache, never of another precision than the model's record (``spec.precision``):
-    a valid cache of the spec is read; a bf16 record without one gets one built; None: compute them (float32)."""
+    """A split's maps from its valid offline cache of the model's spec, precision included (a cache of another
+    precision has another folder and is never read); None: the predictor computes them, in the record's precision."""
     from sangal.aah.cache import AAHCache
 
     spec = predictor.spec
-    if predictor.mode != "san-gal":
-        return None
-    if cache_root is None:
-        if spec.precision != "float32":
-            raise ConfigError(f"the model's maps are {spec.precision} (trained under train.amp) and only a cache "
-                              f"computes them so: give the heat-map cache folder (train.aah_cache)")
+    if predictor.mode != "san-gal" or cache_root is None:
         return None
     try:
         cache = AAHCache.open(cache_root, spec, split, attr_checkpoint=predictor.attr_checkpoint, records=records,
                               size=predictor.size)
     except CacheError as exc:
-        if spec.precision == "float32":  # the maps computed on the fly are float32: the record's
-            if spec.cache_dir(cache_root, split).exists():
-                log.warning("%s; computing %s heat maps on the fly instead", exc, split)
-            return None
-        log.info("building %s heat maps in %s, the model's precision: %s", split, spec.precision, exc)
-        cache = AAHCache.build(cache_root, spec, split, predictor.attr_checkpoint, records, predictor.size,
-                               device=str(predictor.device), progress=False)
+        if spec.cache_dir(cache_root, split).exists():
+            log.warning("%s; computing %s heat maps on the fly (%s) instead", exc, split, spec.precision)
+        return None
     return lambda batch: cache.get(batch["index"])  # 3 x (B, K, h, w) float32
 
 
