@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import play, refused
 from sangal.cli import main
 from sangal.config import load_config
 from sangal.data.attributes import get_schema
@@ -86,26 +87,6 @@ def test_hostile_input(play_case, world, tmp_path, capsys, request):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def play(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``sangal argv`` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse: --help and usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def refused(result: tuple[int, str, str], *names) -> str:
-    """Assert exit 2 and one ``error:`` line naming every one of ``names``; returns the line."""
-    code, _, err = result
-    lines = err.splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert all(str(n) in lines[0] for n in names), (names, lines[0])
-    return lines[0]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sangal.cli import main
+from cli_helpers import play
+from cli_helpers import refused_after_progress as refused
 from sangal.data.attributes import get_schema
 from sangal.models import ReIDNet
 from sangal.store.checkpoint import save_checkpoint
@@ -23,27 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 H, W = 64, 32
 BINARY = bytes(range(256)) * 4  # not UTF-8 (0x80 is a continuation byte with no lead)
-
-
-def play(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``sangal argv`` in-process: (exit code, stdout, stderr); no traceback may escape."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def refused(result: tuple[int, str, str], *names) -> str:
-    """Assert exit 2 and one ``error:`` line, the last thing on stderr (after any progress bar), naming every one
-    of ``names``; returns the line."""
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(lines) == 1 and err.endswith(lines[0] + "\n"), err
-    assert all(str(n) in lines[0] for n in names), (names, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

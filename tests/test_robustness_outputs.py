@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sangal.aah.fast_map_files import FAST_MAP_NET_FILE, FAST_MAP_NET_RECORD, save_fast_map_net
+from cli_helpers import play, refused
 from sangal.cli import main
 from sangal.data.attributes import get_schema
 from sangal.models import ReIDNet
@@ -49,26 +50,6 @@ def world(tmp_path_factory, tiny_synth, tiny_overrides):
     return {"tmp": tmp, "root": tiny_synth, "ckpt": ckpt, "attr": attr_dir, "san": san_dir, "gallery": gallery,
             "index": tmp / "index", "query": sorted((tiny_synth / "query").glob("*.jpg"))[0],
             "over": lambda out: tiny_overrides(tiny_synth, out)}
-
-
-def play(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``sangal argv`` in-process: (exit code, stdout, stderr); no traceback may escape."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def refused(result: tuple[int, str, str], *names) -> str:
-    """Assert exit 2 and one ``error:`` line naming every one of ``names``; returns the line."""
-    code, _, err = result
-    lines = err.splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert all(str(n) in lines[0] for n in names), (names, lines[0])
-    return lines[0]
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

@@ -10,19 +10,9 @@ import socket
 
 import pytest
 
-from sangal.cli import main
+from cli_helpers import play
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _play(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 @pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:80", "127.0.0.1.evil.example.com", ""])
@@ -67,7 +57,7 @@ def test_a_taken_port_is_one_line_before_any_announcement(served_index, capsys):
     holder.listen()
     try:
         port = holder.getsockname()[1]
-        code, out, err = _play(capsys, "serve", "--index", served_index["dir"], "--port", port)
+        code, out, err = play(capsys, "serve", "--index", served_index["dir"], "--port", port)
     finally:
         holder.close()
     assert code == 2 and out == "" and err.splitlines() == [err.strip()] and f"port {port}" in err
@@ -75,10 +65,10 @@ def test_a_taken_port_is_one_line_before_any_announcement(served_index, capsys):
 
 
 def test_an_address_of_another_machine_is_one_line(served_index, capsys):
-    code, out, err = _play(capsys, "serve", "--index", served_index["dir"], "--host", "192.0.2.1", "--port", "8000")
+    code, out, err = play(capsys, "serve", "--index", served_index["dir"], "--host", "192.0.2.1", "--port", "8000")
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and "cannot listen on 192.0.2.1" in err
 
 
 def test_a_port_out_of_range_is_a_usage_error(served_index, capsys):
-    code, out, err = _play(capsys, "serve", "--index", served_index["dir"], "--port", "99999")
+    code, out, err = play(capsys, "serve", "--index", served_index["dir"], "--port", "99999")
     assert code == 2 and out == "" and "--port: must be <= 65535, got 99999" in err
