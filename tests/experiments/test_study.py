@@ -289,3 +289,12 @@ def test_the_default_studys_heat_map_stage_makes_one_exact_pass(tiny_synth, tiny
     assert sum(images) == len(setup.load_reid_dataset(cfg).train)  # one exact pass; fast test maps take none
     assert sorted(p.name for p in (tmp_path / "aah").iterdir()) == ["gallery_agnostic_fast", "query_agnostic_fast",
                                                                      "train_classes"]
+
+
+def test_step0_compares_an_attribute_pooled_row_with_a_plain_id_net(tiny_synth, tiny_overrides, tmp_path) -> None:
+    from sangal.experiments.step0 import id_counterpart
+
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path) + ["model.mode=san-gal", "model.attr_pool=true"])
+    ref = id_counterpart(cfg)  # mode=id alone is refused: id has no maps to pool under
+    assert (ref.model.mode, ref.model.attr_pool) == ("id", False)
+    assert ref.train.seed == cfg.train.seed and ref.data == cfg.data

@@ -65,7 +65,7 @@ def step0_run(run_cfg: Config, memo: dict) -> dict:
     dataset = setup.load_reid_dataset(run_cfg)
     table = setup.load_attributes(run_cfg, dataset)
     results, digests = {}, {}
-    for role, cfg in (("row", run_cfg), ("id", with_overrides(run_cfg, ["model.mode=id"]))):
+    for role, cfg in (("row", run_cfg), ("id", id_counterpart(run_cfg))):
         model, digests[role] = initial_network(cfg, dataset, table, device)
         key = (_net_key(cfg), _feature_digest(model))
         if key not in memo:
@@ -79,6 +79,11 @@ def step0_run(run_cfg: Config, memo: dict) -> dict:
            "id": {"rank1": ref["rank1"], "mAP": ref["mAP"]}}
     write_json_atomic(path, out)
     return out
+
+
+def id_counterpart(run_cfg: Config) -> Config:
+    """The `id` net a row is compared with at step 0: the same run without maps (nor pooling under them)."""
+    return with_overrides(run_cfg, ["model.mode=id", "model.attr_pool=false"])
 
 
 def _feature_digest(model: torch.nn.Module) -> str:
