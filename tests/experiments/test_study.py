@@ -298,3 +298,14 @@ def test_step0_compares_an_attribute_pooled_row_with_a_plain_id_net(tiny_synth, 
     ref = id_counterpart(cfg)  # mode=id alone is refused: id has no maps to pool under
     assert (ref.model.mode, ref.model.attr_pool) == ("id", False)
     assert ref.train.seed == cfg.train.seed and ref.data == cfg.data
+
+
+def test_step0_has_no_cosine_between_features_of_different_sizes() -> None:
+    from sangal.experiments.step0 import step0_summary
+
+    runs = [{"seed": s, "init_sha256": "x", "cosine_to_id": c, "rank1": 10.0 + s, "mAP": 4.0,
+             "id": {"rank1": 9.0, "mAP": 4.0}} for s, c in ((0, None), (1, None))]
+    summary = step0_summary(runs, {})
+    assert summary["mean"]["cosine_to_id"] is None and summary["mean"]["rank1"] == pytest.approx(10.5)
+    runs[1]["cosine_to_id"] = 0.5  # one seed without a cosine: no mean of the other alone
+    assert step0_summary(runs, {})["mean"]["cosine_to_id"] is None

@@ -72,7 +72,9 @@ def step0_run(run_cfg: Config, memo: dict) -> dict:
             memo[key] = zero_shot(model, cfg, dataset, device)
         results[role] = memo[key]
     row, ref = results["row"], results["id"]
-    cosine = float(np.mean(np.sum(row["feats"] * ref["feats"], axis=1)))  # (N,) cosines of unit vectors
+    # (N,) cosines of unit vectors; none where the row's features have another size (attribute-pooled rows)
+    same = row["feats"].shape == ref["feats"].shape
+    cosine = float(np.mean(np.sum(row["feats"] * ref["feats"], axis=1))) if same else None
     out = {"seed": run_cfg.train.seed, "init_sha256": digests["row"],
            "init_equal_to_id": digests["row"] == digests["id"], "cosine_to_id": cosine, "rank1": row["rank1"],
            "mAP": row["mAP"],
@@ -106,6 +108,8 @@ def step0_summary(runs: list[dict], trained: dict[int, dict]) -> dict:
     for r in runs:
         recorded = trained.get(r["seed"], {}).get("pairing", {}).get("init_sha256")
         r["init_equal_to_run"] = None if recorded is None else recorded == r["init_sha256"]
-    mean = {k: float(np.mean([r[k] for r in runs])) for k in ("cosine_to_id", "rank1", "mAP")}
+    mean = {k: float(np.mean([r[k] for r in runs])) for k in ("rank1", "mAP")}
+    cosines = [r["cosine_to_id"] for r in runs]
+    mean["cosine_to_id"] = None if None in cosines else float(np.mean(cosines))
     mean["id"] = {k: float(np.mean([r["id"][k] for r in runs])) for k in ("rank1", "mAP")}
     return {"per_seed": runs, "mean": mean}
