@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -128,6 +130,13 @@ def _exact_logit_maps(net: AttributeNet, images: Tensor) -> tuple[Tensor, Tensor
     return torch.stack(maps[0], dim=1), torch.stack(maps[1], dim=1)
 
 
+@functools.cache
+def _reference_logit_maps(backbone: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`_exact_logit_maps` of ``_net(MARKET_CLASSES, backbone=backbone)`` on ``_images()`` in ``dtype``: one
+    backward per logit (56), computed once per test run for the tests that compare against it. Read-only."""
+    return _exact_logit_maps(_net(MARKET_CLASSES, backbone=backbone).to(dtype), _images().to(dtype))
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("guided", [False, True], ids=["predicted", "labels"])
 def test_logit_map_decomposition_reproduces_layer2_and_layer3(guided, backbone) -> None:
@@ -138,7 +147,7 @@ def test_logit_map_decomposition_reproduces_layer2_and_layer3(guided, backbone) 
     dtype = torch.float64 if backbone == "mobilenet_v2" else torch.float32
     net, images = _net(classes, backbone=backbone).to(dtype), _images().to(dtype)
     targets = _labels(classes) if guided else None
-    p2, p3 = _exact_logit_maps(net, images)
+    p2, p3 = _reference_logit_maps(backbone, dtype)  # of this net and these images
     with torch.no_grad():
         logits = net(images).logits
     probs = torch.cat([torch.softmax(z, dim=1) for z in logits], dim=1)
@@ -165,7 +174,8 @@ class _ExactLogitPredictor(nn.Module):
 def test_fast_heatmaps_with_perfect_predictor_equal_exact_maps(backbone) -> None:
     net, images = _net(MARKET_CLASSES, backbone=backbone), _images()
     labels = _labels(MARKET_CLASSES)
-    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, labels)
+    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_reference_logit_maps(backbone, torch.float32)), images,
+                                   labels)
     exact = attribute_heatmaps(net, images, labels, normalize="max")
     for f, e in zip(fast, exact):
         assert f.shape == e.shape
@@ -177,13 +187,14 @@ def test_fast_class_agnostic_maps_with_perfect_predictor_equal_exact_ones() -> N
     from sangal.aah.modes import class_agnostic_heatmaps
 
     net, images = _net(MARKET_CLASSES), _images()
-    fast = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images, mode="agnostic")
+    perfect = _ExactLogitPredictor(_reference_logit_maps("resnet18", torch.float32))  # of this net and these images
+    fast = fast_attribute_heatmaps(net, perfect, images, mode="agnostic")
     exact = class_agnostic_heatmaps(
         lambda t: attribute_heatmaps(net, images, t, normalize="none"), MARKET_CLASSES, images.shape[0], "cpu",
         signed_fn=lambda t: attribute_heatmaps(net, images, t, normalize="none", signed=True))
     for f, e in zip(fast, exact):
         torch.testing.assert_close(f, e, atol=1e-4, rtol=0)
-    relu = fast_attribute_heatmaps(net, _ExactLogitPredictor(_exact_logit_maps(net, images)), images)
+    relu = fast_attribute_heatmaps(net, perfect, images)
     assert any(bool(((f - r).abs() > 1e-3).any()) for f, r in zip(fast, relu))  # not the ReLU maps
 
 

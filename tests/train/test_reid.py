@@ -20,7 +20,7 @@ def prepared(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path_factory):
     out = tiny_attr_run.copy_to(tmp_path_factory.mktemp("run"))
     caches = {split: out / "aah" / name for split, name in tiny_attr_run.caches.items()}
     return {"root": tiny_synth, "out": out, "attr_metrics": tiny_attr_run.attr_metrics, "caches": caches,
-            "overrides": tiny_overrides}
+            "overrides": tiny_overrides, "runs": {}}
 
 
 def cfg_for(prepared, out: Path, *extra: str):
@@ -28,6 +28,17 @@ def cfg_for(prepared, out: Path, *extra: str):
     return load_config(None, prepared["overrides"](prepared["root"], out) + [
         f"train.attr_checkpoint={base / 'attr' / 'checkpoints' / 'final'}", f"train.aah_cache={base / 'aah'}",
         *extra])
+
+
+def default_run(prepared, mode: str) -> tuple[Path, dict]:
+    """(out folder, metrics) of the uninterrupted run of ``mode`` with the tiny overrides, trained once per module:
+    the tests of each mode, of resuming and of attention guidance compare with the same run."""
+    from sangal.train.reid import train_reid
+
+    if mode not in prepared["runs"]:
+        out = prepared["out"] / f"default-{mode.replace('+', '_')}"
+        prepared["runs"][mode] = out, train_reid(cfg_for(prepared, out, f"model.mode={mode}"))
+    return prepared["runs"][mode]
 
 
 def test_attribute_pretraining_writes_checkpoint_and_metrics(prepared):
@@ -42,11 +53,9 @@ def test_attribute_pretraining_writes_checkpoint_and_metrics(prepared):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["id", "id+attr", "san-gal"])
-def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, tmp_path, mode):
-    from sangal.train.reid import train_reid
-
-    metrics = train_reid(cfg_for(prepared, tmp_path, f"model.mode={mode}"))
-    run = tmp_path / "reid" / mode
+def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, mode):
+    out, metrics = default_run(prepared, mode)
+    run = out / "reid" / mode
     for key in ("rank1", "rank5", "mAP", "mINP"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["num_valid_queries"] > 0
@@ -67,15 +76,14 @@ def test_each_mode_trains_logs_named_losses_and_evaluates(prepared, tmp_path, mo
 def test_resume_after_stop_mid_epoch_reproduces_uninterrupted_weights(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
-    full = cfg_for(prepared, tmp_path / "full", "model.mode=san-gal")
-    train_reid(full)
+    full, _ = default_run(prepared, "san-gal")
     split = cfg_for(prepared, tmp_path / "split", "model.mode=san-gal")
     with pytest.raises(Stopped, match="at epoch 0 step 1.*resume with --resume"):  # mid-epoch 0 (2 steps per epoch)
         train_reid(split, stop_after_steps=1)
     state = json.loads((tmp_path / "split/reid/san-gal/checkpoints/last/state.json").read_text())
     assert (state["epoch"], state["step"]) == (0, 1)
     train_reid(split, resume=True)
-    a = load_file(tmp_path / "full/reid/san-gal/checkpoints/final/model.safetensors")
+    a = load_file(full / "reid/san-gal/checkpoints/final/model.safetensors")
     b = load_file(tmp_path / "split/reid/san-gal/checkpoints/final/model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
@@ -322,13 +330,13 @@ def test_attention_guidance_trains_an_id_net_from_the_cache_and_tests_like_id(pr
     from sangal.evaluate.predictor import Predictor
     from sangal.train.reid import train_reid
 
-    plain = train_reid(cfg_for(prepared, tmp_path / "plain", "model.mode=id"))
+    plain_out, plain = default_run(prepared, "id")
     guided = train_reid(cfg_for(prepared, tmp_path / "guided", "model.mode=id", "loss.guide=1000"))
     assert guided["pairing"] == plain["pairing"]  # same initial weights, same batches
     history = json.loads((tmp_path / "guided/reid/id/metrics.json").read_text())
     assert all(e["guide"] > 0 for e in history["train"])
-    assert "guide" not in json.loads((tmp_path / "plain/reid/id/metrics.json").read_text())["train"][0]
-    a = load_file(tmp_path / "plain/reid/id/checkpoints/final/model.safetensors")
+    assert "guide" not in json.loads((plain_out / "reid/id/metrics.json").read_text())["train"][0]
+    a = load_file(plain_out / "reid/id/checkpoints/final/model.safetensors")
     b = load_file(tmp_path / "guided/reid/id/checkpoints/final/model.safetensors")
     assert a.keys() == b.keys()  # no extra parameters
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("backbone."))
