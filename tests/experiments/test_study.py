@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from sangal.config import load_config
 from sangal.errors import ConfigError
@@ -73,6 +74,8 @@ def test_study_json_schema(study) -> None:
         expected = sum(b[metric] - a[metric] for a, b in zip(runs["id"]["seeds"], runs["san-gal agnostic"]["seeds"]))
         assert diff == pytest.approx(expected / 2)
         assert lo <= diff <= hi
+    env = on_disk["environment"]  # what decides the figures besides code, data and seeds (README, demo trace)
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu"] and "git_commit" in env
     md = (out / "study.md").read_text()
     assert "| id |" in md and "paired difference vs id" in md and "| layer4 |" in md
     attrs = on_disk["attributes"]

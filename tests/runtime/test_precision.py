@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from sangal.config import load_config
-from sangal.runtime.precision import autocast, channels_last, native_bf16_cpu
+from sangal.runtime.precision import autocast, channels_last, native_bf16_cpu, numerics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,6 +22,17 @@ def test_helpers() -> None:
         assert torch.is_autocast_enabled("cpu")
     with autocast(torch.device("cpu"), False):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_numerics_records_the_threads_and_kernels_that_decide_the_sums() -> None:
+    first = numerics()
+    assert first["threads"] == 1 and first["torch"] == torch.__version__  # the module's one_torch_thread
+    assert first["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and ", L3 " in first["cpu"]
+    torch.set_num_threads(2)
+    try:
+        assert numerics()["threads"] == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.slow

@@ -40,7 +40,8 @@ from sangal.experiments.localisation import localisation_rows
 from sangal.experiments.noise import compact_per_query, paired_entries
 from sangal.experiments.step0 import step0_run, step0_summary
 from sangal.experiments.study_format import format_study, markdown_study
-from sangal.store.files import atomic_write_text, write_json_atomic
+from sangal.runtime.precision import numerics
+from sangal.store.files import atomic_write_text, provenance, write_json_atomic
 from sangal.store.paths import default_paths
 from sangal.train.maps import uses_training_maps
 
@@ -266,7 +267,9 @@ def _document(cfg, variants, seeds, reference, results, sections, timings, compl
                  **{k: v for k, v in sections.items() if k not in ("distill", "step0")},
                  "step0": {n: step0_summary(r, _by_seed(results[n])) for n, r in sections.get("step0", {}).items()},
                  "timings": timings,
-                 "config": {**to_dict(cfg), "networks": networks(cfg)}}
+                 "config": {**to_dict(cfg), "networks": networks(cfg)},
+                 # commit and numerics: two studies' figures are comparable bit for bit only where these match
+                 "environment": {**provenance(), **numerics()}}
     for v in variants:
         runs = [{k: x for k, x in r.items() if k != "per_query"} for r in results[v.name]]  # arrays: result.json
         # the Re-ID net follows the variant's overrides; the attribute net is the study's, trained once from cfg
