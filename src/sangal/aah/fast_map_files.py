@@ -30,6 +30,7 @@ from sangal.store.files import (
     save_safetensors,
     verify_sha256,
 )
+from sangal.store.skeleton import assign_weights, build_skeleton, check_materialised
 
 __all__ = ["DISTILL_HINT", "FAST_MAP_NET_FILE", "FAST_MAP_NET_RECORD", "fast_map_net_sha256",
            "load_fast_map_net", "save_fast_map_net"]
@@ -80,12 +81,14 @@ def load_fast_map_net(attr_ckpt_dir: str | Path, device: str | torch.device = "c
                               f"{str(meta.get('attr_sha256'))[:12]}…, the checkpoint now has {now[:12]}…); "
                               f"{DISTILL_HINT}")
     cfg = meta["config"]
-    net = build_model({"kind": "map_predictor", **cfg})  # the arch kind keeps the disk name
+    # the arch kind keeps the disk name; built on meta, so no random draws for weights the file replaces
+    net = build_skeleton(lambda: build_model({"kind": "map_predictor", **cfg}))
     try:
-        net.load_state_dict(weights)
+        assign_weights(net, weights)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit its own recorded shape ({str(exc).splitlines()[0]}); "
                               f"{DISTILL_HINT}") from exc
+    check_materialised(net, path)
     net.meta = meta  # type: ignore[attr-defined]
     return net.to(device).eval()
 

@@ -48,6 +48,7 @@ from sangal.store.files import (
     verify_sha256,
 )
 from sangal.store.rng import capture_rng_state, restore_rng_state
+from sangal.store.skeleton import assign_weights, build_skeleton, check_materialised, is_skeleton, unsaved_buffers
 
 __all__ = [
     "Checkpoint", "save_checkpoint", "load_checkpoint", "restore_optimizer", "capture_rng_state",
@@ -293,20 +294,39 @@ def load_weights(model: nn.Module, ckpt: Checkpoint, arch: Mapping[str, Any]) ->
     if problems:
         raise CheckpointError(f"weights in {ckpt.path / MODEL_FILE} do not fit the model: "
                               + "; ".join(problems))
-    model.load_state_dict(ckpt.weights, strict=True)
+    if is_skeleton(model):
+        assign_weights(model, ckpt.weights, strict=True)
+    else:
+        model.load_state_dict(ckpt.weights, strict=True)
 
 
 def load_model(
     directory: str | Path, expected_kind: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model a checkpoint describes, load its weights; returns (model in eval mode, ckpt)."""
+    """Rebuild the model a checkpoint describes, load its weights; returns (model in eval mode, ckpt).
+
+    The model is built on the meta device and given the file's tensors (:mod:`sangal.store.skeleton`): no
+    random initialisation to overwrite, and the global RNG is left as it was. A model with buffers no file
+    holds is built for real instead, under a forked RNG.
+    """
     ckpt = load_checkpoint(directory, expected_kind)
+    model = _rebuild(ckpt, skeleton=True)
+    if unsaved_buffers(model):  # computed in the constructor, not saved: a skeleton would keep them on meta
+        with torch.random.fork_rng(devices=[]):
+            model = _rebuild(ckpt, skeleton=False)
+    load_weights(model, ckpt, ckpt.arch)
+    check_materialised(model, ckpt.path / MODEL_FILE)
+    return model.to(device).eval(), ckpt
+
+
+def _rebuild(ckpt: Checkpoint, skeleton: bool) -> nn.Module:
+    """The untrained model ``ckpt.arch`` describes, never with pretrained weights; on meta if ``skeleton``."""
     try:
-        model = build_model(ckpt.arch, pretrained=False)
+        if skeleton:
+            return build_skeleton(lambda: build_model(ckpt.arch, pretrained=False))
+        return build_model(ckpt.arch, pretrained=False)
     except ConfigError as exc:
         raise CheckpointError(f"{ckpt.path / STATE_FILE}: {exc}") from exc
-    load_weights(model, ckpt, ckpt.arch)
-    return model.to(device).eval(), ckpt
 
 
 def _norm(value: Any) -> Any:
