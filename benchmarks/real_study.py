@@ -17,6 +17,12 @@ difference against `id`. Finished runs are reused, so the study can grow over se
 
     .venv/bin/python benchmarks/real_study.py --data /path/DukeMTMC-reID --seeds 3 --out runs/real
     .venv/bin/python benchmarks/real_study.py --data ... --out runs/real --cost --publish docs/experiments/real
+
+A changed regime (issue 25 item 3c) runs chosen rows with `id` under the same change, in its own ``--out`` (link
+``aah``, ``attr`` and ``distill`` from runs/real to reuse the maps when the change does not touch them):
+
+    .venv/bin/python benchmarks/real_study.py --data ... --out runs/real-long --set train.epochs=8 \
+        --set 'optim.milestones=[6]' --only id --only 'san-gal, agnostic maps, residual form'
 """
 
 from __future__ import annotations
@@ -55,6 +61,17 @@ ROWS: tuple[Variant, ...] = (
                                                       "model.asam_form=residual")),
     Variant("san-gal, labels maps, mean1 form", (SAN_GAL, "train.aah_targets=labels", "model.asam_form=mean1")),
 )
+
+
+def select_rows(first: int, only: list[str]) -> list[Variant]:
+    """The first `first` rows, or the rows named in `only` (in that order); an unknown name is an error."""
+    if not only:
+        return list(ROWS[:first])
+    by_name = {v.name: v for v in ROWS}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise SystemExit(f"real_study: no row named {unknown[0]!r}; rows: {', '.join(by_name)}")
+    return [by_name[n] for n in only]
 
 
 def real_config(out: Path, data: Path, extra: list[str]) -> Config:
@@ -135,13 +152,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="paired seeds 0..N-1")
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument("--rows", type=int, default=len(ROWS), help="the first N rows only")
+    parser.add_argument("--only", action="append", default=[], help="this row only, by name (repeatable; in order)")
     parser.add_argument("--set", action="append", default=[], help="config override of every row")
     parser.add_argument("--cost", action="store_true", help="measure test-time cost and apply the rule")
     parser.add_argument("--publish", type=Path, help="copy study.json/study.md (and rule.json) here")
     args = parser.parse_args()
     cfg = real_config(args.out, args.data, args.set)
     t0 = time.time()
-    doc = run_study(cfg, list(ROWS[:args.rows]), list(range(args.seeds)), localisation_images=0, leak_seeds=None)
+    rows = select_rows(args.rows, args.only)
+    doc = run_study(cfg, rows, list(range(args.seeds)), localisation_images=0, leak_seeds=None)
     print(format_study(doc))
     print(f"study: {(time.time() - t0) / 60:.1f} min", flush=True)
     if args.cost:

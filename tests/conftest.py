@@ -135,5 +135,6 @@ def _tiny_overrides(root: Path, out: Path) -> list[str]:
         "optim.milestone_lrs=[0.005]",
         "train.epochs=2", "train.max_steps_per_epoch=3", "train.device=cpu", "train.checkpoint_every=0",
         "train.log_every=1", "attr_train.epochs=1", "attr_train.batch_size=8",
+        "model.mode=san-gal",  # the whole pipeline (attribute net, maps, ASAM); the default mode is id+attr
         "train.aah_targets=labels",  # the paper's literal maps; tests of the agnostic default say so
     ]

@@ -11,10 +11,11 @@ from sangal.train.run_parts import warmup_step_lr
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def test_defaults_are_the_paper_configuration():
+def test_defaults_are_the_paper_schedule_and_the_real_studys_mode():
     cfg = load_config()
     assert (cfg.data.height, cfg.data.width) == (256, 128)
-    assert cfg.model.backbone == "resnet50" and cfg.model.mode == "san-gal"
+    assert cfg.model.backbone == "resnet50"
+    assert cfg.model.mode == "id+attr"  # the real-crop study's rule (tests/benchmarks/test_real_study.py)
     assert cfg.train.epochs == 20
     assert cfg.optim.milestones == [5, 7, 15] and cfg.optim.milestone_lrs == [5e-4, 1e-4, 3e-5]
 

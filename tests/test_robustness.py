@@ -185,7 +185,8 @@ def _copy_ckpt(world, tmp_path: Path) -> Path:
 
 
 def _evaluate(capsys, world, ckpt: Path, tmp_path: Path):
-    return play(capsys, "evaluate", "--checkpoint", ckpt, *world["over"](tmp_path / "out"))
+    # the world's checkpoint is id+attr: its mode, not the tiny runs' san-gal
+    return play(capsys, "evaluate", "--checkpoint", ckpt, *world["over"](tmp_path / "out"), "model.mode=id+attr")
 
 
 @case("2 checkpoint hash never checked")

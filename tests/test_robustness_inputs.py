@@ -45,7 +45,8 @@ def dataset_copy(tiny_synth: Path, tmp_path: Path, gallery: tuple[str, ...] = ()
 
 
 def evaluate(capsys, tiny_overrides, ckpt: Path, root: Path, tmp_path: Path, *extra):
-    return play(capsys, "evaluate", "--checkpoint", ckpt, *tiny_overrides(root, tmp_path / "out"), *extra)
+    over = [*tiny_overrides(root, tmp_path / "out"), "model.mode=id"]  # the checkpoint's mode, not the tiny runs'
+    return play(capsys, "evaluate", "--checkpoint", ckpt, *over, *extra)
 
 
 # ----------------------------------------------------------------------------- 8. evaluate drops queries silently

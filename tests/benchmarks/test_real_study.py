@@ -43,3 +43,37 @@ def test_rule_chooses_a_row_that_beats_id_within_the_limits() -> None:
     doc = _doc({"agnostic": (rs.SAN_GAL, 0.8, 2.0), "guided": ("model.mode=id", 0.3, 1.0)})
     rule = rs.choose(doc, {"id": 1.0, "agnostic": 1.05, "guided": 1.0})
     assert rule["chosen"] == rule["best_attribute_row"] == rule["san_gal_default"] == "agnostic"
+
+
+def test_the_defaults_are_what_the_published_rule_chose() -> None:
+    """Item 4: model.mode's default is the chosen row's and san-gal's map settings are its san-gal default row's
+    (docs/experiments/real/rule.json and study.json: a new study that chooses otherwise fails here until the
+    defaults follow it)."""
+    import json
+
+    from sangal.config import load_config
+
+    real = SCRIPT.parents[1] / "docs" / "experiments" / "real"
+    rule = json.loads((real / "rule.json").read_text())
+    variants = json.loads((real / "study.json").read_text())["variants"]
+    assert rule["defaults_applied"] is True
+    defaults = load_config(None, [])
+    for row in (rule["chosen"], rule["san_gal_default"]):
+        overrides = variants[row]["overrides"]
+        if row == rule["san_gal_default"]:  # its mode is the one flag a user sets: model.mode=san-gal
+            overrides = [o for o in overrides if not o.startswith("model.mode=")]
+        for override in overrides:
+            key, value = override.split("=", 1)
+            section, field = key.split(".")
+            assert str(getattr(getattr(defaults, section), field)) == value, (row, override)
+
+
+def test_only_selects_rows_by_name_in_the_order_given_and_rejects_an_unknown_name() -> None:
+    import pytest
+
+    rs = _script()
+    residual = "san-gal, agnostic maps, residual form"
+    assert [v.name for v in rs.select_rows(9, [residual, "id"])] == [residual, "id"]
+    assert [v.name for v in rs.select_rows(2, [])] == [v.name for v in rs.ROWS[:2]]
+    with pytest.raises(SystemExit, match="no row named 'idd'"):
+        rs.select_rows(9, ["idd"])

@@ -178,5 +178,5 @@ def test_config_choices_are_the_forms() -> None:
 
     assert CHOICES["model.asam_form"] == FORMS
     assert load_config(None, ["model.asam_form=mixed"]).model.asam_form == "mixed"
-    assert load_config(None).model.asam_form == "mean1"  # README "What the study says"; paper is one flag away
+    assert load_config(None).model.asam_form == "residual"  # the real-crop study's san-gal default; paper: one flag
     assert load_config(None, ["model.asam_form=paper"]).model.asam_form == "paper"

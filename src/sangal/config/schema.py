@@ -1,6 +1,7 @@
 """The typed configuration tree: one dataclass per section, with its defaults: the paper's schedule, losses and
-sizes (§4.1), except where the study set otherwise (agnostic training maps, the mean1 ASAM form; README "What the
-study says"). configs/market1501 and configs/dukemtmc pin the paper's own values."""
+sizes (§4.1), except where the real-crop study set otherwise (mode id+attr; for san-gal, agnostic training maps
+and the residual ASAM form; README "What the study says"). configs/market1501 and configs/dukemtmc pin the
+paper's own values."""
 
 from __future__ import annotations
 
@@ -49,14 +50,15 @@ class ModelConfig:
     attr_backbone: str = ""  # the attribute net's backbone; "" = model.backbone (the paper: same structure)
     attr_pretrained: str = ""  # the attribute net's weights; "" = model.pretrained
     last_stride: int = 1
-    mode: str = "san-gal"  # id | id+attr | san-gal
+    mode: str = "id+attr"  # id | id+attr | san-gal. The default follows the real-crop study's rule
+    # (docs/experiments/real/rule.json: no row beat id there; id+attr tied it). SAN-GAL: model.mode=san-gal
     extra_sigmoid: bool = False  # the second sigmoid the paper's text mentions after eq. 4
     aah_normalize: str = "max"  # per-map normalisation of heat maps before ASAM: max | minmax | none
     asam_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # ResNet stages followed by ASAM (paper: 2, 3, 4)
     asam_gain: float = 1.0  # alpha = sigmoid(gain * beta * AAH); 1 is eq. 4 (alpha in [0.5, 0.73])
-    asam_form: str = "mean1"  # how alpha multiplies x2: paper (eqs. 3-4) | mean1 (alpha / its spatial mean, the
-    # default: README "What the study says") | residual | gated | mixed (sangal.models.asam; gated/mixed start as
-    # the identity and learn how much guidance to take)
+    asam_form: str = "residual"  # how alpha multiplies x2 in mode san-gal: residual ((1 + alpha) / (1 + its
+    # spatial mean): the real-crop study's san-gal default) | paper (eqs. 3-4) | mean1 (alpha / its spatial mean) |
+    # gated | mixed (sangal.models.asam; gated/mixed start as the identity and learn how much guidance to take)
 
     attr_pool: bool = False  # san-gal only: pool layer4 also under the mean attribute map and append it to the
     # global feature (attribute-guided pooling after AANet, Tay et al. 2019; the embedding doubles)

@@ -21,7 +21,7 @@ from sangal.experiments.study import PRESETS, Variant
 log = logging.getLogger(__name__)
 
 #: The demo's rows: the paper's Table 1, SAN-GAL with sangal's defaults (class-agnostic training maps, the
-#: mean1 ASAM form). The paper's literal row and the other modes: `sangal study --variants maps`.
+#: residual ASAM form). The paper's literal row and the other modes: `sangal study --variants maps`.
 VARIANTS: tuple[Variant, ...] = PRESETS["table1"]
 
 
