@@ -4,7 +4,8 @@ The runs of a study are independent once its attribute net and heat-map caches e
 scale poorly with intra-op threads, so two 1-thread runs do more work on 2 cores than one 2-thread run. A
 run's figures depend on its thread count, never on the schedule: a run in a worker at 1 thread equals the
 same run in this process at 1 thread, to the bit. Workers are spawned (torch and fork do not mix); a failing
-run is one line naming it (:class:`RunError`); a finished run (``result.json``) is read, never rerun.
+run is one line naming it (:class:`RunError`); a finished run (``result.json``) is read, never rerun. A script
+that runs a study with workers needs the ``if __name__ == "__main__":`` guard: spawn imports it again.
 """
 
 from __future__ import annotations
