@@ -183,24 +183,19 @@ def _runs(cfg: Config, variants, seeds: list[int], train_reid, results: dict[str
     is filled as they finish, and ``save()`` writes the study so far after each. ``sections["runs"]``: the
     schedule, the stage's wall seconds and each run's CPU seconds."""
     plan = scheduling(cfg)
-    keys = {f"{v.name} seed {s}": (v.name, s) for s in seeds for v in variants}
+    keys = {f"{v.name} seed {s}": (v, s) for s in seeds for v in variants}  # the order of one run at a time
     runs = sections["runs"] = {**plan.record(), "cpu_s": {}}
 
     def done(key: str, result: dict, wall: float, cpu: float) -> None:
-        name, seed = keys[key]
-        results[name].append(result)
-        results[name].sort(key=lambda r: seeds.index(r["seed"]))
+        rows = results[keys[key][0].name]
+        rows.append(result)
+        rows.sort(key=lambda r: seeds.index(r["seed"]))
         timings[key], runs["cpu_s"][key] = wall, cpu
         save()
 
     t = time.time()
-    run_all([(key, variant_config(cfg, _named(variants, name), seed)) for key, (name, seed) in keys.items()],
-            plan, train_reid, done)
+    run_all([(key, variant_config(cfg, v, s)) for key, (v, s) in keys.items()], plan, train_reid, done)
     runs["wall_s"] = time.time() - t
-
-
-def _named(variants, name: str) -> Variant:
-    return next(v for v in variants if v.name == name)
 
 
 def _leak(cfg: Config, rows: list[Variant], configs: dict[str, Config], seeds: list[int]) -> dict | None:
