@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sangal.cli import main
+from sangal.config.schema import available_cores
 from sangal.data import build_transforms, read_image
 from sangal.experiments.demo import VARIANTS, DemoPlan, run_demo
 from sangal.experiments.demo_deploy import BEST_LINK, QUERY_FILE
@@ -74,6 +75,8 @@ def test_tiny_demo_runs_end_to_end(tiny_demo):
         assert section.lower() in html.lower(), section
     assert "(layer3)" in html and "(layer4)" in html  # localisation at every stage
     assert html.count("<img") >= 5 and "data:image/png;base64," in html
+    env = doc["environment"]  # the demo's runs go side by side where there are cores for it (study.workers: 0)
+    assert env["study_workers"] == min(2, available_cores()) and f"Re-ID runs {env['study_workers']} at a time" in html
 
 
 def test_the_demo_leaves_a_deployable_model(tiny_demo):

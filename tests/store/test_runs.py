@@ -60,11 +60,14 @@ def test_resume_refuses_a_changed_config_listing_the_keys(tmp_path):
 def test_resume_accepts_keys_that_cannot_change_the_result(tmp_path):
     saved = to_dict(load_config(None, []))
     free = ["out=elsewhere", "train.device=cpu", "data.num_workers=0", "train.log_every=3",
-            "train.eval_every=2", "train.checkpoint_every=7", "train.epochs=40", "attr_train.epochs=3"]
+            "train.eval_every=2", "train.checkpoint_every=7", "train.epochs=40", "attr_train.epochs=3",
+            "study.workers=0"]
     assert {o.split("=")[0] for o in free} == set(RESUME_FREE)
     check_resume_config(saved, to_dict(load_config(None, free)), tmp_path / "last")
     old = {k: v for k, v in saved.items() if k != "distill"}  # a config from before `distill` existed
     check_resume_config(old, saved, tmp_path / "last")
+    before_study = {k: v for k, v in saved.items() if k != "study"}  # a run of an interrupted demo study resumes
+    check_resume_config(before_study, to_dict(load_config(None, ["study.workers=0"])), tmp_path / "last")
     check_resume_config({**saved, "name": "a retired key"}, saved, tmp_path / "last")  # written while configs had it
     with pytest.raises(ConfigError, match="distill.epochs 15 -> 3"):
         check_resume_config(old, to_dict(load_config(None, ["distill.epochs=3"])), tmp_path / "last")

@@ -23,10 +23,11 @@ from sangal.config.schema import (
     LossConfig,
     ModelConfig,
     OptimConfig,
+    StudyConfig,
     TrainConfig,
 )
 
 __all__ = ["CHOICES", "RANGES", "AttrTrainConfig", "Config", "DataConfig", "DistillConfig",
-           "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig", "dump_yaml", "from_dict",
-           "given_keys", "load_config", "parse_override", "parse_pretrained", "to_dict", "validate",
+           "EvalConfig", "LossConfig", "ModelConfig", "OptimConfig", "StudyConfig", "TrainConfig", "dump_yaml",
+           "from_dict", "given_keys", "load_config", "parse_override", "parse_pretrained", "to_dict", "validate",
            "with_decided", "with_overrides"]

@@ -51,7 +51,7 @@ RANGES: dict[str, str] = {  # data.p, data.k >= 2: triplet mining needs a positi
     "eval.lambda_value": "[0, 1]", "eval.max_rank": ">= 1", "distill.epochs": EPOCHS, "distill.lr": LR,
     "distill.batch_size": ">= 1", "distill.hidden": ">= 1", "distill.val_fraction": "[0, 1)",
     "distill.patience": ">= 0", "distill.min_delta": ">= 0", "attr_train.holdout": "[0, 1)",
-    "attr_train.warmup_start_factor": ">= 0", "train.ema": "[0, 1)",
+    "attr_train.warmup_start_factor": ">= 0", "train.ema": "[0, 1)", "study.workers": ">= 0",
 }
 
 

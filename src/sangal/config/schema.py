@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 MAX_DEFAULT_WORKERS = 4
 
 
-def default_num_workers() -> int:
-    """The CPU cores this process may use, capped at 4 (more workers than cores only thrash; more than 4 rarely
-    helps, and fewer avoids torch's warning): the one core counter (``data.num_workers``, image checks)."""
+def available_cores() -> int:
+    """The CPU cores this process may use: the one core counter (DataLoader workers, image checks, a study's
+    workers and their threads)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cores))
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """``data.num_workers``'s default: the cores, capped at 4 (more workers than cores only thrash; more than 4
+    rarely helps, and fewer avoids torch's warning)."""
+    return max(1, min(MAX_DEFAULT_WORKERS, available_cores()))
 
 
 @dataclass
@@ -183,6 +188,15 @@ class DistillConfig:
 
 
 @dataclass
+class StudyConfig:
+    """`sangal study`: how its Re-ID runs are scheduled (never what they compute: a run's figures depend on its
+    torch threads, which study.json's environment records)."""
+
+    workers: int = 1  # runs side by side, each in a spawned process with cores // workers torch threads; 1: one at
+    # a time in this process at its threads; 0: auto (min(2, cores) on CPU, 1 on CUDA; the demo's)
+
+
+@dataclass
 class Config:
     """Root of the configuration tree."""
 
@@ -195,5 +209,6 @@ class Config:
     attr_train: AttrTrainConfig = field(default_factory=AttrTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 

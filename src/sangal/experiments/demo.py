@@ -98,6 +98,7 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
     from sangal.experiments.demo_deploy import prepare_deployment
     from sangal.experiments.demo_report import build_report
     from sangal.experiments.study import format_study, run_study
+    from sangal.experiments.study_runs import stage_timings
     from sangal.store.files import write_json_atomic
     from sangal.synthetic.generate import synthetic_record
 
@@ -117,7 +118,7 @@ def run_demo(out: Path, seeds: int | None = None, quick: bool = False, budget_mi
                     leak_seeds=plan.leak_seeds or None)
     doc["data"] = synthetic_record(data_root)  # which generator style and version drew the data
     write_json_atomic(out / "study.json", doc)
-    timings.update(doc["timings"])
+    timings.update(stage_timings(doc["timings"], doc.get("runs", {})))  # runs side by side: their stage's wall
     print(f"\nSAN-GAL ablation on synthetic pedestrians ({plan.seeds} paired seeds):\n{format_study(doc)}\n")
     t = time.time()
     deploy = prepare_deployment(cfg, doc) if any(v.name == "san-gal" for v in variants) else None

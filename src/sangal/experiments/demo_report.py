@@ -135,7 +135,8 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
                 f"{plan.epochs} epochs of {plan.steps_per_epoch or 'all'} P×K = {plan.p}×{plan.k} batches; "
                 f"attribute net {plan.attr_epochs} epochs",
                 f"{len(doc['seeds'])} paired seeds per variant (same initial shared weights and batch order); "
-                f"wall time {total / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads)",
+                f"wall time {total / 60:.1f} min on {platform.machine()} ({torch.get_num_threads()} threads; "
+                f"{_schedule(doc)})",
                 "time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())]
     loc_file = Path(out) / "localisation.json"
     localisation = json.loads(loc_file.read_text()) if loc_file.is_file() else []
@@ -169,3 +170,10 @@ def build_report(out: Path, cfg: Config, plan, doc: dict, timings: dict, variant
         config=to_dict(cfg),
     )
     return write_report(out / "report.html", data)
+
+
+def _schedule(doc: dict) -> str:
+    """How the study's Re-ID runs went: how many side by side, at how many torch threads each."""
+    env = doc.get("environment", {})
+    workers, threads = env.get("study_workers") or 1, env.get("run_threads") or torch.get_num_threads()
+    return f"Re-ID runs {workers} at a time, {threads} thread{'s' if threads > 1 else ''} each"

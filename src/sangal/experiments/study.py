@@ -37,9 +37,10 @@ from sangal.errors import ConfigError
 from sangal.experiments.leak import applies as leak_applies
 from sangal.experiments.leak import leak_row
 from sangal.experiments.localisation import localisation_rows
-from sangal.experiments.noise import compact_per_query, paired_entries
+from sangal.experiments.noise import paired_entries
 from sangal.experiments.step0 import step0_run, step0_summary
 from sangal.experiments.study_format import format_study, markdown_study
+from sangal.experiments.study_runs import METRICS, run_all, scheduling
 from sangal.runtime.precision import numerics
 from sangal.store.files import atomic_write_text, provenance, write_json_atomic
 from sangal.store.paths import default_paths
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 __all__ = ["PAPER", "PRESETS", "Variant", "format_study", "markdown_study", "parse_variant", "run_study",
            "variant_config"]
 
-METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 FORMAT_VERSION = 1
 
 
@@ -158,13 +158,9 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     timings["step-0 diagnostics"] = time.time() - t
 
     results: dict[str, list[dict]] = {v.name: [] for v in variants}
-    for seed in seeds:
-        for variant in variants:
-            t = time.time()
-            results[variant.name].append(_run_one(variant_config(cfg, variant, seed), train_reid))
-            timings[f"{variant.name} seed {seed}"] = time.time() - t
-            write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections,
-                                                            timings, complete=False))
+    _runs(cfg, variants, seeds, train_reid, results, timings, sections,
+          lambda: write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections,
+                                                                  timings, complete=False)))
     t = time.time()
     sections["leak"] = _leak(cfg, sangal_rows, configs, seeds[:leak_seeds] if leak_seeds else seeds)
     timings["leak check"] = time.time() - t
@@ -179,6 +175,27 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     write_json_atomic(out / "study.json", doc)
     atomic_write_text(out / "study.md", markdown_study(doc))
     return doc
+
+
+def _runs(cfg: Config, variants, seeds: list[int], train_reid, results: dict[str, list[dict]], timings: dict,
+          sections: dict, save) -> None:
+    """Every (seed, variant) run, scheduled by ``study.workers``; ``results`` (variant -> runs in seed order)
+    is filled as they finish, and ``save()`` writes the study so far after each. ``sections["runs"]``: the
+    schedule, the stage's wall seconds and each run's CPU seconds."""
+    plan = scheduling(cfg)
+    keys = {f"{v.name} seed {s}": (v, s) for s in seeds for v in variants}  # the order of one run at a time
+    runs = sections["runs"] = {**plan.record(), "cpu_s": {}}
+
+    def done(key: str, result: dict, wall: float, cpu: float) -> None:
+        rows = results[keys[key][0].name]
+        rows.append(result)
+        rows.sort(key=lambda r: seeds.index(r["seed"]))
+        timings[key], runs["cpu_s"][key] = wall, cpu
+        save()
+
+    t = time.time()
+    run_all([(key, variant_config(cfg, v, s)) for key, (v, s) in keys.items()], plan, train_reid, done)
+    runs["wall_s"] = time.time() - t
 
 
 def _leak(cfg: Config, rows: list[Variant], configs: dict[str, Config], seeds: list[int]) -> dict | None:
@@ -222,23 +239,6 @@ def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | 
     return distilled
 
 
-def _run_one(run_cfg: Config, train_reid) -> dict:
-    """Train (or resume, or reuse) one run; its metrics in percent, its pairing hashes and its per-query results."""
-    result_file = Path(run_cfg.out) / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    last = default_paths(run_cfg)["reid_run"] / "checkpoints" / "last"
-    metrics = train_reid(run_cfg, resume=last.exists())
-    result = {"seed": run_cfg.train.seed, **{k: 100.0 * metrics[k] for k in METRICS}}
-    if "reid_attr_mA" in metrics:
-        result["reid_attr_mA"] = 100.0 * metrics["reid_attr_mA"]
-    result["cmc"] = [100.0 * v for v in metrics["cmc"][:20]]
-    result["pairing"] = metrics.get("pairing", {})
-    result["per_query"] = compact_per_query(metrics["per_query"])
-    write_json_atomic(result_file, result)
-    return result
-
-
 def ensure_attribute_net(cfg: Config) -> dict:
     """Train the study's attribute net unless its final checkpoint exists; its test-split scores in %."""
     from sangal.runtime.distributed import resolve_device
@@ -264,12 +264,16 @@ def _document(cfg, variants, seeds, reference, results, sections, timings, compl
     """study.json: runs, their mean ± std, the paired differences with both noise sources, the diagnostics."""
     doc: dict = {"format_version": FORMAT_VERSION, "complete": complete, "units": "percent",
                  "seeds": list(seeds), "reference": reference, "variants": {}, "paired": {}, "pairing": {},
-                 **{k: v for k, v in sections.items() if k not in ("distill", "step0")},
+                 **{k: v for k, v in sections.items() if k not in ("distill", "step0", "runs")},
                  "step0": {n: step0_summary(r, _by_seed(results[n])) for n, r in sections.get("step0", {}).items()},
                  "timings": timings,
                  "config": {**to_dict(cfg), "networks": networks(cfg)},
+                 "runs": sections.get("runs", {}),  # the schedule, the stage's wall and each run's CPU seconds
                  # commit and numerics: two studies' figures are comparable bit for bit only where these match
-                 "environment": {**provenance(), **numerics()}}
+                 # (``threads``: this process's, which trained the attribute net and made the maps; the Re-ID
+                 # runs used ``run_threads``)
+                 "environment": {**provenance(), **numerics(),
+                                 **{k: sections.get("runs", {}).get(k) for k in ("study_workers", "run_threads")}}}
     for v in variants:
         runs = [{k: x for k, x in r.items() if k != "per_query"} for r in results[v.name]]  # arrays: result.json
         # the Re-ID net follows the variant's overrides; the attribute net is the study's, trained once from cfg

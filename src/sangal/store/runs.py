@@ -31,9 +31,9 @@ RUN_FILES = ("checkpoints", "metrics.json", "config.yaml", "tensorboard")
 #: (``out``, ``train.device``), DataLoader workers (augmentation is seeded per sample), logging,
 #: evaluation and checkpoint frequency (neither draws from the training RNG; a kill and resume is
 #: bit-identical), and the number of epochs (the schedule does not depend on it, so a longer run goes on
-#: exactly as one started with the new value would).
+#: exactly as one started with the new value would), and how a study schedules its runs (``study.workers``).
 RESUME_FREE = frozenset({"out", "train.device", "data.num_workers", "train.log_every", "train.eval_every",
-                         "train.checkpoint_every", "train.epochs", "attr_train.epochs"})
+                         "train.checkpoint_every", "train.epochs", "attr_train.epochs", "study.workers"})
 _SHOWN = 6
 
 
