@@ -7,6 +7,8 @@ import multiprocessing
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -188,3 +190,45 @@ def test_stage_timings_count_runs_side_by_side_once() -> None:
     beside = {**runs, "wall_s": 43.0, "beside_stages_s": 10.0}  # the id run began with the attribute net
     assert stage_timings(timings, beside) == {"attribute net": 10.0, "leak check": 5.0,
                                               "Re-ID runs (2 at a time, after the maps)": 33.0}
+
+
+class _ThreadPool(ThreadPoolExecutor):
+    """The spawned pool's stand-in: same calls, threads instead of processes (no worker set-up)."""
+
+    def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()) -> None:
+        super().__init__(max_workers=max_workers)
+
+
+def test_the_queue_keeps_its_limit_in_flight_and_starts_nothing_after_a_failure(monkeypatch, tmp_path) -> None:
+    lock, flight, peaks, finished = threading.Lock(), [0], [], []
+
+    def work(cfg):  # a run: how many were in flight beside it, a failure for a key named "bad"
+        with lock:
+            flight[0] += 1
+            peaks.append((cfg.phase, flight[0]))
+        time.sleep(0.3)
+        with lock:
+            flight[0] -= 1
+        return ({"seed": 0}, None, 0.0) if cfg.name != "bad" else (None, ("it broke", 2), 0.0)
+
+    monkeypatch.setattr(study_runs, "ProcessPoolExecutor", _ThreadPool)
+    monkeypatch.setattr(study_runs, "_work", work)
+
+    def job(name: str, phase: int) -> tuple:
+        return name, SimpleNamespace(out=str(tmp_path / name), name=name, phase=phase)
+
+    runs = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda key, *rest: finished.append(key))
+    runs.add([job("a", 1), job("b", 1), job("c", 1)], limit=1)  # beside the study's stages: one at a time
+    while len(finished) < 3:
+        time.sleep(0.05)
+        runs.poll()
+    runs.add([job("d", 2), job("e", 2)], limit=2)
+    runs.finish()
+    assert finished == ["a", "b", "c", "d", "e"]
+    assert max(n for phase, n in peaks if phase == 1) == 1 and max(n for phase, n in peaks if phase == 2) == 2
+    failing = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda *args: None)
+    peaks.clear()
+    with pytest.raises(RunError, match="^study run bad: it broke$"):
+        failing.add([job("bad", 1), job("never", 1)], limit=1)
+        failing.finish()
+    assert [phase for phase, _ in peaks] == [1]  # "never" was not started
