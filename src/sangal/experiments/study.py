@@ -177,7 +177,8 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
     """The study's own stages (attribute net, heat maps, step 0) and every (seed, variant) run, scheduled by
     ``study.workers``. With more than one worker the map-free runs (``uses_training_maps`` false: no attribute
     net, no maps) start first, at most workers - 1 of them beside the stages, which then run at the workers'
-    threads; the others join once the maps exist. ``record``: results (variant -> runs in seed order, filled
+    threads (whether or not a run is left to go beside them: their figures follow the config alone); the others
+    join once the maps exist. ``record``: results (variant -> runs in seed order, filled
     as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the wall and CPU seconds).
     Returns the distillation's figures and the san-gal rows."""
     results, timings, sections = record
