@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from sangal.config import load_config, with_overrides
 from sangal.errors import ConfigError
-from sangal.experiments import study_runs
+from sangal.experiments import study, study_runs
 from sangal.experiments.study import Variant, run_study, variant_config
 from sangal.experiments.study_runs import RunError, scheduling, stage_timings
 from sangal.store.paths import default_paths
@@ -48,7 +54,61 @@ def test_two_workers_give_the_figures_of_one_at_a_time_to_the_bit(in_process, mo
     assert again["environment"]["study_workers"] == 2 and again["environment"]["run_threads"] == 1
     assert _figures(again) == _figures(first)
     assert _result_files(out) == per_run  # per-query AP and hits too
-    assert set(again["runs"]["cpu_s"]) == {"id seed 0", "san-gal seed 0"} and again["runs"]["wall_s"] > 0
+    assert list(again["runs"]["cpu_s"]) == ["id seed 0", "san-gal seed 0"] and again["runs"]["wall_s"] > 0
+    assert again["runs"]["beside_stages_s"] > 0 and first["runs"]["beside_stages_s"] == 0.0
+
+
+def _wait_for(path, seconds: float = 300.0) -> bool:
+    deadline = time.time() + seconds
+    while not path.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    return path.is_file()
+
+
+@pytest.mark.slow
+def test_map_free_runs_go_beside_the_attribute_net_at_its_threads_and_change_no_figure(
+        in_process, tmp_path, monkeypatch) -> None:
+    _, cfg, first = in_process
+    id_result = tmp_path / "runs" / "id" / "seed0" / "result.json"
+    seen = {}
+    train_attr = study.ensure_attribute_net
+
+    def attribute_net(attr_cfg):  # holds the stage until the id run, in a worker, is done
+        seen["threads"], seen["maps"] = torch.get_num_threads(), (tmp_path / "aah").exists()
+        metrics = train_attr(attr_cfg)
+        seen["id done beside it"] = _wait_for(id_result)
+        return metrics
+
+    monkeypatch.setattr(study, "ensure_attribute_net", attribute_net)
+    monkeypatch.setattr(study_runs, "available_cores", lambda: 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the study's process at 2 threads: its stages must go at the workers' 1
+    try:
+        again = run_study(with_overrides(cfg, [f"out={tmp_path}", "study.workers=2"]), ROWS, [0],
+                          localisation_images=0)
+        assert torch.get_num_threads() == 2  # given back after the stages
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == {"threads": 1, "maps": False, "id done beside it": True}
+    assert again["environment"]["stage_threads"] == 1 and again["environment"]["run_threads"] == 1
+    assert again["attributes"] == first["attributes"]  # the attribute net trained anew, to the bit
+    assert _figures(again) == _figures(first)
+    assert list(again["variants"]) == ["id", "san-gal"] and again["complete"]
+
+
+@pytest.mark.slow
+def test_a_finished_study_resumes_without_a_worker(in_process, monkeypatch) -> None:
+    out, cfg, first = in_process
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("result.json")}
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started for a finished study")
+
+    monkeypatch.setattr(study_runs, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(study_runs, "available_cores", lambda: 2)
+    again = run_study(with_overrides(cfg, ["study.workers=2"]), ROWS, [0], localisation_images=0)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("result.json")} == stamps and len(stamps) == 2
+    assert _figures(again) == _figures(first)
 
 
 @pytest.mark.slow
@@ -74,21 +134,36 @@ def test_a_finished_run_is_read_and_a_missing_one_runs_in_a_worker(in_process, m
 
 
 @pytest.mark.slow
-def test_a_failing_run_in_a_worker_is_one_line_naming_the_run(in_process, tmp_path, monkeypatch) -> None:
-    out, cfg, _ = in_process
-    cfg = with_overrides(cfg, ["study.workers=2"])
-    for name in ("attr", "aah"):
-        shutil.copytree(out / name, tmp_path / name, ignore=shutil.ignore_patterns(".*"))
-    cfg = with_overrides(cfg, [f"out={tmp_path}"])
+def test_a_map_free_run_failing_beside_the_attribute_net_is_one_line_and_stops_the_study(
+        in_process, tmp_path, monkeypatch) -> None:
+    _, cfg, _ = in_process
+    cfg = with_overrides(cfg, [f"out={tmp_path}", "study.workers=2"])  # nothing there: the attribute net trains
     blocked = default_paths(variant_config(cfg, ROWS[0], 0))["reid_run"] / "checkpoints" / "final"
     blocked.mkdir(parents=True)  # a finished Re-ID run without its result.json: the run refuses to overwrite it
+    failed, collect, train_attr = threading.Event(), study_runs._collect, study.ensure_attribute_net
+
+    def noted(*args):
+        failure = collect(*args)
+        if failure is not None:
+            failed.set()
+        return failure
+
+    def attribute_net(attr_cfg):  # the id run fails while the attribute net trains
+        metrics = train_attr(attr_cfg)
+        assert failed.wait(300)
+        return metrics
+
+    monkeypatch.setattr(study_runs, "_collect", noted)
+    monkeypatch.setattr(study, "ensure_attribute_net", attribute_net)
     monkeypatch.setattr(study_runs, "available_cores", lambda: 2)
     with pytest.raises(RunError) as caught:
         run_study(cfg, ROWS, [0], localisation_images=0)
     message = str(caught.value)
     assert message.startswith("study run id seed 0: ") and "holds a finished run" in message
     assert "\n" not in message and caught.value.exit_code == 2
-    assert (tmp_path / "runs" / "san-gal" / "seed0" / "result.json").is_file()  # the run beside it finished
+    assert not (tmp_path / "runs" / "san-gal").exists()  # no run started after the failure
+    assert not (tmp_path / "aah").exists()  # the study stopped after the attribute net, before the maps
+    assert multiprocessing.active_children() == []  # its workers are gone
 
 
 def test_workers_resolve_to_the_cores_and_threads_per_run(monkeypatch, tiny_synth, tiny_overrides, tmp_path):
@@ -112,3 +187,48 @@ def test_stage_timings_count_runs_side_by_side_once() -> None:
     runs = {"study_workers": 2, "wall_s": 33.0, "cpu_s": {"id seed 0": 29.0, "san-gal seed 0": 31.0}}
     assert stage_timings(timings, runs) == {"attribute net": 10.0, "leak check": 5.0,
                                             "Re-ID runs (2 at a time)": 33.0}
+    beside = {**runs, "wall_s": 43.0, "beside_stages_s": 10.0}  # the id run began with the attribute net
+    assert stage_timings(timings, beside) == {"attribute net": 10.0, "leak check": 5.0,
+                                              "Re-ID runs (2 at a time, after the maps)": 33.0}
+
+
+class _ThreadPool(ThreadPoolExecutor):
+    """The spawned pool's stand-in: same calls, threads instead of processes (no worker set-up)."""
+
+    def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()) -> None:
+        super().__init__(max_workers=max_workers)
+
+
+def test_the_queue_keeps_its_limit_in_flight_and_starts_nothing_after_a_failure(monkeypatch, tmp_path) -> None:
+    lock, flight, peaks, finished = threading.Lock(), [0], [], []
+
+    def work(cfg):  # a run: how many were in flight beside it, a failure for a key named "bad"
+        with lock:
+            flight[0] += 1
+            peaks.append((cfg.phase, flight[0]))
+        time.sleep(0.3)
+        with lock:
+            flight[0] -= 1
+        return ({"seed": 0}, None, 0.0) if cfg.name != "bad" else (None, ("it broke", 2), 0.0)
+
+    monkeypatch.setattr(study_runs, "ProcessPoolExecutor", _ThreadPool)
+    monkeypatch.setattr(study_runs, "_work", work)
+
+    def job(name: str, phase: int) -> tuple:
+        return name, SimpleNamespace(out=str(tmp_path / name), name=name, phase=phase)
+
+    runs = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda key, *rest: finished.append(key))
+    runs.add([job("a", 1), job("b", 1), job("c", 1)], limit=1)  # beside the study's stages: one at a time
+    while len(finished) < 3:
+        time.sleep(0.05)
+        runs.poll()
+    runs.add([job("d", 2), job("e", 2)], limit=2)
+    runs.finish()
+    assert finished == ["a", "b", "c", "d", "e"]
+    assert max(n for phase, n in peaks if phase == 1) == 1 and max(n for phase, n in peaks if phase == 2) == 2
+    failing = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda *args: None)
+    peaks.clear()
+    with pytest.raises(RunError, match="^study run bad: it broke$"):
+        failing.add([job("bad", 1), job("never", 1)], limit=1)
+        failing.finish()
+    assert [phase for phase, _ in peaks] == [1]  # "never" was not started

@@ -12,7 +12,9 @@ map mode the variants use -> step-0 diagnostics of the san-gal rows (``step0``,
 recorded in ``runs/<variant>/seed<s>/result.json`` (with its per-query AP and Rank-1 hits)
 -> the label-leak check of the san-gal rows (``leak``, :mod:`sangal.experiments.leak`) ->
 ``study.json`` (rewritten atomically after every run, ``complete`` once all are done), whose
-``paired`` entries carry both noise sources (:mod:`sangal.experiments.noise`).
+``paired`` entries carry both noise sources (:mod:`sangal.experiments.noise`). With ``study.workers`` > 1 the
+runs that need no maps (``id``, ``id+attr``) start first, beside the attribute net and the maps
+(:mod:`sangal.experiments.study_runs`).
 
 What a study can vary is what a config can: a variant's overrides change one row (e.g.
 ``train.ema=0.9``), the study's config changes every row (``optim.lr``, ``train.epochs``,
@@ -40,7 +42,7 @@ from sangal.experiments.localisation import localisation_rows
 from sangal.experiments.noise import paired_entries
 from sangal.experiments.step0 import step0_run, step0_summary
 from sangal.experiments.study_format import format_study, markdown_study
-from sangal.experiments.study_runs import METRICS, run_all, scheduling
+from sangal.experiments.study_runs import METRICS, run_queue, scheduling, stage_threads
 from sangal.runtime.precision import numerics
 from sangal.store.files import atomic_write_text, provenance, write_json_atomic
 from sangal.store.paths import default_paths
@@ -146,21 +148,14 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     timings: dict[str, float] = {}
     configs = {v.name: with_overrides(cfg, list(v.overrides)) for v in variants}
     sections: dict = {"attributes": None, "localisation": None}
-    if any(c.model.mode != "id" or uses_training_maps(c) for c in configs.values()):
-        t = time.time()
-        sections["attributes"] = ensure_attribute_net(cfg)
-        timings["attribute net"] = time.time() - t
-    distilled = _heat_maps(configs, timings)
-    sangal_rows = [v for v in variants if configs[v.name].model.mode == "san-gal"]
-    t = time.time()
-    memo: dict = {}
-    sections["step0"] = {v.name: [step0_run(variant_config(cfg, v, s), memo) for s in seeds] for v in sangal_rows}
-    timings["step-0 diagnostics"] = time.time() - t
-
     results: dict[str, list[dict]] = {v.name: [] for v in variants}
-    _runs(cfg, variants, seeds, train_reid, results, timings, sections,
-          lambda: write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections,
-                                                                  timings, complete=False)))
+
+    def save() -> None:
+        write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections, timings,
+                                                        complete=False))
+
+    distilled, sangal_rows = _stages_and_runs(cfg, variants, seeds, configs, train_reid,
+                                              (results, timings, sections), save)
     t = time.time()
     sections["leak"] = _leak(cfg, sangal_rows, configs, seeds[:leak_seeds] if leak_seeds else seeds)
     timings["leak check"] = time.time() - t
@@ -177,25 +172,60 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
     return doc
 
 
-def _runs(cfg: Config, variants, seeds: list[int], train_reid, results: dict[str, list[dict]], timings: dict,
-          sections: dict, save) -> None:
-    """Every (seed, variant) run, scheduled by ``study.workers``; ``results`` (variant -> runs in seed order)
-    is filled as they finish, and ``save()`` writes the study so far after each. ``sections["runs"]``: the
-    schedule, the stage's wall seconds and each run's CPU seconds."""
+def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str, Config], train_reid,
+                     record: tuple[dict, dict, dict], save) -> tuple[dict | None, list[Variant]]:
+    """The study's own stages (attribute net, heat maps, step 0) and every (seed, variant) run, scheduled by
+    ``study.workers``. With more than one worker the map-free runs (``uses_training_maps`` false: no attribute
+    net, no maps) start first, at most workers - 1 of them beside the stages, which then run at the workers'
+    threads (whether or not a run is left to go beside them: their figures follow the config alone); the others
+    join once the maps exist. ``record``: results (variant -> runs in seed order, filled
+    as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the wall and CPU seconds).
+    Returns the distillation's figures and the san-gal rows."""
+    results, timings, sections = record
     plan = scheduling(cfg)
     keys = {f"{v.name} seed {s}": (v, s) for s in seeds for v in variants}  # the order of one run at a time
-    runs = sections["runs"] = {**plan.record(), "cpu_s": {}}
+    jobs = [(key, variant_config(cfg, v, s)) for key, (v, s) in keys.items()]
+    early = {key for key, c in jobs if plan.workers > 1 and not uses_training_maps(c)}
+    runs_record = sections["runs"] = {**plan.record(), "cpu_s": {}}
 
     def done(key: str, result: dict, wall: float, cpu: float) -> None:
         rows = results[keys[key][0].name]
         rows.append(result)
         rows.sort(key=lambda r: seeds.index(r["seed"]))
-        timings[key], runs["cpu_s"][key] = wall, cpu
+        timings[key], runs_record["cpu_s"][key] = wall, cpu
+        runs_record["cpu_s"] = {k: runs_record["cpu_s"][k] for k in keys if k in runs_record["cpu_s"]}
         save()
 
+    t0 = time.time()
+    with run_queue(plan, train_reid, done) as runs:
+        runs.add([job for job in jobs if job[0] in early], plan.workers - 1)
+        with stage_threads(plan):
+            distilled, sangal_rows = _stages(cfg, variants, seeds, configs, sections, timings, runs.poll)
+        t1 = time.time()
+        runs.add([job for job in jobs if job[0] not in early], plan.workers)
+        runs.finish()
+    runs_record["wall_s"] = time.time() - (t0 if early else t1)
+    runs_record["beside_stages_s"] = t1 - t0 if early else 0.0
+    return distilled, sangal_rows
+
+
+def _stages(cfg: Config, variants, seeds: list[int], configs: dict[str, Config], sections: dict, timings: dict,
+            poll) -> tuple[dict | None, list[Variant]]:
+    """The attribute net (if a variant needs it), the heat-map caches and the step-0 diagnostics of the san-gal
+    rows; ``poll()`` between them hands over the runs finished beside them (and stops on a failed one)."""
+    if any(c.model.mode != "id" or uses_training_maps(c) for c in configs.values()):
+        t = time.time()
+        sections["attributes"] = ensure_attribute_net(cfg)
+        timings["attribute net"] = time.time() - t
+        poll()
+    distilled = _heat_maps(configs, timings)
+    poll()
+    sangal_rows = [v for v in variants if configs[v.name].model.mode == "san-gal"]
     t = time.time()
-    run_all([(key, variant_config(cfg, v, s)) for key, (v, s) in keys.items()], plan, train_reid, done)
-    runs["wall_s"] = time.time() - t
+    memo: dict = {}
+    sections["step0"] = {v.name: [step0_run(variant_config(cfg, v, s), memo) for s in seeds] for v in sangal_rows}
+    timings["step-0 diagnostics"] = time.time() - t
+    return distilled, sangal_rows
 
 
 def _leak(cfg: Config, rows: list[Variant], configs: dict[str, Config], seeds: list[int]) -> dict | None:
@@ -270,10 +300,11 @@ def _document(cfg, variants, seeds, reference, results, sections, timings, compl
                  "config": {**to_dict(cfg), "networks": networks(cfg)},
                  "runs": sections.get("runs", {}),  # the schedule, the stage's wall and each run's CPU seconds
                  # commit and numerics: two studies' figures are comparable bit for bit only where these match
-                 # (``threads``: this process's, which trained the attribute net and made the maps; the Re-ID
-                 # runs used ``run_threads``)
+                 # (``threads``: this process's, which ran the leak check and the localisation; the attribute
+                 # net, the maps and step 0 ran at ``stage_threads``, the Re-ID runs at ``run_threads``)
                  "environment": {**provenance(), **numerics(),
-                                 **{k: sections.get("runs", {}).get(k) for k in ("study_workers", "run_threads")}}}
+                                 **{k: sections.get("runs", {}).get(k)
+                                    for k in ("study_workers", "run_threads", "stage_threads")}}}
     for v in variants:
         runs = [{k: x for k, x in r.items() if k != "per_query"} for r in results[v.name]]  # arrays: result.json
         # the Re-ID net follows the variant's overrides; the attribute net is the study's, trained once from cfg

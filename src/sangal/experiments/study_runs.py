@@ -1,7 +1,9 @@
 """A study's Re-ID runs, one at a time in this process or side by side in spawned processes (``study.workers``).
 
 The runs of a study are independent once its attribute net and heat-map caches exist, and small CPU batches
-scale poorly with intra-op threads, so two 1-thread runs do more work on 2 cores than one 2-thread run. A
+scale poorly with intra-op threads, so two 1-thread runs do more work on 2 cores than one 2-thread run. The
+runs that need neither (``id``, ``id+attr``) start with the study, workers - 1 at a time beside its own stages,
+which then run at the workers' threads (:class:`RunQueue`, :func:`stage_threads`). A
 run's figures depend on its thread count, never on the schedule: a run in a worker at 1 thread equals the
 same run in this process at 1 thread, to the bit. Workers are spawned (torch and fork do not mix); a failing
 run is one line naming it (:class:`RunError`); a finished run (``result.json``) is read, never rerun. A script
@@ -15,6 +17,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -35,7 +38,8 @@ from sangal.store.paths import default_paths
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "RunError", "Scheduling", "run_all", "run_one", "scheduling", "stage_timings"]
+__all__ = ["METRICS", "RunError", "RunQueue", "Scheduling", "run_one", "run_queue", "scheduling", "stage_threads",
+           "stage_timings"]
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
@@ -58,8 +62,10 @@ class Scheduling:
         self.workers, self.threads = workers, threads
 
     def record(self) -> dict[str, int]:
-        """study.json ``environment`` keys: a run's figures are comparable bit for bit only at equal threads."""
-        return {"study_workers": self.workers, "run_threads": self.threads}
+        """study.json ``environment`` keys: figures are comparable bit for bit only at equal threads. The study's
+        own stages (attribute net, maps, step 0) run at the runs' threads (``stage_threads``), see
+        :func:`stage_threads`."""
+        return {"study_workers": self.workers, "run_threads": self.threads, "stage_threads": self.threads}
 
 
 def scheduling(cfg: Config) -> Scheduling:
@@ -95,64 +101,154 @@ def run_one(run_cfg: Config, train_reid: Callable) -> dict:
 Job = tuple[str, Config]
 Done = Callable[[str, dict, float, float], None]
 
-
-def run_all(jobs: list[Job], plan: Scheduling, train_reid: Callable, done: Done) -> None:
-    """Every job's run, in order in this process (``plan.workers`` 1) or ``plan.workers`` at a time in spawned
-    processes; finished runs are read here either way. A worker's failure stops the study as a RunError."""
-    todo = []
-    for key, cfg in jobs:
-        if plan.workers == 1 or (Path(cfg.out) / "result.json").is_file():
-            t, cpu = time.time(), time.process_time()
-            result = run_one(cfg, train_reid)
-            done(key, result, time.time() - t, time.process_time() - cpu)
-        else:
-            todo.append((key, cfg))
-    if todo:
-        _run_in_workers(todo, plan, done)
+#: How often the scheduling thread looks for new jobs, and the study's process for finished runs (seconds).
+_POLL_S = 0.5
 
 
-def _run_in_workers(jobs: list[Job], plan: Scheduling, done: Done) -> None:
-    """``jobs`` in ``plan.workers`` spawned processes, no more submitted than there are workers (so that a
-    stopped study starts no new run); the first failure, or a Ctrl-C, waits for the runs under way."""
-    queue = multiprocessing.get_context("spawn").Queue()
-    started: dict[Future, tuple[str, float]] = {}
-    pending, failure = list(jobs), None
-    with _log_listener(queue), ProcessPoolExecutor(
-            max_workers=plan.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-            initargs=(plan.threads, queue, logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
-        try:
-            while pending or started:
-                while pending and len(started) < plan.workers and failure is None:
-                    key, cfg = pending.pop(0)
-                    started[pool.submit(_work, cfg)] = (key, time.time())
-                if not started:
-                    break
-                finished, _ = wait(list(started), return_when=FIRST_COMPLETED)
-                for future in finished:
-                    key, t = started.pop(future)
-                    failure = failure or _collect(future, key, t, done)
-        except KeyboardInterrupt:  # the workers got the Ctrl-C too: each writes its checkpoint and stops
-            failure = failure or _drain(started, done)
-            failure = failure or RunError("study interrupted; run it again to resume (finished runs are kept)", 130)
-    if failure is not None:
-        raise failure
+class RunQueue:
+    """A study's runs as the study hands them over. A finished run is read at once; the others are trained at
+    once in this process (``plan.workers`` 1), or queued for ``plan.workers`` spawned processes that a thread of
+    this process keeps fed (at most ``limit`` in flight) while the study goes on with its own stages. ``done``
+    is only ever called in the study's thread (at ``add``, ``poll`` and ``finish``): it writes study.json."""
 
+    def __init__(self, plan: Scheduling, train_reid: Callable, done: Done) -> None:
+        self.plan, self.train_reid, self.done = plan, train_reid, done
+        self.pending: list[Job] = []
+        self.limit, self.closed, self.failure = 0, False, None
+        self.finished: queue.Queue = queue.Queue()  # (key, result, wall, cpu) of each run a worker finished
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
 
-def _drain(started: dict[Future, tuple[str, float]], done: Done) -> RunError | None:
-    """Wait for the runs under way after a Ctrl-C; the first one's error (their stop), if any."""
-    failure = None
-    for future, (key, t) in started.items():
+    def add(self, jobs: list[Job], limit: int) -> None:
+        """Hand over ``jobs`` (in this order) with at most ``limit`` runs in flight from now on."""
+        for key, cfg in jobs:
+            if self.plan.workers == 1 or (Path(cfg.out) / "result.json").is_file():
+                t, cpu = time.time(), time.process_time()
+                result = run_one(cfg, self.train_reid)
+                self.done(key, result, time.time() - t, time.process_time() - cpu)
+            else:
+                with self.cond:
+                    self.pending.append((key, cfg))
+        with self.cond:
+            self.limit = max(self.limit, min(limit, self.plan.workers))
+            if self.pending and self.thread is None:
+                self.thread = threading.Thread(target=self._schedule, name="study-runs", daemon=True)
+                self.thread.start()
+            self.cond.notify_all()
+        self.poll()
+
+    def poll(self) -> None:
+        """Hand the runs finished so far to ``done``; a failure among them stops the study as a RunError."""
         while True:
             try:
-                failure = failure or _collect(future, key, t, done)
+                self.done(*self.finished.get_nowait())
+            except queue.Empty:
                 break
-            except KeyboardInterrupt:  # a second Ctrl-C: the workers give up as well; keep waiting for them
-                continue
-    return failure
+        if self.failure is not None:
+            raise self.failure
+
+    def finish(self) -> None:
+        """No more jobs: wait for every run (a Ctrl-C waits for the runs under way, which stop themselves)."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        try:
+            self._wait()
+        except KeyboardInterrupt:  # the workers got the Ctrl-C too: each writes its checkpoint and stops
+            self._stop(None)
+            self._wait(patient=True)
+            self._stop(RunError("study interrupted; run it again to resume (finished runs are kept)", 130))
+        self.poll()
+
+    def abandon(self) -> None:
+        """The study stopped on its own error: start no run, wait for those under way and record them."""
+        self._stop(None)
+        self._wait(patient=True)
+        try:
+            self.poll()
+        except RunError:  # the study's own error is the one to report
+            pass
+
+    def _stop(self, failure: RunError | None) -> None:
+        """Start no more runs; ``failure`` is the study's unless a run failed first."""
+        with self.cond:
+            self.closed, self.pending = True, []
+            self.failure = self.failure or failure
+            self.cond.notify_all()
+
+    def _wait(self, patient: bool = False) -> None:
+        """Until the scheduling thread ends, handing finished runs to ``done`` (``patient``: Ctrl-C ignored)."""
+        while self.thread is not None and self.thread.is_alive():
+            try:
+                self.thread.join(_POLL_S)
+                while not self.finished.empty():
+                    self.done(*self.finished.get_nowait())
+            except KeyboardInterrupt:
+                if not patient:
+                    raise
+
+    def _schedule(self) -> None:
+        """The scheduling thread: the pool, fed up to ``limit``; ends once closed and every run is back."""
+        plan = self.plan
+        log_queue = multiprocessing.get_context("spawn").Queue()
+        try:
+            with _log_listener(log_queue), ProcessPoolExecutor(
+                    max_workers=plan.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker, initargs=(plan.threads, log_queue,
+                                                        logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
+                self._feed(pool)
+        except Exception as exc:  # the pool broke outside a run: one line, the study stops
+            self._stop(RunError(f"study runs: the worker pool failed ({type(exc).__name__}: {exc}); run the study "
+                                "again to resume"))
+
+    def _feed(self, pool: ProcessPoolExecutor) -> None:
+        """Submit pending runs while fewer than ``limit`` are in flight and nothing failed (so that a stopped
+        study starts no new run); collect each finished one."""
+        started: dict[Future, tuple[str, float]] = {}
+        while True:
+            with self.cond:
+                while self.pending and len(started) < self.limit and self.failure is None:
+                    key, cfg = self.pending.pop(0)
+                    started[pool.submit(_work, cfg)] = (key, time.time())
+                if not started:
+                    if (self.closed and not self.pending) or self.failure is not None:
+                        return
+                    self.cond.wait(_POLL_S)
+                    continue
+            finished, _ = wait(list(started), timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key, t = started.pop(future)
+                failure = _collect(future, key, t, self.finished.put)
+                if failure is not None:
+                    self._stop(failure)
 
 
-def _collect(future: Future, key: str, t: float, done: Done) -> RunError | None:
-    """Hand a finished run to ``done``, or its failure as one line naming the run."""
+@contextmanager
+def run_queue(plan: Scheduling, train_reid: Callable, done: Done) -> Iterator[RunQueue]:
+    """A :class:`RunQueue` whose runs are all back when the block ends: ``finish`` is the caller's, an error in
+    the block waits for the runs under way (none starts) and is raised as it was."""
+    runs = RunQueue(plan, train_reid, done)
+    try:
+        yield runs
+    except BaseException:
+        runs.abandon()
+        raise
+
+
+@contextmanager
+def stage_threads(plan: Scheduling) -> Iterator[None]:
+    """This process's torch threads for the study's own stages while its runs may go beside them: the runs'
+    (``plan.threads``: cores // workers, so the cores are not oversubscribed); unchanged with one worker."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(plan.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _collect(future: Future, key: str, t: float, done: Callable[[tuple], None]) -> RunError | None:
+    """Hand a finished run's (key, result, wall, CPU seconds) to ``done``, or its failure as one line naming it."""
     try:
         result, error, cpu = future.result()
     except Exception as exc:  # the worker process died (killed, out of memory): no message of its own
@@ -161,7 +257,7 @@ def _collect(future: Future, key: str, t: float, done: Done) -> RunError | None:
     if error is not None:
         message, code = error
         return RunError(f"study run {key}: {message}", code)
-    done(key, result, time.time() - t, cpu)
+    done((key, result, time.time() - t, cpu))
     return None
 
 
@@ -211,8 +307,12 @@ def _work(run_cfg: Config) -> tuple[dict | None, tuple[str, int] | None, float]:
 
 
 def stage_timings(timings: dict[str, float], runs: dict) -> dict[str, float]:
-    """A study's ``timings`` with its per-run entries (the keys of ``runs["cpu_s"]``) replaced by the run stage's
-    wall seconds, which is their sum only when the runs went one at a time."""
+    """A study's ``timings`` with its per-run entries (the keys of ``runs["cpu_s"]``) replaced by the wall seconds
+    the run stage added to the other stages' (their sum only when the runs went one at a time; without the
+    ``beside_stages_s`` in which the map-free runs went beside the attribute net and the maps), so that the
+    stages add up to the study's wall time."""
     stage = {k: v for k, v in timings.items() if k not in runs.get("cpu_s", {})}
-    stage[f"Re-ID runs ({runs.get('study_workers', 1)} at a time)"] = runs.get("wall_s", 0.0)
+    beside = runs.get("beside_stages_s", 0.0)
+    label = f"Re-ID runs ({runs.get('study_workers', 1)} at a time{', after the maps' if beside else ''})"
+    stage[label] = runs.get("wall_s", 0.0) - beside
     return stage
