@@ -40,7 +40,7 @@ def in_process(tiny_synth, tiny_overrides, tmp_path_factory):
     """A tiny study run one run at a time in this process, at one thread."""
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, tiny_overrides(tiny_synth, out) + ["train.epochs=1", "study.workers=1"])
-    return out, cfg, run_study(cfg, ROWS, [0], localisation_images=0)
+    return out, cfg, run_study(cfg, ROWS, [0], localisation_images=6)
 
 
 @pytest.mark.slow
@@ -50,9 +50,10 @@ def test_two_workers_give_the_figures_of_one_at_a_time_to_the_bit(in_process, mo
     per_run = _result_files(out)
     shutil.rmtree(out / "runs")  # the attribute net and the maps stay: only the runs go again
     monkeypatch.setattr(study_runs, "available_cores", lambda: 2)  # one thread per worker on any machine
-    again = run_study(with_overrides(cfg, ["study.workers=2"]), ROWS, [0], localisation_images=0)
+    again = run_study(with_overrides(cfg, ["study.workers=2"]), ROWS, [0], localisation_images=6)
     assert again["environment"]["study_workers"] == 2 and again["environment"]["run_threads"] == 1
     assert _figures(again) == _figures(first)
+    assert again["localisation"] == first["localisation"] and first["localisation"]  # beside the runs now
     assert _result_files(out) == per_run  # per-query AP and hits too
     assert list(again["runs"]["cpu_s"]) == ["id seed 0", "san-gal seed 0"] and again["runs"]["wall_s"] > 0
     assert again["runs"]["beside_stages_s"] > 0 and first["runs"]["beside_stages_s"] == 0.0
@@ -224,7 +225,7 @@ def test_the_queue_keeps_its_limit_in_flight_and_starts_nothing_after_a_failure(
         runs.poll()
     runs.add([job("d", 2), job("e", 2)], limit=2)
     runs.finish()
-    assert finished == ["a", "b", "c", "d", "e"]
+    assert finished[:3] == ["a", "b", "c"] and sorted(finished[3:]) == ["d", "e"]  # d and e go side by side
     assert max(n for phase, n in peaks if phase == 1) == 1 and max(n for phase, n in peaks if phase == 2) == 2
     failing = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda *args: None)
     peaks.clear()

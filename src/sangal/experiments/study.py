@@ -154,16 +154,18 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
         write_json_atomic(out / "study.json", _document(cfg, variants, seeds, reference, results, sections, timings,
                                                         complete=False))
 
+    def localise() -> None:  # needs the attribute net and the part masks, no run: it goes beside the last runs
+        if sections["attributes"] is not None and localisation_images and (Path(cfg.data.root) / "masks").is_dir():
+            t = time.time()
+            rows, sections["localisation"] = localisation_rows(cfg, max_images=localisation_images)
+            write_json_atomic(out / "localisation.json", rows)
+            timings["localisation"] = time.time() - t
+
     distilled, sangal_rows = _stages_and_runs(cfg, variants, seeds, configs, train_reid,
-                                              (results, timings, sections), save)
+                                              (results, timings, sections), save, localise)
     t = time.time()
     sections["leak"] = _leak(cfg, sangal_rows, configs, seeds[:leak_seeds] if leak_seeds else seeds)
     timings["leak check"] = time.time() - t
-    if sections["attributes"] is not None and localisation_images and (Path(cfg.data.root) / "masks").is_dir():
-        t = time.time()
-        rows, sections["localisation"] = localisation_rows(cfg, max_images=localisation_images)
-        write_json_atomic(out / "localisation.json", rows)
-        timings["localisation"] = time.time() - t
     if distilled is not None:
         sections["distill"] = distilled
     doc = _document(cfg, variants, seeds, reference, results, sections, timings, complete=True)
@@ -173,12 +175,13 @@ def run_study(cfg: Config, variants: tuple[Variant, ...] | list[Variant], seeds:
 
 
 def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str, Config], train_reid,
-                     record: tuple[dict, dict, dict], save) -> tuple[dict | None, list[Variant]]:
+                     record: tuple[dict, dict, dict], save, localise) -> tuple[dict | None, list[Variant]]:
     """The study's own stages (attribute net, heat maps, step 0) and every (seed, variant) run, scheduled by
     ``study.workers``. With more than one worker the map-free runs (``uses_training_maps`` false: no attribute
     net, no maps) start first, at most workers - 1 of them beside the stages, which then run at the workers'
     threads (whether or not a run is left to go beside them: their figures follow the config alone); the others
-    join once the maps exist. ``record``: results (variant -> runs in seed order, filled
+    join once the maps exist, workers - 1 of them while ``localise()`` (the heat maps' localisation, which needs
+    no run) goes beside them at the workers' threads, then all of them. ``record``: results (variant -> runs in seed order, filled
     as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the wall and CPU seconds).
     Returns the distillation's figures and the san-gal rows."""
     results, timings, sections = record
@@ -202,10 +205,16 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
         with stage_threads(plan):
             distilled, sangal_rows = _stages(cfg, variants, seeds, configs, sections, timings, runs.poll)
         t1 = time.time()
-        runs.add([job for job in jobs if job[0] not in early], plan.workers)
+        runs.add([job for job in jobs if job[0] not in early], max(1, plan.workers - 1))
+        t2 = time.time()
+        with stage_threads(plan):
+            localise()
+        local = time.time() - t2  # beside the runs with workers, after them without
+        runs.add([], plan.workers)
         runs.finish()
-    runs_record["wall_s"] = time.time() - (t0 if early else t1)
-    runs_record["beside_stages_s"] = t1 - t0 if early else 0.0
+    beside = (t1 - t0 if early else 0.0) + (local if plan.workers > 1 else 0.0)
+    runs_record["wall_s"] = time.time() - (t0 if early else t1) - (0.0 if plan.workers > 1 else local)
+    runs_record["beside_stages_s"] = beside
     return distilled, sangal_rows
 
 
@@ -300,8 +309,8 @@ def _document(cfg, variants, seeds, reference, results, sections, timings, compl
                  "config": {**to_dict(cfg), "networks": networks(cfg)},
                  "runs": sections.get("runs", {}),  # the schedule, the stage's wall and each run's CPU seconds
                  # commit and numerics: two studies' figures are comparable bit for bit only where these match
-                 # (``threads``: this process's, which ran the leak check and the localisation; the attribute
-                 # net, the maps and step 0 ran at ``stage_threads``, the Re-ID runs at ``run_threads``)
+                 # (``threads``: this process's, which ran the leak check; the attribute net, the maps, step 0
+                 # and the localisation ran at ``stage_threads``, the Re-ID runs at ``run_threads``)
                  "environment": {**provenance(), **numerics(),
                                  **{k: sections.get("runs", {}).get(k)
                                     for k in ("study_workers", "run_threads", "stage_threads")}}}
