@@ -91,10 +91,12 @@ class AttrRun:
     attr_metrics: dict
     caches: dict
 
-    def copy_to(self, dest: Path) -> Path:
-        """``dest`` with a copy of the run's attribute net (final checkpoint, logs) and caches: a run to write in."""
+    def copy_to(self, dest: Path, caches: bool = True) -> Path:
+        """``dest`` with a copy of the run's attribute net (final checkpoint, logs) and, unless ``caches`` is false,
+        its caches: a run to write in."""
         shutil.copytree(self.out / "attr", dest / "attr", ignore=shutil.ignore_patterns("last", ".*"))
-        shutil.copytree(self.out / "aah", dest / "aah", ignore=shutil.ignore_patterns(".*"))
+        if caches:
+            shutil.copytree(self.out / "aah", dest / "aah", ignore=shutil.ignore_patterns(".*"))
         return dest
 
 

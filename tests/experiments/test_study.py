@@ -48,8 +48,10 @@ def test_variant_parsing_and_folder_names() -> None:
 
 
 @pytest.fixture(scope="module")
-def study(tiny_synth, tiny_overrides, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
+def study(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path_factory):
+    """VARIANTS on seeds 0 and 1. Its attribute net and training maps are the session's (the same overrides train
+    them): the study finds them done, as a resumed study would; `test_a_guided_id_row_...` has a study train its own."""
+    out = tiny_attr_run.copy_to(tmp_path_factory.mktemp("study"))
     cfg = load_config(None, tiny_overrides(tiny_synth, out) + ONE_EPOCH)
     return out, cfg, run_study(cfg, VARIANTS, [0, 1], localisation_images=16)
 
@@ -137,9 +139,12 @@ def test_label_leak_check_evaluates_with_predicted_and_true_label_maps(study) ->
 @pytest.mark.parametrize(("reid_backbone", "attr_backbone"), [("mobilenet_v2", "resnet18"),
                                                               ("resnet18", "mobilenet_v2")])
 @pytest.mark.slow
-def test_study_on_mobilenet_v2_records_each_networks_backbone(tiny_synth, tiny_overrides, tmp_path, reid_backbone,
-                                                              attr_backbone) -> None:
-    """MobileNetV2 as either network (Re-ID: ASAM on a layer2 narrower than 2K; attribute: AAH and localisation)."""
+def test_study_on_mobilenet_v2_records_each_networks_backbone(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path,
+                                                              reid_backbone, attr_backbone) -> None:
+    """MobileNetV2 as either network (Re-ID: ASAM on a layer2 narrower than 2K; attribute: AAH and localisation).
+    A resnet18 attribute net is the session's (the same attribute settings train it); a MobileNetV2 one is trained."""
+    if attr_backbone == "resnet18":
+        tiny_attr_run.copy_to(tmp_path)
     overrides = [*tiny_overrides(tiny_synth, tmp_path), *ONE_EPOCH, f"model.backbone={reid_backbone}",
                  f"model.attr_backbone={attr_backbone}"]
     cfg = load_config(None, overrides)
@@ -232,10 +237,12 @@ def test_leak_check_runs_on_every_class_guided_san_gal_row(study) -> None:
 
 
 @pytest.mark.slow
-def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tmp_path) -> None:
-    """eval.aah=fast rows: the oracle maps come from the distilled predictor with the true labels as targets."""
+def test_fast_test_maps_get_fast_oracle_maps(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path) -> None:
+    """eval.aah=fast rows: the oracle maps come from the distilled predictor with the true labels as targets (the
+    attribute net and its training maps are the session's; the predictor is distilled here)."""
     from sangal.aah.cache import AAHCache
 
+    tiny_attr_run.copy_to(tmp_path)
     cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), *ONE_EPOCH, "eval.aah=fast", "distill.epochs=1"])
     doc = run_study(cfg, (VARIANTS[0], VARIANTS[2]), [0], localisation_images=0)
     assert doc["leak"]["rows"][PAPER]["maps"] == "fast" and doc["localisation"] is None
@@ -266,18 +273,18 @@ def test_a_guided_id_row_gets_the_attribute_net_and_training_maps_it_needs(tiny_
         doc["variants"]["id guided"]["seeds"][0]["mAP"] != doc["variants"]["id"]["seeds"][0]["mAP"]
 
 
-def test_the_default_studys_heat_map_stage_makes_one_exact_pass(tiny_synth, tiny_overrides, tmp_path,
+def test_the_default_studys_heat_map_stage_makes_one_exact_pass(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path,
                                                                  monkeypatch) -> None:
     """Agnostic training maps and fast test maps (the demo's): the caches and the map predictor's distillation
-    take ONE exact Grad-CAM pass over the training images, not two (issue 28)."""
+    take ONE exact Grad-CAM pass over the training images, not two (issue 28). The session's attribute net, not
+    its caches: every map is made here."""
     from sangal.aah import gradcam
     from sangal.data import setup
     from sangal.experiments.study import _heat_maps
-    from sangal.train.attr import train_attribute_net
 
     cfg = load_config(None, [*tiny_overrides(tiny_synth, tmp_path), "model.mode=san-gal", "train.aah_targets=agnostic",
                              "eval.aah=fast", "distill.epochs=1"])
-    train_attribute_net(cfg)
+    tiny_attr_run.copy_to(tmp_path, caches=False)
     images: list[int] = []  # images through an exact Grad-CAM backward, per call
     for name, batch_of in (("_functional_grad_cam", lambda args: args[1].shape[0]),
                            ("_graph_grad_cam", lambda args: args[0][0].shape[0])):
