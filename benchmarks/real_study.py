@@ -97,14 +97,11 @@ def choose(doc: dict, costs: dict[str, float]) -> dict:
     verdict, so the choice can be read. Also the best row that uses attributes, and the issue's fallback for the
     SAN-GAL defaults: the best san-gal row passing both limits whose paired mAP interval reaches 0 (no harm shown)."""
     rows = {doc["reference"]: {"leak_ok": True, "cost": 1.0, "cost_ok": True, "paired_mAP": 0.0}}  # id itself
-    for name in doc["paired"]:
-        cost = costs.get(name)
+    for name, paired in doc["paired"].items():
+        cost, hi = costs.get(name), paired["mAP"]["ci95"][1]
         rows[name] = {"leak_ok": leak_ok(doc, name), "cost": cost,
-                      "cost_ok": cost is not None and cost <= COST_LIMIT,
-                      "paired_mAP": doc["paired"][name]["mAP"]["diff"]}
-    for name in doc["paired"]:
-        hi = doc["paired"][name]["mAP"]["ci95"][1]
-        rows[name]["no_harm"] = hi is not None and hi >= 0.0  # the seed interval reaches 0 or above
+                      "cost_ok": cost is not None and cost <= COST_LIMIT, "paired_mAP": paired["mAP"]["diff"],
+                      "no_harm": hi is not None and hi >= 0.0}  # the seed interval reaches 0 or above
     ok = [n for n, r in rows.items() if r["leak_ok"] and r["cost_ok"]]
 
     def best(names: list[str]) -> str | None:

@@ -181,9 +181,9 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
     net, no maps) start first, at most workers - 1 of them beside the stages, which then run at the workers'
     threads (whether or not a run is left to go beside them: their figures follow the config alone); the others
     join once the maps exist, workers - 1 of them while ``localise()`` (the heat maps' localisation, which needs
-    no run) goes beside them at the workers' threads, then all of them. ``record``: results (variant -> runs in seed order, filled
-    as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the wall and CPU seconds).
-    Returns the distillation's figures and the san-gal rows."""
+    no run) goes beside them at the workers' threads, then all of them. ``record``: results (variant -> runs in
+    seed order, filled as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the
+    wall and CPU seconds). Returns the distillation's figures and the san-gal rows."""
     results, timings, sections = record
     plan = scheduling(cfg)
     keys = {f"{v.name} seed {s}": (v, s) for s in seeds for v in variants}  # the order of one run at a time
@@ -209,12 +209,12 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
         t2 = time.time()
         with stage_threads(plan):
             localise()
-        local = time.time() - t2  # beside the runs with workers, after them without
+        local = time.time() - t2  # beside the runs with workers; after them (not run time) with one
         runs.add([], plan.workers)
         runs.finish()
-    beside = (t1 - t0 if early else 0.0) + (local if plan.workers > 1 else 0.0)
-    runs_record["wall_s"] = time.time() - (t0 if early else t1) - (0.0 if plan.workers > 1 else local)
-    runs_record["beside_stages_s"] = beside
+    parallel = plan.workers > 1
+    runs_record["wall_s"] = time.time() - (t0 if early else t1) - (0.0 if parallel else local)
+    runs_record["beside_stages_s"] = (t1 - t0 if early else 0.0) + (local if parallel else 0.0)
     return distilled, sangal_rows
 
 

@@ -189,11 +189,11 @@ class RunQueue:
 
     def _schedule(self) -> None:
         """The scheduling thread: the pool, fed up to ``limit``; ends once closed and every run is back."""
-        plan = self.plan
-        log_queue = multiprocessing.get_context("spawn").Queue()
+        plan, spawn = self.plan, multiprocessing.get_context("spawn")
+        log_queue = spawn.Queue()
         try:
             with _log_listener(log_queue), ProcessPoolExecutor(
-                    max_workers=plan.workers, mp_context=multiprocessing.get_context("spawn"),
+                    max_workers=plan.workers, mp_context=spawn,
                     initializer=_init_worker, initargs=(plan.threads, log_queue,
                                                         logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
                 self._feed(pool)
@@ -309,8 +309,8 @@ def _work(run_cfg: Config) -> tuple[dict | None, tuple[str, int] | None, float]:
 def stage_timings(timings: dict[str, float], runs: dict) -> dict[str, float]:
     """A study's ``timings`` with its per-run entries (the keys of ``runs["cpu_s"]``) replaced by the wall seconds
     the run stage added to the other stages' (their sum only when the runs went one at a time; without the
-    ``beside_stages_s`` in which the map-free runs went beside the attribute net and the maps), so that the
-    stages add up to the study's wall time."""
+    ``beside_stages_s`` in which runs went beside the attribute net, the maps and the localisation), so that
+    the stages add up to the study's wall time."""
     stage = {k: v for k, v in timings.items() if k not in runs.get("cpu_s", {})}
     beside = runs.get("beside_stages_s", 0.0)
     label = f"Re-ID runs ({runs.get('study_workers', 1)} at a time{', after the maps' if beside else ''})"
