@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
                    help="timed repeats of the 81-call grad-cam loop (slow: ~81 forward+backward passes each)")
     p.add_argument("--chunk", type=int, default=None,
                    help="attributes per vectorised backward (default: sangal.aah.gradcam.default_chunk; "
-                        "on CPU ~24 samples per backward, on GPU all K)")
+                        "on CPU one at a time without vmap, on GPU all K)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--skip-package", action="store_true", help="skip the grad-cam package loop")
@@ -126,12 +126,19 @@ def section_aah(args: argparse.Namespace, device: torch.device) -> None:
     def ours() -> tuple[Tensor, Tensor, Tensor]:
         return attribute_heatmaps(net, images, normalize="minmax", chunk=args.chunk)
 
-    ours()  # warm-up (allocator, oneDNN primitives, cuDNN autotuning)
-    runs = [timed(ours, device) for _ in range(args.repeats)]
+    def one_vmap() -> tuple[Tensor, Tensor, Tensor]:  # all K attributes in one vectorised backward
+        return attribute_heatmaps(net, images, normalize="minmax", chunk=len(MARKET_CLASSES))
+
+    ours(), one_vmap()  # warm-up (allocator, oneDNN primitives, cuDNN autotuning)
+    both = [(timed(ours, device), timed(one_vmap, device)) for _ in range(args.repeats)]  # interleaved
+    runs = [r for r, _ in both]
     t_ours = statistics.median(r[0] for r in runs)
     cpu_ours = statistics.median(r[1] for r in runs)
+    t_vmap = statistics.median(v[0] for _, v in both)
     print(f"batched engine      : {t_ours:9.3f} s wall (median of {args.repeats}), "
           f"{cpu_ours:9.3f} s CPU  -> {t_ours / (3 * len(MARKET_CLASSES)) * 1e3:.1f} ms per (stage, attribute)")
+    print(f"  all K in one vmap : {t_vmap:9.3f} s wall, side by side ({t_vmap / t_ours:.2f}x the chunk in use, "
+          f"{args.chunk or default_chunk(args.batch, len(MARKET_CLASSES), device)} attributes a backward)")
     if device.type == "cuda":
         print(f"peak GPU memory     : {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     # Floor of exact Grad-CAM at layer2: every attribute needs its own

@@ -290,12 +290,21 @@ def test_one_vectorised_backward(net: AttributeNet, images: Tensor, free_raw, mo
     assert len(calls) == 3 * math.ceil(k / default_chunk(B, k, "cpu"))
 
 
+def test_one_attribute_at_a_time_on_cpu_is_a_plain_call(net: AttributeNet, images: Tensor, monkeypatch) -> None:
+    """CPU's default (a chunk of one) runs no vmap and gives the maps of the vectorised backward."""
+    import sangal.aah.gradcam as gradcam
+
+    vectorised = attribute_heatmaps(net, images, normalize="none", chunk=len(MARKET_CLASSES))
+    monkeypatch.setattr(gradcam, "vmap", lambda fn: pytest.fail("vmap used for one attribute at a time"))
+    for a, b in zip(attribute_heatmaps(net, images, normalize="none"), vectorised):
+        _assert_maps_close(a, b)
+    with pytest.raises(pytest.fail.Exception, match="vmap used"):
+        attribute_heatmaps(net, images, normalize="none", chunk=2)
+
+
 def test_default_chunk() -> None:
-    assert default_chunk(8, 27, "cpu") == 3  # ~24 samples per vectorised backward
-    assert default_chunk(2, 27, "cpu") == 12
-    assert default_chunk(1, 27, "cpu") == 24
-    assert default_chunk(64, 27, "cpu") == 1
-    assert default_chunk(2, 5, "cpu") == 5
+    assert default_chunk(8, 27, "cpu") == 1  # CPU: one attribute at a time, a plain call without vmap
+    assert default_chunk(1, 27, "cpu") == 1
     assert default_chunk(8, 27, "cuda") == 27  # accelerators: all attributes at once
 
 
@@ -359,7 +368,7 @@ def test_online_mode_reuses_forward_and_leaves_the_attribute_loss_gradients_inta
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     out = net(images)
     maps = attribute_heatmaps_from_output(out, labels)
-    assert len(calls) == 1  # graph path: one autograd.grad(is_grads_batched=True)
+    assert len(calls) == 3 // default_chunk(B, 3, "cpu")  # graph path: one grad(is_grads_batched=True) a chunk
     assert [tuple(m.shape) for m in maps] == [(B, 3, 8, 4), (B, 3, 4, 2), (B, 3, 4, 2)]
     assert not any(m.requires_grad for m in maps)
     assert all(p.grad is None for p in net.parameters())  # Grad-CAM grads are discarded

@@ -40,10 +40,10 @@ Two ways to run it:
 ``chunk`` splits the K attributes into groups of that size, one vectorised
 backward per group (each runs on chunk x B samples). By default
 (:func:`default_chunk`) all K attributes go at once on accelerators, while on
-CPU groups hold about :data:`CPU_VECTOR_BATCH` samples: there, a K x B batch of
-layer3/layer4 activations overflows the caches and runs ~1.5x slower than
-several cache-sized groups (ResNet-50, batch 8, 256x128: 24 s at chunk 27,
-15 s at chunk 3 on one core). Smaller chunks also bound memory.
+CPU they go one at a time and a group of one is a plain call, without vmap:
+there, vmap's batching rules copy and move the batched gradients at every
+layer, which costs more than the one backward per attribute they save
+(``benchmarks/aah_speed.py --chunk``). Smaller chunks also bound memory.
 
 Normalisation (applied per (sample, attribute) map before ASAM; ``normalize``):
 
@@ -97,9 +97,6 @@ NORMALIZE_MODES = choices.MAP_NORMALIZE
 
 #: Denominator guard of the "minmax" mode, as in pytorch_grad_cam's scale_cam_image.
 MINMAX_EPS = 1e-7
-
-#: Samples (attributes x images) per vectorised backward on CPU by default.
-CPU_VECTOR_BATCH = 24
 
 Heatmaps = tuple[Tensor, Tensor, Tensor]
 #: probabilities (B, sum C_k) -> (B, J) class columns whose Grad-CAM maps are wanted (sangal.aah.classes)
@@ -285,7 +282,10 @@ def _functional_grad_cam(
         for start in range(0, columns.shape[1], chunk):
             stop = min(start + chunk, columns.shape[1])
             cotangents = _one_hots(columns[:, start:stop], probs.shape[1], probs.dtype)  # (k, B, sum C)
-            weights = vmap(backward)(cotangents)  # per stage (k, B, C)
+            if stop - start == 1:  # one attribute: a plain call, vmap's batching only costs (module docstring)
+                weights = tuple(w[None] for w in backward(cotangents[0]))  # per stage (1, B, C)
+            else:
+                weights = vmap(backward)(cotangents)  # per stage (k, B, C)
             parts.append([_cam(a, w, signed) for a, w in zip((a2, a3, a4), weights)])
         return _finish(parts, normalize, device)
 
@@ -371,15 +371,9 @@ def _check_normalize(normalize: str) -> None:
 
 
 def default_chunk(batch: int, num_attrs: int, device: torch.device | str) -> int:
-    """Attributes per vectorised backward when ``chunk=None``.
-
-    All ``num_attrs`` at once on accelerators (bigger batches keep them busy);
-    on CPU ``ceil(CPU_VECTOR_BATCH / batch)`` so each backward runs on about
-    :data:`CPU_VECTOR_BATCH` samples (see the module docstring).
-    """
-    if torch.device(device).type != "cpu":
-        return num_attrs
-    return max(1, min(num_attrs, -(-CPU_VECTOR_BATCH // max(batch, 1))))
+    """Attributes per vectorised backward when ``chunk=None``: all ``num_attrs`` at once on accelerators
+    (bigger batches keep them busy), one at a time without vmap on CPU (see the module docstring)."""
+    return num_attrs if torch.device(device).type != "cpu" else 1
 
 
 def _check_chunk(chunk: int | None, num_attrs: int, like: Tensor) -> int:
