@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sangal.aah import job as aah_job
 from sangal.config import load_config, with_overrides
 from sangal.errors import ConfigError
 from sangal.experiments import study, study_runs
@@ -45,12 +46,23 @@ def in_process(tiny_synth, tiny_overrides, tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_workers_give_the_figures_of_one_at_a_time_to_the_bit(in_process, monkeypatch) -> None:
+    """Also: the san-gal run trains while the study builds its test maps and evaluates once they exist."""
     out, cfg, first = in_process
     assert first["environment"]["study_workers"] == 1 and first["environment"]["run_threads"] == 1
     per_run = _result_files(out)
     shutil.rmtree(out / "runs")  # the attribute net and the maps stay: only the runs go again
     monkeypatch.setattr(study_runs, "available_cores", lambda: 2)  # one thread per worker on any machine
+    build, seen, san_gal = aah_job.build_caches, {}, out / "runs" / "san-gal" / "seed0"
+
+    def build_caches(c, splits=None, **kwargs):  # the test maps wait for the san-gal run to finish training
+        if splits == ["query", "gallery"]:
+            seen["trained"] = _wait_for(san_gal / "reid" / "san-gal" / "checkpoints" / "final" / "state.json")
+            seen["evaluated"] = (san_gal / "result.json").is_file()
+        return build(c, splits=splits, **kwargs)
+
+    monkeypatch.setattr(aah_job, "build_caches", build_caches)
     again = run_study(with_overrides(cfg, ["study.workers=2"]), ROWS, [0], localisation_images=6)
+    assert seen == {"trained": True, "evaluated": False}  # trained beside the test maps, evaluated after them
     assert again["environment"]["study_workers"] == 2 and again["environment"]["run_threads"] == 1
     assert _figures(again) == _figures(first)
     assert again["localisation"] == first["localisation"] and first["localisation"]  # beside the runs now
@@ -203,7 +215,7 @@ class _ThreadPool(ThreadPoolExecutor):
 def test_the_queue_keeps_its_limit_in_flight_and_starts_nothing_after_a_failure(monkeypatch, tmp_path) -> None:
     lock, flight, peaks, finished = threading.Lock(), [0], [], []
 
-    def work(cfg):  # a run: how many were in flight beside it, a failure for a key named "bad"
+    def work(cfg, gated=False):  # a run: how many were in flight beside it, a failure for a key named "bad"
         with lock:
             flight[0] += 1
             peaks.append((cfg.phase, flight[0]))
@@ -233,3 +245,25 @@ def test_the_queue_keeps_its_limit_in_flight_and_starts_nothing_after_a_failure(
         failing.add([job("bad", 1), job("never", 1)], limit=1)
         failing.finish()
     assert [phase for phase, _ in peaks] == [1]  # "never" was not started
+
+
+def test_a_gated_run_waits_for_the_test_maps_and_stops_with_the_study(monkeypatch, tmp_path) -> None:
+    runs = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda *args: None)
+    monkeypatch.setattr(study_runs, "_GATE", runs.gate)  # a worker's copy (set by _init_worker)
+    waiting = threading.Thread(target=study_runs._await_gate)
+    waiting.start()
+    time.sleep(3 * study_runs._POLL_S)
+    assert waiting.is_alive()  # no test maps yet
+    runs.open_gate()
+    waiting.join(10 * study_runs._POLL_S)
+    assert not waiting.is_alive()
+    runs._stop(None)
+    assert runs.gate.value == study_runs.OPEN  # a study stopping after its maps lets the runs evaluate
+    stopped = study_runs.RunQueue(study_runs.Scheduling(2, 1), None, lambda *args: None)
+    monkeypatch.setattr(study_runs, "_GATE", stopped.gate)
+    stopped._stop(None)  # the study failed before its test maps: the waiting runs stop in one line
+    with pytest.raises(RunError, match="^the study stopped before its test maps existed; run it again"):
+        study_runs._await_gate()
+    alone = study_runs.RunQueue(study_runs.Scheduling(1, 1), None, lambda *args: None)
+    with pytest.raises(ValueError, match="gated run cannot go in the study's own process"):
+        alone.add([("x", SimpleNamespace(out=str(tmp_path / "x")))], 1, gated=True)

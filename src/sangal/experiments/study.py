@@ -180,10 +180,11 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
     ``study.workers``. With more than one worker the map-free runs (``uses_training_maps`` false: no attribute
     net, no maps) start first, at most workers - 1 of them beside the stages, which then run at the workers'
     threads (whether or not a run is left to go beside them: their figures follow the config alone); the others
-    join once the maps exist, workers - 1 of them while ``localise()`` (the heat maps' localisation, which needs
-    no run) goes beside them at the workers' threads, then all of them. ``record``: results (variant -> runs in
-    seed order, filled as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the
-    wall and CPU seconds). Returns the distillation's figures and the san-gal rows."""
+    join as soon as the training maps exist, the san-gal runs evaluating only once the test maps do (the queue's
+    gate); workers - 1 of them go while ``localise()`` (the heat maps' localisation, which needs no run) goes
+    beside them at the workers' threads, then all of them. ``record``: results (variant -> runs in seed order,
+    filled as they finish; ``save()`` after each), timings, sections (``runs``: the schedule, the wall and CPU
+    seconds). Returns the distillation's figures and the san-gal rows."""
     results, timings, sections = record
     plan = scheduling(cfg)
     keys = {f"{v.name} seed {s}": (v, s) for s in seeds for v in variants}  # the order of one run at a time
@@ -199,13 +200,21 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
         runs_record["cpu_s"] = {k: runs_record["cpu_s"][k] for k in keys if k in runs_record["cpu_s"]}
         save()
 
+    later = [job for job in jobs if job[0] not in early]
+
+    def training_maps() -> None:  # workers: the runs start, those with test-time maps evaluate after the gate
+        runs.add([job for job in later if job[1].model.mode != "san-gal"], max(1, plan.workers - 1))
+        runs.add([job for job in later if job[1].model.mode == "san-gal"], max(1, plan.workers - 1), gated=True)
+
     t0 = time.time()
     with run_queue(plan, train_reid, done) as runs:
         runs.add([job for job in jobs if job[0] in early], plan.workers - 1)
         with stage_threads(plan):
-            distilled, sangal_rows = _stages(cfg, variants, seeds, configs, sections, timings, runs.poll)
+            distilled, sangal_rows = _stages(cfg, variants, seeds, configs, (sections, timings), (
+                runs.poll, training_maps if plan.workers > 1 else None, runs.open_gate))
         t1 = time.time()
-        runs.add([job for job in jobs if job[0] not in early], max(1, plan.workers - 1))
+        if plan.workers == 1:
+            runs.add(later, 1)
         t2 = time.time()
         with stage_threads(plan):
             localise()
@@ -218,16 +227,20 @@ def _stages_and_runs(cfg: Config, variants, seeds: list[int], configs: dict[str,
     return distilled, sangal_rows
 
 
-def _stages(cfg: Config, variants, seeds: list[int], configs: dict[str, Config], sections: dict, timings: dict,
-            poll) -> tuple[dict | None, list[Variant]]:
+def _stages(cfg: Config, variants, seeds: list[int], configs: dict[str, Config], record: tuple[dict, dict],
+            hooks: tuple) -> tuple[dict | None, list[Variant]]:
     """The attribute net (if a variant needs it), the heat-map caches and the step-0 diagnostics of the san-gal
-    rows; ``poll()`` between them hands over the runs finished beside them (and stops on a failed one)."""
+    rows. ``hooks``: ``poll()`` between them hands over the runs finished beside them (and stops on a failed one);
+    ``training_maps()`` (or None) once the training maps exist, ``test_maps()`` once the test maps do."""
+    sections, timings = record
+    poll, training_maps, test_maps = hooks
     if any(c.model.mode != "id" or uses_training_maps(c) for c in configs.values()):
         t = time.time()
         sections["attributes"] = ensure_attribute_net(cfg)
         timings["attribute net"] = time.time() - t
         poll()
-    distilled = _heat_maps(configs, timings)
+    distilled = _heat_maps(configs, timings, training_maps)
+    test_maps()
     poll()
     sangal_rows = [v for v in variants if configs[v.name].model.mode == "san-gal"]
     t = time.time()
@@ -252,10 +265,11 @@ def _by_seed(runs: list[dict]) -> dict[int, dict]:
     return {r["seed"]: r for r in runs}
 
 
-def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | None:
+def _heat_maps(configs: dict[str, Config], timings: dict[str, float], training_maps=None) -> dict | None:
     """Every cache the variants read (training maps of san-gal and ``loss.guide`` rows; test maps of san-gal rows);
-    with eval.aah=fast, the map predictor is distilled from the exact
-    train maps before the (forward-only) query/gallery caches are built. Returns the predictor's figures."""
+    with eval.aah=fast, the map predictor is distilled from the exact train maps before the (forward-only)
+    query/gallery caches are built. ``training_maps()`` (if given) once the training maps exist. Returns the
+    predictor's figures."""
     from sangal.train.distill import ensure_distilled
     from sangal.aah.job import build_caches
 
@@ -265,6 +279,8 @@ def _heat_maps(configs: dict[str, Config], timings: dict[str, float]) -> dict | 
     for c in guided:
         build_caches(c, splits=["train"])  # one cache per (split, map mode); up-to-date ones are left alone
     timings["heat-map caches"] = time.time() - t
+    if training_maps is not None:
+        training_maps()
     fast = [c for c in offline if c.eval.aah == "fast"]
     distilled = None
     if fast:

@@ -3,7 +3,8 @@
 The runs of a study are independent once its attribute net and heat-map caches exist, and small CPU batches
 scale poorly with intra-op threads, so two 1-thread runs do more work on 2 cores than one 2-thread run. The
 runs that need neither (``id``, ``id+attr``) start with the study, workers - 1 at a time beside its own stages,
-which then run at the workers' threads (:class:`RunQueue`, :func:`stage_threads`). A
+which then run at the workers' threads (:class:`RunQueue`, :func:`stage_threads`); the runs with test-time maps
+start once their training maps exist and wait for the test maps (the gate) only to evaluate. A
 run's figures depend on its thread count, never on the schedule: a run in a worker at 1 thread equals the
 same run in this process at 1 thread, to the bit. Workers are spawned (torch and fork do not mix); a failing
 run is one line naming it (:class:`RunError`); a finished run (``result.json``) is read, never rerun. A script
@@ -12,6 +13,7 @@ that runs a study with workers needs the ``if __name__ == "__main__":`` guard: s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import logging.handlers
@@ -101,6 +103,9 @@ def run_one(run_cfg: Config, train_reid: Callable) -> dict:
 Job = tuple[str, Config]
 Done = Callable[[str, dict, float, float], None]
 
+#: The gate of the runs that evaluate with the study's test maps: shut, open (the maps exist), or the study stopped.
+SHUT, OPEN, STOPPED = 0, 1, -1
+
 #: How often the scheduling thread looks for new jobs, and the study's process for finished runs (seconds).
 _POLL_S = 0.5
 
@@ -108,27 +113,32 @@ _POLL_S = 0.5
 class RunQueue:
     """A study's runs as the study hands them over. A finished run is read at once; the others are trained at
     once in this process (``plan.workers`` 1), or queued for ``plan.workers`` spawned processes that a thread of
-    this process keeps fed (at most ``limit`` in flight) while the study goes on with its own stages. ``done``
-    is only ever called in the study's thread (at ``add``, ``poll`` and ``finish``): it writes study.json."""
+    this process keeps fed (at most ``limit`` in flight) while the study goes on with its own stages. A gated
+    run trains at once and evaluates after :meth:`open_gate`. ``done`` is only ever called in the study's thread
+    (at ``add``, ``poll`` and ``finish``): it writes study.json."""
 
     def __init__(self, plan: Scheduling, train_reid: Callable, done: Done) -> None:
         self.plan, self.train_reid, self.done = plan, train_reid, done
-        self.pending: list[Job] = []
+        self.gate = multiprocessing.get_context("spawn").Value("b", SHUT)  # shared with the workers
+        self.pending: list[tuple[str, Config, bool]] = []
         self.limit, self.closed, self.failure = 0, False, None
         self.finished: queue.Queue = queue.Queue()  # (key, result, wall, cpu) of each run a worker finished
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
 
-    def add(self, jobs: list[Job], limit: int) -> None:
-        """Hand over ``jobs`` (in this order) with at most ``limit`` runs in flight from now on."""
+    def add(self, jobs: list[Job], limit: int, gated: bool = False) -> None:
+        """Hand over ``jobs`` (in this order) with at most ``limit`` runs in flight from now on; ``gated``: their
+        evaluations wait for :meth:`open_gate` (workers only: one at a time, a run would wait for itself)."""
         for key, cfg in jobs:
             if self.plan.workers == 1 or (Path(cfg.out) / "result.json").is_file():
+                if gated and self.gate.value != OPEN and self.plan.workers == 1:
+                    raise ValueError(f"run {key}: a gated run cannot go in the study's own process")
                 t, cpu = time.time(), time.process_time()
                 result = run_one(cfg, self.train_reid)
                 self.done(key, result, time.time() - t, time.process_time() - cpu)
             else:
                 with self.cond:
-                    self.pending.append((key, cfg))
+                    self.pending.append((key, cfg, gated))
         with self.cond:
             self.limit = max(self.limit, min(limit, self.plan.workers))
             if self.pending and self.thread is None:
@@ -136,6 +146,10 @@ class RunQueue:
                 self.thread.start()
             self.cond.notify_all()
         self.poll()
+
+    def open_gate(self) -> None:
+        """The test maps exist: the gated runs evaluate."""
+        self.gate.value = OPEN
 
     def poll(self) -> None:
         """Hand the runs finished so far to ``done``; a failure among them stops the study as a RunError."""
@@ -174,6 +188,8 @@ class RunQueue:
         with self.cond:
             self.closed, self.pending = True, []
             self.failure = self.failure or failure
+            if self.gate.value == SHUT:  # a gated run waiting for maps that will not come stops (training kept)
+                self.gate.value = STOPPED
             self.cond.notify_all()
 
     def _wait(self, patient: bool = False) -> None:
@@ -192,10 +208,9 @@ class RunQueue:
         plan, spawn = self.plan, multiprocessing.get_context("spawn")
         log_queue = spawn.Queue()
         try:
+            setup = (plan.threads, log_queue, logging.getLogger().getEffectiveLevel(), os.getpid(), self.gate)
             with _log_listener(log_queue), ProcessPoolExecutor(
-                    max_workers=plan.workers, mp_context=spawn,
-                    initializer=_init_worker, initargs=(plan.threads, log_queue,
-                                                        logging.getLogger().getEffectiveLevel(), os.getpid())) as pool:
+                    max_workers=plan.workers, mp_context=spawn, initializer=_init_worker, initargs=setup) as pool:
                 self._feed(pool)
         except Exception as exc:  # the pool broke outside a run: one line, the study stops
             self._stop(RunError(f"study runs: the worker pool failed ({type(exc).__name__}: {exc}); run the study "
@@ -208,8 +223,8 @@ class RunQueue:
         while True:
             with self.cond:
                 while self.pending and len(started) < self.limit and self.failure is None:
-                    key, cfg = self.pending.pop(0)
-                    started[pool.submit(_work, cfg)] = (key, time.time())
+                    key, cfg, gated = self.pending.pop(0)
+                    started[pool.submit(_work, cfg, gated)] = (key, time.time())
                 if not started:
                     if (self.closed and not self.pending) or self.failure is not None:
                         return
@@ -272,9 +287,15 @@ def _log_listener(queue) -> Iterator[None]:
         listener.stop()
 
 
-def _init_worker(threads: int, queue, level: int, parent: int) -> None:
+#: A worker's copy of :attr:`RunQueue.gate` (set by :func:`_init_worker`).
+_GATE = None
+
+
+def _init_worker(threads: int, queue, level: int, parent: int, gate) -> None:
     """A worker's set-up: its torch threads, its logs sent to the parent, Ctrl-C left to the run's own stop
-    signal, and a SIGTERM to itself (the run checkpoints and stops) should the study's process end."""
+    signal, a SIGTERM to itself (the run checkpoints and stops) should the study's process end, and the gate."""
+    global _GATE
+    _GATE = gate
     torch.set_num_threads(threads)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
@@ -290,13 +311,24 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _work(run_cfg: Config) -> tuple[dict | None, tuple[str, int] | None, float]:
-    """One run in a worker: (result, None, CPU seconds), or (None, (one-line message, exit code), CPU seconds)."""
+def _await_gate() -> None:
+    """A gated run's evaluation: wait until the study's test maps exist; a study that stopped first stops it (its
+    training is kept: ``last`` is at the end of the schedule, so a resumed study only evaluates it)."""
+    while _GATE.value == SHUT:
+        time.sleep(_POLL_S)
+    if _GATE.value == STOPPED:
+        raise RunError("the study stopped before its test maps existed; run it again to evaluate the trained run")
+
+
+def _work(run_cfg: Config, gated: bool = False) -> tuple[dict | None, tuple[str, int] | None, float]:
+    """One run in a worker: (result, None, CPU seconds), or (None, (one-line message, exit code), CPU seconds);
+    ``gated``: its evaluations wait for the study's test maps (:func:`_await_gate`)."""
     from sangal.train.reid import train_reid
 
     cpu = time.process_time()
+    train = functools.partial(train_reid, before_evaluation=_await_gate) if gated else train_reid
     try:
-        return run_one(run_cfg, train_reid), None, time.process_time() - cpu
+        return run_one(run_cfg, train), None, time.process_time() - cpu
     except SangalError as exc:
         return None, (str(exc), exc.exit_code), time.process_time() - cpu
     except KeyboardInterrupt:  # a second Ctrl-C inside the run

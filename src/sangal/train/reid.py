@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,8 +87,10 @@ def param_groups(model: nn.Module, aah_source: AAHSource | None, head_lr_scale: 
 class ReIDTask(Task):
     """One Re-ID variant into ``<out>/reid/<mode>/``: model, heat maps, P×K loader, checkpoints, evaluation."""
 
-    def __init__(self, cfg: Config, info: DistInfo, resume: bool) -> None:
+    def __init__(self, cfg: Config, info: DistInfo, resume: bool,
+                 before_evaluation: Callable[[], None] | None = None) -> None:
         self.cfg, self.info, self.paths = cfg, info, default_paths(cfg)
+        self.before_evaluation = before_evaluation  # e.g. a study's wait for its test maps
         self.name, self.run_dir = cfg.model.mode, self.paths["reid_run"]
         torch.manual_seed(cfg.train.seed)
         self.dataset = setup.load_reid_dataset(cfg)
@@ -217,6 +220,8 @@ class ReIDTask(Task):
         """Query/gallery scores of the model now (its weight EMA with train.ema), in metrics.json and TensorBoard."""
         from sangal.evaluate.reid import evaluate_predictor, training_predictor
 
+        if self.before_evaluation is not None:
+            self.before_evaluation()
         with ema_applied(self.ema, self.model):
             predictor = training_predictor(self.model, self.cfg, self.paths["attr_checkpoint"])
             metrics = evaluate_predictor(predictor, self.dataset, self.cfg, cache_root=self.paths["aah"])
@@ -227,17 +232,19 @@ class ReIDTask(Task):
 
 
 def train_reid(cfg: Config, resume: bool = False, stop_after_steps: int | None = None,
-               overwrite: bool = False) -> dict:
+               overwrite: bool = False, before_evaluation: Callable[[], None] | None = None) -> dict:
     """Train one Re-ID variant into `<out>/reid/<mode>/`; returns the final evaluation metrics.
 
-    The run folder, resume rule and stop are :func:`sangal.train.lifecycle.run_training`'s."""
+    The run folder, resume rule and stop are :func:`sangal.train.lifecycle.run_training`'s;
+    ``before_evaluation`` is called before each evaluation (a study's runs wait there for their test maps)."""
     info = init_distributed(cfg.train.device)
     try:
         if cfg.train.aah == "online" and info.distributed:
             raise ConfigError("train.aah=online is not supported under torchrun; build the cache (sangal aah) "
                               "and use train.aah=offline")
-        return run_training(lambda resume: ReIDTask(cfg, info, resume), default_paths(cfg)["reid_run"],
-                            RunOptions(resume, overwrite, stop_after_steps), is_main=info.is_main)
+        return run_training(lambda resume: ReIDTask(cfg, info, resume, before_evaluation),
+                            default_paths(cfg)["reid_run"], RunOptions(resume, overwrite, stop_after_steps),
+                            is_main=info.is_main)
     finally:
         cleanup(info)
 
