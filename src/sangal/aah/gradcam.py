@@ -83,6 +83,7 @@ from torch.func import vjp, vmap
 from sangal import choices
 from sangal.data.attributes import IGNORE_INDEX
 from sangal.models.attribute_net import AttributeNet, AttributeOutput
+from sangal.models.folding import fold_batchnorm
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -254,6 +255,7 @@ def _functional_grad_cam(
     backward vmapped over the K cotangents."""
     sizes = list(net.num_classes)
     device = images.device
+    net = fold_batchnorm(net, images[:1])  # the same maps, a third less backward on CPU (sangal.models.folding)
     # The outer level needs no autograd graph: gradients exist only inside the
     # function transforms, w.r.t. the stage outputs (parameters are constants).
     with torch.no_grad():
