@@ -287,25 +287,35 @@ def test_one_vectorised_backward(net: AttributeNet, images: Tensor, free_raw, mo
 
     calls.clear()
     attribute_heatmaps(net, images)
-    assert len(calls) == 3 * math.ceil(k / default_chunk(B, k, "cpu"))
+    assert len(calls) == 3 * math.ceil(k / default_chunk(B, k, "cpu", H * W))
 
 
-def test_one_attribute_at_a_time_on_cpu_is_a_plain_call(net: AttributeNet, images: Tensor, monkeypatch) -> None:
-    """CPU's default (a chunk of one) runs no vmap and gives the maps of the vectorised backward."""
+def test_one_attribute_at_a_time_is_a_plain_call_through_the_folded_net(net: AttributeNet, images: Tensor,
+                                                                       monkeypatch) -> None:
+    """A chunk of one runs no vmap and folds the net's BatchNorms (sangal.models.folding); larger chunks do
+    neither; all give the maps of one vectorised backward, up to float rounding."""
     import sangal.aah.gradcam as gradcam
 
     vectorised = attribute_heatmaps(net, images, normalize="none", chunk=len(MARKET_CLASSES))
+    folded, fold = [], gradcam.fold_batchnorm
+    monkeypatch.setattr(gradcam, "fold_batchnorm", lambda module, probe: folded.append(1) or fold(module, probe))
     monkeypatch.setattr(gradcam, "vmap", lambda fn: pytest.fail("vmap used for one attribute at a time"))
-    for a, b in zip(attribute_heatmaps(net, images, normalize="none"), vectorised):
+    for a, b in zip(attribute_heatmaps(net, images, normalize="none", chunk=1), vectorised):
         _assert_maps_close(a, b)
+    assert folded == [1]
     with pytest.raises(pytest.fail.Exception, match="vmap used"):
         attribute_heatmaps(net, images, normalize="none", chunk=2)
+    assert folded == [1]
 
 
 def test_default_chunk() -> None:
-    assert default_chunk(8, 27, "cpu") == 1  # CPU: one attribute at a time, a plain call without vmap
-    assert default_chunk(1, 27, "cpu") == 1
-    assert default_chunk(8, 27, "cuda") == 27  # accelerators: all attributes at once
+    # CPU: about 24 images of 64x32 per vectorised backward; from 128x64 at batch 8 up one attribute at a time
+    assert default_chunk(8, 27, "cpu", 64 * 32) == 3
+    assert default_chunk(1, 27, "cpu", 64 * 32) == 24
+    assert default_chunk(8, 27, "cpu", 128 * 64) == 1
+    assert default_chunk(32, 27, "cpu", 128 * 64) == 1
+    assert default_chunk(1, 5, "cpu", 16 * 8) == 5
+    assert default_chunk(8, 27, "cuda", 128 * 64) == 27  # accelerators: all attributes at once
 
 
 def test_works_inside_no_grad(net: AttributeNet, images: Tensor, free_raw) -> None:
@@ -368,7 +378,7 @@ def test_online_mode_reuses_forward_and_leaves_the_attribute_loss_gradients_inta
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     out = net(images)
     maps = attribute_heatmaps_from_output(out, labels)
-    assert len(calls) == 3 // default_chunk(B, 3, "cpu")  # graph path: one grad(is_grads_batched=True) a chunk
+    assert len(calls) == -(-3 // default_chunk(B, 3, "cpu", H * W))  # graph path: one grad(is_grads_batched) a chunk
     assert [tuple(m.shape) for m in maps] == [(B, 3, 8, 4), (B, 3, 4, 2), (B, 3, 4, 2)]
     assert not any(m.requires_grad for m in maps)
     assert all(p.grad is None for p in net.parameters())  # Grad-CAM grads are discarded

@@ -38,12 +38,16 @@ Two ways to run it:
   float32 statistics.)
 
 ``chunk`` splits the K attributes into groups of that size, one vectorised
-backward per group (each runs on chunk x B samples). By default
-(:func:`default_chunk`) all K attributes go at once on accelerators, while on
-CPU they go one at a time and a group of one is a plain call, without vmap:
-there, vmap's batching rules copy and move the batched gradients at every
-layer, which costs more than the one backward per attribute they save
-(``benchmarks/aah_speed.py --chunk``). Smaller chunks also bound memory.
+backward per group (each runs on chunk x B samples; a group of one is a plain
+call, without vmap). By default (:func:`default_chunk`) all K attributes go at
+once on accelerators; on CPU a group holds about :data:`CPU_VECTOR_PIXELS`
+input pixels (samples x H x W), so from 128x64 at batch 8 up the attributes go
+one at a time: there vmap's batching rules, which copy the batched gradients at
+every layer, cost more than they save, while on tiny inputs per-call overheads
+dominate and grouping pays (``benchmarks/aah_speed.py``). In that large regime
+the net's eval-mode BatchNorms are folded into their convolutions first
+(:mod:`sangal.models.folding`: the same maps, a third less backward for
+MobileNetV2, worth the copy of the net). Smaller chunks also bound memory.
 
 Normalisation (applied per (sample, attribute) map before ASAM; ``normalize``):
 
@@ -99,6 +103,9 @@ NORMALIZE_MODES = choices.MAP_NORMALIZE
 #: Denominator guard of the "minmax" mode, as in pytorch_grad_cam's scale_cam_image.
 MINMAX_EPS = 1e-7
 
+#: Input pixels (samples x H x W) per vectorised backward on CPU by default: 24 images of 64x32.
+CPU_VECTOR_PIXELS = 24 * 64 * 32
+
 Heatmaps = tuple[Tensor, Tensor, Tensor]
 #: probabilities (B, sum C_k) -> (B, J) class columns whose Grad-CAM maps are wanted (sangal.aah.classes)
 Columns = Callable[[Tensor], Tensor]
@@ -139,7 +146,7 @@ def attribute_heatmaps(
         and layer4 output resolutions (H/8, H/16, H/16 for last stride 1).
     """
     _check_normalize(normalize)
-    chunk = _check_chunk(chunk, len(net.heads), images)
+    chunk = _check_chunk(chunk, len(net.heads), images.shape[0], images.shape[-2] * images.shape[-1], images.device)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attribute_heatmaps needs autograd; call it outside torch.inference_mode()")
     if create_graph:
@@ -184,7 +191,8 @@ def attribute_heatmaps_from_output(
         retain_graph: keep the forward graph for a later backward pass.
     """
     _check_normalize(normalize)
-    chunk = _check_chunk(chunk, len(out.logits), out.features)
+    h, w = out.stages[0].shape[-2:]  # layer2, stride 8
+    chunk = _check_chunk(chunk, len(out.logits), out.features.shape[0], 64 * h * w, out.features.device)
     if not all(a.requires_grad for a in out.stages):
         raise ValueError(
             "out.stages do not require grad: compute the AttributeNet forward pass with autograd "
@@ -255,7 +263,8 @@ def _functional_grad_cam(
     backward vmapped over the K cotangents."""
     sizes = list(net.num_classes)
     device = images.device
-    net = fold_batchnorm(net, images[:1])  # the same maps, a third less backward on CPU (sangal.models.folding)
+    if chunk == 1:  # large inputs: the same maps, a third less backward (module docstring)
+        net = fold_batchnorm(net, images[:1])
     # The outer level needs no autograd graph: gradients exist only inside the
     # function transforms, w.r.t. the stage outputs (parameters are constants).
     with torch.no_grad():
@@ -372,15 +381,18 @@ def _check_normalize(normalize: str) -> None:
         raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {normalize!r}")
 
 
-def default_chunk(batch: int, num_attrs: int, device: torch.device | str) -> int:
-    """Attributes per vectorised backward when ``chunk=None``: all ``num_attrs`` at once on accelerators
-    (bigger batches keep them busy), one at a time without vmap on CPU (see the module docstring)."""
-    return num_attrs if torch.device(device).type != "cpu" else 1
+def default_chunk(batch: int, num_attrs: int, device: torch.device | str, pixels: int) -> int:
+    """Attributes per vectorised backward when ``chunk=None``, for ``batch`` images of ``pixels`` (H x W) each:
+    all ``num_attrs`` at once on accelerators (bigger batches keep them busy); on CPU about
+    :data:`CPU_VECTOR_PIXELS` input pixels per backward, one attribute at a time on large inputs (module docstring)."""
+    if torch.device(device).type != "cpu":
+        return num_attrs
+    return max(1, min(num_attrs, round(CPU_VECTOR_PIXELS / max(batch * pixels, 1))))
 
 
-def _check_chunk(chunk: int | None, num_attrs: int, like: Tensor) -> int:
+def _check_chunk(chunk: int | None, num_attrs: int, batch: int, pixels: int, device: torch.device) -> int:
     if chunk is None:
-        return default_chunk(like.shape[0], num_attrs, like.device)
+        return default_chunk(batch, num_attrs, device, pixels)
     if int(chunk) < 1:
         raise ValueError(f"chunk must be a positive number of attributes, got {chunk}")
     return int(chunk)
