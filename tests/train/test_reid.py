@@ -96,7 +96,7 @@ def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
     extra = ("model.mode=id+attr", "optim.optimizer=adam", "optim.lr=1e-3", "optim.warmup_start_lr=1e-4",
-             "optim.head_lr_scale=4")
+             "optim.head_lr_scale=4", "train.epochs=1")  # one epoch of 2 steps: stopped after the first
     full = cfg_for(prepared, tmp_path / "full", *extra)
     train_reid(full)
     split = cfg_for(prepared, tmp_path / "split", *extra)
@@ -119,7 +119,7 @@ def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp
     mid-epoch and resumed continues the same average bit for bit."""
     from sangal.train.reid import train_reid
 
-    extra = ("model.mode=san-gal", "train.ema=0.7")
+    extra = ("model.mode=san-gal", "train.ema=0.7", "train.epochs=1")  # one epoch of 2 steps: stopped after the first
     full = train_reid(cfg_for(prepared, tmp_path / "full", *extra))
     split = cfg_for(prepared, tmp_path / "split", *extra)
     with pytest.raises(Stopped):
