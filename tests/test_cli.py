@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from sangal.cli import main
 from sangal.data import load_dataset
+from worker_helpers import first_worker_error
 
 
 def test_config_show_applies_overrides(capsys):
@@ -144,7 +145,7 @@ def _worker_failure(exc: Exception):
             raise exc
 
     def run(args):
-        list(torch.utils.data.DataLoader(Failing(), num_workers=1))
+        raise first_worker_error(Failing())
     return run
 
 

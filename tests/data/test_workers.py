@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from sangal.data import ImageDataset, ImageRecord, build_transforms
 from sangal.data.workers import MAX_DEFAULT_WORKERS, default_num_workers, worker_error
 from sangal.errors import DatasetError
+from worker_helpers import first_worker_error
 
 
 def test_default_num_workers_is_the_usable_cores_capped(monkeypatch) -> None:
@@ -29,17 +29,10 @@ class _Boom(torch.utils.data.Dataset):
         return i
 
 
-def _first_error(dataset) -> BaseException:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1)
-    with pytest.raises(Exception) as info:
-        list(loader)
-    return info.value
-
-
 def test_a_real_worker_error_unwraps_to_the_original_message(tmp_path: Path) -> None:
     bad = tmp_path / "0001_c1s1_000001_01.jpg"
     bad.write_bytes(b"not a jpeg")
-    exc = _first_error(ImageDataset([ImageRecord(bad, 0, 0, 1)], build_transforms(32, 16, train=False)))
+    exc = first_worker_error(ImageDataset([ImageRecord(bad, 0, 0, 1)], build_transforms(32, 16, train=False)))
     assert isinstance(exc, DatasetError) and "Traceback" in str(exc)  # what torch hands over
     name, message = worker_error(exc)
     assert name == "DatasetError" and message.startswith(f"{bad}: unreadable or corrupt image")
@@ -47,7 +40,7 @@ def test_a_real_worker_error_unwraps_to_the_original_message(tmp_path: Path) -> 
 
 
 def test_other_exception_types_and_plain_errors() -> None:
-    exc = _first_error(_Boom())
+    exc = first_worker_error(_Boom())
     assert worker_error(exc) == ("ValueError", "bad value in sample 1")  # the message's first line
     assert worker_error(ValueError("plain")) is None
     assert worker_error(DatasetError("x.jpg: bad")) is None

@@ -262,7 +262,7 @@ def test_the_maps_preset_has_one_row_per_training_map_mode():
 def test_a_guided_id_row_gets_the_attribute_net_and_training_maps_it_needs(tiny_synth, tiny_overrides, tmp_path):
     """A study without san-gal rows still trains the attribute net and caches the training maps a loss.guide row
     pulls toward; the guided row pairs with id and, having no test-time maps, has no leak check or step 0."""
-    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path))
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path) + ONE_EPOCH)
     rows = (Variant("id", ("model.mode=id",)), Variant("id guided", ("model.mode=id", "loss.guide=1000")))
     doc = run_study(cfg, rows, [0], localisation_images=0)
     assert doc["attributes"] is not None and (tmp_path / "aah" / "train_classes" / "manifest.json").is_file()

@@ -37,9 +37,11 @@ def _result_files(out) -> dict:
 
 
 @pytest.fixture(scope="module")
-def in_process(tiny_synth, tiny_overrides, tmp_path_factory):
-    """A tiny study run one run at a time in this process, at one thread."""
-    out = tmp_path_factory.mktemp("runs")
+def in_process(tiny_synth, tiny_overrides, tiny_attr_run, tmp_path_factory):
+    """A tiny study run one run at a time in this process, at one thread. Its attribute net and maps are the
+    session's (the same overrides train them): the study finds them done; the tests that need the attribute net
+    trained anew train it in their own folder."""
+    out = tiny_attr_run.copy_to(tmp_path_factory.mktemp("runs"))
     cfg = load_config(None, tiny_overrides(tiny_synth, out) + ["train.epochs=1", "study.workers=1"])
     return out, cfg, run_study(cfg, ROWS, [0], localisation_images=6)
 

@@ -66,7 +66,7 @@ def test_bf16_channels_last_caches_match_float32_and_training_runs(tiny_synth, t
         assert np.abs(x - y).mean() < 0.06  # max-normalised maps in [0, 1]
     metrics = train_reid(load_config(None, tiny_overrides(tiny_synth, tmp_path / "r") + fast + [
         "model.mode=san-gal", f"train.attr_checkpoint={tmp_path / 'a' / 'attr' / 'checkpoints' / 'final'}",
-        f"train.aah_cache={tmp_path / 'a' / 'aah'}"]))
+        f"train.aah_cache={tmp_path / 'a' / 'aah'}", "train.epochs=1"]))  # 2 bf16 steps train every layer
     final, ckpt = load_model(tmp_path / "r/reid/san-gal/checkpoints/final", expected_kind="reid")
     torch.manual_seed(0)  # train.seed: the run's initial weights, which its pairing hash names
     start = build_model(ckpt.arch)

@@ -96,7 +96,7 @@ def test_adam_with_faster_heads_resumes_exactly(prepared, tmp_path):
     from sangal.train.reid import train_reid
 
     extra = ("model.mode=id+attr", "optim.optimizer=adam", "optim.lr=1e-3", "optim.warmup_start_lr=1e-4",
-             "optim.head_lr_scale=4")
+             "optim.head_lr_scale=4", "train.epochs=1")  # one epoch of 2 steps: stopped after the first
     full = cfg_for(prepared, tmp_path / "full", *extra)
     train_reid(full)
     split = cfg_for(prepared, tmp_path / "split", *extra)
@@ -119,7 +119,7 @@ def test_weight_ema_is_evaluated_saved_and_resumed_bit_identically(prepared, tmp
     mid-epoch and resumed continues the same average bit for bit."""
     from sangal.train.reid import train_reid
 
-    extra = ("model.mode=san-gal", "train.ema=0.7")
+    extra = ("model.mode=san-gal", "train.ema=0.7", "train.epochs=1")  # one epoch of 2 steps: stopped after the first
     full = train_reid(cfg_for(prepared, tmp_path / "full", *extra))
     split = cfg_for(prepared, tmp_path / "split", *extra)
     with pytest.raises(Stopped):
@@ -352,15 +352,16 @@ def test_attention_guidance_refuses_a_missing_cache(prepared, tmp_path):
 
 
 def test_a_diverging_run_stops_in_one_line_without_a_non_finite_checkpoint(prepared, tmp_path):
-    """Issue 29 case 7 (optim.lr=1e10, now refused by the range check; lr 10 all along diverges too): training stops
-    at the first non-finite loss (or weights) naming the step, writes no final checkpoint and no checkpoint of
-    non-finite weights; the last one before it loads."""
+    """Issue 29 case 7 (optim.lr=1e10, now refused by the range check; lr 10 all along diverges too, at epoch 7 of
+    the tiny run; a 100-fold ID loss makes it epoch 3): training stops at the first non-finite loss (or weights)
+    naming the step, writes no final checkpoint and no checkpoint of non-finite weights; the last one before it
+    loads."""
     from sangal.errors import NonFiniteError
     from sangal.store.checkpoint import load_checkpoint
     from sangal.train.reid import train_reid
 
     cfg = cfg_for(prepared, tmp_path, "model.mode=id", "optim.lr=10", "optim.warmup_epochs=0", "optim.milestones=[]",
-                  "optim.milestone_lrs=[]", "train.checkpoint_every=1", "train.epochs=8")
+                  "optim.milestone_lrs=[]", "train.checkpoint_every=1", "train.epochs=8", "loss.id=100")
     with pytest.raises(NonFiniteError, match=r"^training stopped at epoch \d step \d: ") as err:
         train_reid(cfg)
     assert "\n" not in str(err.value)
