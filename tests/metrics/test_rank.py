@@ -163,3 +163,20 @@ def test_per_query_results_average_to_rank1_and_map(kind: str) -> None:
     assert valid.sum() == res.num_valid and (res.ap[~valid] == 0).all()
     assert np.mean(res.first_rank[valid] == 1) == pytest.approx(float(res.cmc[0]), abs=1e-6)
     assert np.mean(res.ap[valid]) == pytest.approx(res.mAP, abs=1e-12)
+
+
+def test_the_default_thread_count_is_the_cores_this_process_may_use(monkeypatch) -> None:
+    """No ``num_threads``: as many pool threads as ``config.schema.available_cores`` (affinity-aware) allows."""
+    pools = []
+    real_pool = rank_mod.ThreadPoolExecutor
+
+    def recording_pool(max_workers):
+        pools.append(max_workers)
+        return real_pool(max_workers=max_workers)
+
+    monkeypatch.setattr(rank_mod, "ThreadPoolExecutor", recording_pool)
+    monkeypatch.setattr(rank_mod, "_CHUNK_ELEMENTS", 500)  # several chunks of queries
+    monkeypatch.setattr(rank_mod, "available_cores", lambda: 3)
+    case = make_case(3, "clustered")
+    assert_same(evaluate_rank(*case), evaluate_rank(*case, num_threads=1))
+    assert pools == [3, 1]

@@ -39,13 +39,14 @@ to check it.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from sangal.config.schema import available_cores  # the one core counter (affinity-aware)
 
 __all__ = ["RankResult", "evaluate_rank", "evaluate_rank_reference"]
 
@@ -364,7 +365,7 @@ def evaluate_rank(
         q_pids, g_pids: identity labels (ints) of the queries / gallery items.
         q_camids, g_camids: camera indices of the queries / gallery items.
         max_rank: length of the returned CMC curve.
-        num_threads: worker threads over chunks of queries (default ``os.cpu_count()``).
+        num_threads: worker threads over chunks of queries (default: the cores this process may use).
 
     Returns the same numbers as ``evaluate_rank_reference`` (up to float rounding) without
     sorting any row.
@@ -389,7 +390,7 @@ def evaluate_rank(
 
     # Chunks always run in pool threads, even with one worker: on a busy machine the same
     # torch calls made from the main thread (its intra-op OpenMP team) measured 5-20x slower.
-    workers = max(1, min(len(chunks), num_threads or os.cpu_count() or 1))
+    workers = max(1, min(len(chunks), num_threads or available_cores()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(run, chunks))
     first, ap, inp, valid = (np.concatenate(p) for p in zip(*parts))
