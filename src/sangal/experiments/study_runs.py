@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -119,7 +120,8 @@ class RunQueue:
 
     def __init__(self, plan: Scheduling, train_reid: Callable, done: Done) -> None:
         self.plan, self.train_reid, self.done = plan, train_reid, done
-        self.gate = multiprocessing.get_context("spawn").Value("b", SHUT)  # shared with the workers
+        shared = multiprocessing.get_context("spawn").Value if plan.workers > 1 else None  # the workers see the gate
+        self.gate = shared("b", SHUT) if shared else SimpleNamespace(value=SHUT)  # one at a time: a plain holder
         self.pending: list[tuple[str, Config, bool]] = []
         self.limit, self.closed, self.failure = 0, False, None
         self.finished: queue.Queue = queue.Queue()  # (key, result, wall, cpu) of each run a worker finished
