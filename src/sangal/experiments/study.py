@@ -23,7 +23,6 @@ What a study can vary is what a config can: a variant's overrides change one row
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shlex

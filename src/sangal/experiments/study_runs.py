@@ -120,8 +120,9 @@ class RunQueue:
 
     def __init__(self, plan: Scheduling, train_reid: Callable, done: Done) -> None:
         self.plan, self.train_reid, self.done = plan, train_reid, done
-        shared = multiprocessing.get_context("spawn").Value if plan.workers > 1 else None  # the workers see the gate
-        self.gate = shared("b", SHUT) if shared else SimpleNamespace(value=SHUT)  # one at a time: a plain holder
+        # the gate: shared memory the workers read; one at a time, a plain holder
+        self.gate = (multiprocessing.get_context("spawn").Value("b", SHUT) if plan.workers > 1
+                     else SimpleNamespace(value=SHUT))
         self.pending: list[tuple[str, Config, bool]] = []
         self.limit, self.closed, self.failure = 0, False, None
         self.finished: queue.Queue = queue.Queue()  # (key, result, wall, cpu) of each run a worker finished
